@@ -1,0 +1,193 @@
+"""Competency-rating stage: gathers each prompt's responses and picks kin pairs.
+
+A prompt's responses are gathered in the `rating-gather` table (changelogged, so a restarted
+worker carries on where it stopped) until every model of the pool has answered or
+`gather_timeout_s` has passed; then the kin rule picks pairs and they go to karma.pairs.
+A finished prompt is remembered for `done_retention_s`, so a replayed response after a crash
+is recognised and dropped instead of opening a second gather.
+
+Timeouts need a clock inside the stream: faust only lets a table change while an event of
+its partition is being processed. A timer therefore sends one tick per partition to the
+internal `rating.ticks` topic (partitioned like karma.responses), and the agent expires the
+gathers of that partition when the tick arrives.
+
+Per-model state over time (responses and tokens in a hopping window) is kept in the
+windowed `rating-model-stats` table, keyed `model@partition` because the stream is keyed by
+prompt and each partition writes its own changelog partition.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from karma.agents.kinship import KinRule, Profiles, Scored, kin_pairs, load_profiles
+from karma.schemas.models import Candidate, KinPair, Response, pair_id_for
+from karma.streams.app import Stage
+from karma.streams.codecs import DecodeError, decode, encode
+from karma.streams.metrics import (
+    DUPLICATES,
+    KIN_GAP,
+    MESSAGES_IN,
+    PAIRS,
+    PENDING_PROMPTS,
+    STAGE_LATENCY,
+)
+
+STAGE = "rating"
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """The responses of one prompt, as kept in the gather table (plain JSON)."""
+
+    prompt_id: str
+    prompt_text: str
+    responses: dict[str, dict[str, Any]]  # model -> {response_id, text, simulated}
+
+
+def make_pairs(gathered: Gathered, profiles: Profiles, rule: KinRule, policy: str = "kin") -> list[KinPair]:
+    """Kin pairs of one prompt's responses: pure, so it is tested without Kafka."""
+    scored = [
+        Scored(response_id=r["response_id"], model=model, superiority=profiles.superiority(model))
+        for model, r in gathered.responses.items()
+    ]
+    pairs = []
+    for chosen in kin_pairs(scored, profiles, rule):
+        a, b = (gathered.responses[chosen.a.model], gathered.responses[chosen.b.model])
+        pairs.append(
+            KinPair(
+                pair_id=pair_id_for(gathered.prompt_id, a["response_id"], b["response_id"]),
+                prompt_id=gathered.prompt_id,
+                prompt_text=gathered.prompt_text,
+                response_a=Candidate(
+                    response_id=a["response_id"],
+                    model=chosen.a.model,
+                    text=a["text"],
+                    superiority=chosen.a.superiority,
+                    simulated=a["simulated"],
+                ),
+                response_b=Candidate(
+                    response_id=b["response_id"],
+                    model=chosen.b.model,
+                    text=b["text"],
+                    superiority=chosen.b.superiority,
+                    simulated=b["simulated"],
+                ),
+                policy=policy,
+                similarity=chosen.similarity,
+                gap=chosen.gap,
+            )
+        )
+    return pairs
+
+
+def is_complete(responses: Iterable[str], expected: Iterable[str]) -> bool:
+    return set(expected) <= set(responses)
+
+
+def register(stage: Stage) -> None:
+    settings = stage.settings
+    app = stage.app
+    profiles = load_profiles(settings.kin.profiles)
+    rule = KinRule(tau=settings.kin.tau, delta=settings.kin.delta)
+    expected = settings.model_names
+    timeout_ms = settings.gather_timeout_s * 1000
+    retention_ms = settings.done_retention_s * 1000
+
+    gather = app.Table("rating-gather", default=None, partitions=settings.partitions)
+    model_stats = app.Table("rating-model-stats", default=int, partitions=settings.partitions).hopping(
+        settings.window_size_s, settings.window_step_s, expires=settings.window_size_s * 2
+    )
+    source = app.topic(
+        stage.names.responses,
+        stage.names.ticks,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+
+    async def finish(event: Any, prompt_id: str, entry: dict[str, Any]) -> None:
+        gathered = Gathered(prompt_id, entry["prompt_text"], entry["responses"])
+        if len(gathered.responses) < 2:
+            only = next(iter(gathered.responses), "none")
+            await stage.dead_letter(
+                event,
+                stage=STAGE,
+                reason=f"prompt {prompt_id}: only {len(gathered.responses)} of {len(expected)} "
+                f"models answered within {settings.gather_timeout_s:g} s ({only}); nothing to pair",
+                error_type="unpaired",
+                value=None,
+                offset=-1,
+            )
+        for pair in make_pairs(gathered, profiles, rule, settings.policy):
+            PAIRS.labels(pair.policy).inc()
+            KIN_GAP.observe(pair.gap)
+            await stage.publish(STAGE, "pairs", prompt_id, encode(pair))
+        gather[prompt_id] = {**entry, "responses": {}, "done_at": _now_ms()}
+
+    async def on_tick(event: Any) -> None:
+        partition = event.message.partition
+        now = _now_ms()
+        pending = 0
+        for prompt_id, entry in list(gather.items()):
+            if entry is None or entry["partition"] != partition:
+                pending += entry is not None and entry.get("done_at") is None
+                continue
+            if entry.get("done_at") is not None:
+                if now - entry["done_at"] > retention_ms:
+                    gather.pop(prompt_id)
+            elif now - entry["first_seen"] > timeout_ms:
+                await finish(event, prompt_id, entry)
+            else:
+                pending += 1
+        PENDING_PROMPTS.set(pending)
+
+    async def on_response(event: Any) -> None:
+        MESSAGES_IN.labels(STAGE).inc()
+        try:
+            response = decode(event.value, Response)
+        except DecodeError as exc:
+            await stage.dead_letter(event, stage=STAGE, reason=exc.reason, error_type=exc.kind)
+            return
+        entry = gather.get(response.prompt_id) or {
+            "prompt_text": response.prompt_text,
+            "partition": event.message.partition,
+            "first_seen": _now_ms(),
+            "responses": {},
+            "done_at": None,
+        }
+        if entry.get("done_at") is not None or response.model in entry["responses"]:
+            DUPLICATES.labels(STAGE).inc()  # a replay after a restart: already counted
+            return
+        model_stats[f"{response.model}@{event.message.partition}"] += 1
+        entry["responses"][response.model] = {
+            "response_id": response.response_id,
+            "text": response.text,
+            "simulated": response.simulated,
+        }
+        if is_complete(entry["responses"], expected):
+            await finish(event, response.prompt_id, entry)
+        else:
+            gather[response.prompt_id] = entry
+
+    @app.agent(source, name="rate")
+    async def rate(stream):  # type: ignore[no-untyped-def]
+        async for event in stream.events():
+            if event.message.topic == stage.names.ticks:
+                await on_tick(event)
+                continue
+            with STAGE_LATENCY.labels(STAGE).time():
+                await on_response(event)
+
+    @app.timer(interval=settings.tick_interval_s)
+    async def send_ticks() -> None:
+        for partition in range(settings.partitions):
+            await stage.topics["ticks"].send(value=b"tick", partition=partition)
+
+
+def _now_ms() -> float:
+    return time.time() * 1000

@@ -1,0 +1,182 @@
+"""Pydantic models that mirror the `.avsc` files field for field.
+
+The `.avsc` files are the source of truth for the wire format; these models add the
+semantic checks Avro cannot express (non-empty text, ids of a known shape) and are
+validated once, where a record enters a stage. `tests/schemas/test_models.py` checks
+that every model has exactly the fields of its schema.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from enum import StrEnum
+from typing import Annotated, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[\w.:\-/]+$")]
+NonBlank = Annotated[str, StringConstraints(min_length=1, strip_whitespace=False)]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def stable_id(*parts: str, length: int = 24) -> str:
+    """A deterministic id from its parts, so a replay after a crash yields the same id."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+    return digest[:length]
+
+
+def prompt_id_for(text: str, source: str = "") -> str:
+    return "p-" + stable_id(source, text, length=20)
+
+
+def response_id_for(prompt_id: str, model: str, sample: int = 0) -> str:
+    return "r-" + stable_id(prompt_id, model, str(sample))
+
+
+def pair_id_for(prompt_id: str, response_id_a: str, response_id_b: str) -> str:
+    """Order-free: the same two responses make the same pair whichever comes first."""
+    first, second = sorted((response_id_a, response_id_b))
+    return "pair-" + stable_id(prompt_id, first, second)
+
+
+class Record(BaseModel):
+    """Base of every record on a karma topic: strict about unknown fields."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+    schema_name: ClassVar[str]
+
+
+def _require_text(value: str, what: str) -> str:
+    if not value.strip():
+        raise ValueError(f"{what} is empty or whitespace only")
+    return value
+
+
+class Prompt(Record):
+    schema_name: ClassVar[str] = "prompt"
+
+    prompt_id: Id
+    text: NonBlank
+    source: str = "unknown"
+    created_at_ms: int = Field(default_factory=now_ms, ge=0)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _text_not_blank(self) -> Prompt:
+        _require_text(self.text, "prompt text")
+        return self
+
+
+class Response(Record):
+    schema_name: ClassVar[str] = "response"
+
+    response_id: Id
+    prompt_id: Id
+    prompt_text: NonBlank
+    model: Id
+    text: str
+    backend: str
+    simulated: bool
+    num_tokens: int = Field(ge=0)
+    latency_ms: float = Field(ge=0)
+    created_at_ms: int = Field(default_factory=now_ms, ge=0)
+
+
+class Candidate(Record):
+    schema_name: ClassVar[str] = "candidate"
+
+    response_id: Id
+    model: Id
+    text: str
+    superiority: float
+    simulated: bool
+
+
+class KinPair(Record):
+    schema_name: ClassVar[str] = "kin_pair"
+
+    pair_id: Id
+    prompt_id: Id
+    prompt_text: NonBlank
+    response_a: Candidate
+    response_b: Candidate
+    policy: str
+    similarity: float = Field(ge=-1.0, le=1.0)
+    gap: float = Field(ge=0.0)
+    created_at_ms: int = Field(default_factory=now_ms, ge=0)
+
+    @model_validator(mode="after")
+    def _two_distinct_responses(self) -> KinPair:
+        if self.response_a.response_id == self.response_b.response_id:
+            raise ValueError("a pair needs two distinct responses")
+        return self
+
+
+class Winner(StrEnum):
+    A = "A"
+    B = "B"
+    TIE = "TIE"
+
+
+class Preference(Record):
+    schema_name: ClassVar[str] = "preference"
+
+    preference_id: Id
+    pair_id: Id
+    prompt_id: Id
+    prompt_text: NonBlank
+    response_a: Candidate
+    response_b: Candidate
+    winner: Winner
+    consistent: bool
+    verdict_ab: Winner
+    verdict_ba: Winner
+    confidence: float = Field(ge=0.0, le=1.0)
+    judge: str
+    simulated: bool
+    policy: str
+    gap: float = Field(ge=0.0)
+    created_at_ms: int = Field(default_factory=now_ms, ge=0)
+
+    @property
+    def chosen(self) -> Candidate | None:
+        return {Winner.A: self.response_a, Winner.B: self.response_b}.get(self.winner)
+
+    @property
+    def rejected(self) -> Candidate | None:
+        return {Winner.A: self.response_b, Winner.B: self.response_a}.get(self.winner)
+
+    def to_trl(self) -> dict[str, object] | None:
+        """TRL's DPO row (prompt/chosen/rejected); None for a tie, which carries no preference."""
+        if self.chosen is None or self.rejected is None:
+            return None
+        return {
+            "prompt": self.prompt_text,
+            "chosen": self.chosen.text,
+            "rejected": self.rejected.text,
+            "preference_id": self.preference_id,
+            "simulated": self.simulated,
+        }
+
+
+class DeadLetter(Record):
+    schema_name: ClassVar[str] = "dead_letter"
+
+    reason: str
+    error_type: str
+    stage: str
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    key: bytes | None = None
+    value: bytes | None = None
+    created_at_ms: int = Field(default_factory=now_ms, ge=0)
+
+
+RECORD_TYPES: dict[str, type[Record]] = {
+    cls.schema_name: cls for cls in (Prompt, Response, KinPair, Preference, DeadLetter)
+}

@@ -1,0 +1,1 @@
+"""Where data flows: the faust app, topics, codecs, configuration and the local broker."""

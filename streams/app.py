@@ -1,0 +1,130 @@
+"""The faust app: one per worker process, carrying the agents of the roles it runs.
+
+The app id is the consumer group and the stem of changelog topics, so it follows the role:
+`karma worker generate --model M` is group `<app_id>-generate-M` (one group per model, so
+every model sees every prompt), `karma worker rate` is `<app_id>-rate`, `karma worker judge`
+is `<app_id>-judge`, and `karma run` (all roles in one process, for laptops and CI) is
+`<app_id>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from karma.schemas.models import DeadLetter
+from karma.streams.codecs import encode
+from karma.streams.config import KarmaSettings, ModelSpec
+from karma.streams.metrics import DEAD_LETTERS, MESSAGES_OUT
+from karma.streams.topics import TopicNames
+
+ROLES = ("generate", "rate", "judge")
+
+
+def raw_topic(app: faust.App, *names: str, partitions: int) -> faust.TopicT:
+    """A topic of undecoded bytes: agents decode themselves so bad bytes can reach the DLQ."""
+    return app.topic(
+        *names,
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+    )
+
+
+@dataclass
+class Stage:
+    """What every agent needs: settings, its app, the topics, and the dead-letter path."""
+
+    settings: KarmaSettings
+    app: faust.App
+    names: TopicNames
+    topics: dict[str, faust.TopicT]
+
+    async def publish(self, stage: str, topic: str, key: str, value: bytes) -> None:
+        await self.topics[topic].send(key=key.encode(), value=value)
+        MESSAGES_OUT.labels(stage, topic).inc()
+
+    async def dead_letter(
+        self,
+        event: Any,
+        *,
+        stage: str,
+        reason: str,
+        error_type: str,
+        value: bytes | None = None,
+        offset: int | None = None,
+    ) -> None:
+        """Sends the event's raw bytes (or `value`) to the DLQ with why and where it came from."""
+        message = event.message
+        letter = DeadLetter(
+            reason=reason,
+            error_type=error_type,
+            stage=stage,
+            source_topic=message.topic,
+            source_partition=message.partition,
+            source_offset=message.offset if offset is None else offset,
+            key=event.key if isinstance(event.key, bytes) else None,
+            value=event.value if value is None else value,
+        )
+        await self.topics["dlq"].send(key=event.key, value=encode(letter))
+        DEAD_LETTERS.labels(stage, error_type).inc()
+        MESSAGES_OUT.labels(stage, "dlq").inc()
+
+
+def app_id_for(settings: KarmaSettings, roles: Iterable[str], model: str | None = None) -> str:
+    roles = tuple(roles)
+    if set(roles) == set(ROLES):
+        return settings.app_id
+    suffix = "-".join(roles) + (f"-{model}" if model else "")
+    return f"{settings.app_id}-{suffix}"
+
+
+def create_app(
+    settings: KarmaSettings,
+    roles: Iterable[str] = ROLES,
+    models: list[ModelSpec] | None = None,
+) -> faust.App:
+    """A faust app with the agents of `roles`; `models` narrows generation to part of the pool."""
+    # Imported here: the agents import from `streams`, and the app is their only caller.
+    from karma.agents import generation, judging, rating
+
+    roles = tuple(roles)
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown roles {sorted(unknown)}; choose from {list(ROLES)}")
+    single_model = models[0].name if models and len(models) == 1 and roles == ("generate",) else None
+    app = faust.App(
+        app_id_for(settings, roles, single_model),
+        broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+        store=settings.store,
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_disable_leader=True,
+        table_standby_replicas=0,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        broker_rebalance_timeout=settings.rebalance_timeout_s,
+        broker_commit_interval=1.0,
+        web_enabled=False,
+        autodiscover=False,
+    )
+    names = TopicNames.from_settings(settings)
+    topics = {
+        stage: raw_topic(app, getattr(names, stage), partitions=settings.partitions)
+        for stage in ("prompts", "responses", "pairs", "preferences", "dlq", "ticks")
+    }
+    stage = Stage(settings=settings, app=app, names=names, topics=topics)
+    if "generate" in roles:
+        generation.register(stage, models or settings.pool)
+    if "rate" in roles:
+        rating.register(stage)
+    if "judge" in roles:
+        judging.register(stage)
+    return app

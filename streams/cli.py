@@ -1,0 +1,317 @@
+"""The `karma` command line. Every command is documented by `karma COMMAND --help`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Coroutine
+from enum import StrEnum
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from karma.streams.broker import BrokerConfig, BrokerError, LocalBroker, broker_app
+from karma.streams.client import PromptProducer, TopicNotFoundError, parse_prompt_file, read_topic
+from karma.streams.config import ConfigError, KarmaSettings, load_settings
+
+T = TypeVar("T")
+
+console = Console(stderr=True)
+out = Console()
+
+app = typer.Typer(
+    help="KARMA-stream: kin-matched preference pairs for continual LLM alignment, through Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(broker_app, name="broker")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file (see README); KARMA_* variables override it."),
+]
+BootstrapOption = Annotated[
+    str | None, typer.Option("--bootstrap", "-b", help="Kafka bootstrap servers, e.g. 127.0.0.1:9092.")
+]
+
+
+def settings_or_exit(config: Path | None, **overrides: Any) -> KarmaSettings:
+    """Loads settings, turning a bad file or value into a one-line message and exit code 2."""
+    try:
+        return load_settings(config, **overrides)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/] {exc}")
+    except ValidationError as exc:
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "config"
+            console.print(f"[red]error:[/] config {where}: {err['msg']}")
+    raise typer.Exit(2)
+
+
+def run_or_exit(coro: Coroutine[Any, Any, T]) -> T:
+    """Runs a coroutine; an unreachable broker or missing topic is a one-line error, exit code 1."""
+    try:
+        return asyncio.run(coro)
+    except TopicNotFoundError as exc:
+        console.print(f"[red]error:[/] {exc}")
+    except KafkaError as exc:
+        console.print(f"[red]error:[/] Kafka: {exc} (is the broker up? try `karma broker status`)")
+    raise typer.Exit(1)
+
+
+class Role(StrEnum):
+    generate = "generate"
+    rate = "rate"
+    judge = "judge"
+    all = "all"
+
+
+@app.command()
+def worker(
+    role: Annotated[Role, typer.Argument(help="Stage to run: generate, rate, judge, or all.")],
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="generate only: model(s) of the pool to serve (default: all)."),
+    ] = None,
+    config: ConfigOption = None,
+    bootstrap: BootstrapOption = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Port of /metrics (0 disables).")] = None,
+    loglevel: Annotated[str, typer.Option(help="faust log level.")] = "warning",
+) -> None:
+    """Run one stage as a faust worker until SIGINT/SIGTERM."""
+    from karma.streams.app import ROLES
+    from karma.streams.worker import run_worker
+
+    settings = settings_or_exit(config, bootstrap_servers=bootstrap, metrics_port=metrics_port)
+    models = None
+    if model:
+        if role is not Role.generate:
+            console.print("[red]error:[/] --model applies to the generate role only")
+            raise typer.Exit(2)
+        unknown = sorted(set(model) - set(settings.model_names))
+        if unknown:
+            console.print(f"[red]error:[/] --model {unknown} not in the pool {settings.model_names}")
+            raise typer.Exit(2)
+        models = [spec for spec in settings.pool if spec.name in model]
+    roles = ROLES if role is Role.all else (role.value,)
+    console.print(
+        f"karma worker {role.value}: broker {settings.bootstrap_servers}, topics {settings.topic_prefix}*, "
+        f"metrics {'off' if not settings.metrics_port else f'http://{settings.metrics_host}:{settings.metrics_port}/metrics'}"
+    )
+    run_worker(settings, roles, models, loglevel=loglevel)
+
+
+@app.command()
+def run(
+    config: ConfigOption = None,
+    bootstrap: BootstrapOption = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Port of /metrics (0 disables).")] = None,
+    loglevel: Annotated[str, typer.Option(help="faust log level.")] = "warning",
+) -> None:
+    """Run all stages (generate, rate, judge) in one process: for a laptop, a demo or CI."""
+    worker(Role.all, None, config, bootstrap, metrics_port, loglevel)
+
+
+@app.command()
+def submit(
+    file: Annotated[Path, typer.Argument(help='JSONL: one {"text": ...} object per line.')],
+    config: ConfigOption = None,
+    bootstrap: BootstrapOption = None,
+    source: Annotated[str, typer.Option(help="Recorded as each prompt's source.")] = "karma-submit",
+) -> None:
+    """Publish prompts from a JSONL file to karma.prompts.
+
+    Each line is an object with "text" (or "prompt"), and optionally "prompt_id" and "metadata"
+    (string values). Without prompt_id, the id is a hash of source and text, so submitting a file
+    twice does not create new prompts. A bad line is reported with its line number and skipped.
+    """
+    settings = settings_or_exit(config, bootstrap_servers=bootstrap)
+    if not file.is_file():
+        console.print(f"[red]error:[/] {file} is not a readable file")
+        raise typer.Exit(2)
+    sent, skipped = run_or_exit(_submit(settings, file, source))
+    console.print(f"submitted {sent} prompt(s) to {settings.topic('prompts')}; skipped {skipped} bad line(s)")
+
+
+async def _submit(settings: KarmaSettings, file: Path, source: str) -> tuple[int, int]:
+    lines = file.read_text().splitlines()
+    sent = skipped = 0
+    async with PromptProducer(settings, source=source) as producer:
+        with _progress() as progress:
+            task = progress.add_task("submitting", total=len(lines))
+            pending = []
+            for line_no, prompt, error in parse_prompt_file(lines, source):
+                if error is not None:
+                    console.print(f"[yellow]skipped[/] {file}:{line_no}: {error}")
+                    skipped += 1
+                elif prompt is not None:
+                    pending.append(await producer.send_prompt(prompt))
+                    sent += 1
+                progress.advance(task)
+            await asyncio.gather(*pending)
+    return sent, skipped
+
+
+@app.command()
+def tail(
+    topic: Annotated[
+        str, typer.Argument(help="prompts, responses, pairs, preferences, dlq, or a full name.")
+    ],
+    config: ConfigOption = None,
+    bootstrap: BootstrapOption = None,
+    from_beginning: Annotated[bool, typer.Option(help="Start at the oldest message.")] = True,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep waiting for new messages.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Stop after this many messages.")] = None,
+) -> None:
+    """Print a topic's messages as JSON lines, decoded (reads without joining a group)."""
+    settings = settings_or_exit(config, bootstrap_servers=bootstrap)
+
+    async def _tail() -> None:
+        count = 0
+        async for received in read_topic(
+            settings, topic, from_beginning=from_beginning, until_end=not follow
+        ):
+            print(json.dumps(_printable(received)), flush=True)
+            count += 1
+            if limit is not None and count >= limit:
+                return
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run_or_exit(_tail())
+
+
+def _printable(received: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "topic": received.topic,
+        "partition": received.partition,
+        "offset": received.offset,
+    }
+    if received.record is not None:
+        row["value"] = received.record.model_dump(mode="json")
+        for field in ("key", "value"):  # dead letters carry raw bytes
+            if isinstance(getattr(received.record, field, None), bytes):
+                row["value"][field] = base64.b64encode(getattr(received.record, field)).decode()
+    else:
+        row["error"] = received.error
+    return row
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+@app.command()
+def demo(
+    prompts: Annotated[
+        Path | None, typer.Option(help="JSONL prompts to submit (default: the bundled 50).")
+    ] = None,
+    output: Annotated[Path, typer.Option("--out", help="Where to write the preferences.")] = Path(
+        "karma-out/preferences.jsonl"
+    ),
+    port: Annotated[int, typer.Option(help="Port of the local broker.")] = 9092,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the preferences.")] = 240.0,
+    keep_broker: Annotated[bool, typer.Option(help="Leave the broker running afterwards.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """End to end on this machine: broker up, workers up, prompts in, preferences out, summary."""
+    from karma.streams.demo import run_demo
+
+    broker = LocalBroker(BrokerConfig(port=port))
+    started_broker = False
+    try:
+        if not broker.status().answering:
+            console.print("starting the local Kafka broker (the first run resolves its jars with Maven)…")
+            broker.ensure_jars(progress=lambda line: console.print(f"  {line}"))
+            broker.start(timeout=120)
+            started_broker = True
+        console.print(f"broker answering on {broker.bootstrap}")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        settings = settings_or_exit(
+            config,
+            bootstrap_servers=broker.bootstrap,
+            topic_prefix=f"demo-{stamp}.",
+            app_id=f"karma-demo-{stamp}",
+            metrics_port=0,
+        )
+        prompt_lines = (
+            prompts.read_text()
+            if prompts
+            else resources.files("karma.streams").joinpath("data/sample_prompts.jsonl").read_text()
+        ).splitlines()
+        summary = run_demo(settings, prompt_lines, output, timeout, console, _progress)
+    except BrokerError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        if started_broker and not keep_broker:
+            broker.stop()
+    table = Table(title="KARMA demo")
+    for column in ("prompts", "responses", "pairs", "preferences", "ties", "dlq"):
+        table.add_column(column, justify="right")
+    table.add_row(*(str(summary[c]) for c in ("prompts", "responses", "pairs", "preferences", "ties", "dlq")))
+    out.print(table)
+    out.print(f"preferences written to {output} (simulated models and judge: not training data)")
+    if summary["missing"]:
+        console.print(f"[red]{summary['missing']} expected preference(s) did not arrive in {timeout:g} s[/]")
+        raise typer.Exit(1)
+
+
+def spawn_worker(settings: KarmaSettings, log_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    """Starts `karma run` (or `karma worker ...`) as a child process with these settings."""
+    env = {**os.environ, **settings_env(settings)}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "karma.streams.cli", *(args or ("run",))],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop_worker(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def settings_env(settings: KarmaSettings) -> dict[str, str]:
+    """KARMA_* variables that reproduce `settings` in a child process."""
+    return {
+        "KARMA_" + name.upper(): value if isinstance(value, str) else json.dumps(value)
+        for name, value in settings.model_dump(mode="json").items()
+    }
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

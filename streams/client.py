@@ -1,0 +1,213 @@
+"""The Python SDK: publish prompts, read any karma topic as typed records.
+
+async with PromptProducer(settings) as producer:
+    prompt_id = await producer.send("Explain Kafka consumer groups.")
+
+async for record in read_topic(settings, "preferences", until_end=True):
+    ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pydantic import ValidationError
+
+from karma.schemas.models import (
+    DeadLetter,
+    KinPair,
+    Preference,
+    Prompt,
+    Record,
+    Response,
+    prompt_id_for,
+)
+from karma.streams.codecs import DecodeError, decode, encode
+from karma.streams.config import KarmaSettings
+from karma.streams.topics import STAGES
+
+RECORD_OF_STAGE: dict[str, type[Record]] = {
+    "prompts": Prompt,
+    "responses": Response,
+    "pairs": KinPair,
+    "preferences": Preference,
+    "dlq": DeadLetter,
+}
+
+
+class PromptProducer:
+    """Publishes prompts to karma.prompts, keyed by prompt_id (idempotent producer, acks=all)."""
+
+    def __init__(self, settings: KarmaSettings, source: str = "sdk") -> None:
+        self.settings = settings
+        self.source = source
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
+        )
+
+    async def __aenter__(self) -> PromptProducer:
+        await self._producer.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._producer.stop()
+
+    async def send_prompt(self, prompt: Prompt) -> asyncio.Future[Any]:
+        """Queues a validated prompt; the returned future resolves when the broker has it."""
+        return await self._producer.send(
+            self.settings.topic("prompts"), key=prompt.prompt_id.encode(), value=encode(prompt)
+        )
+
+    async def send(
+        self, text: str, prompt_id: str | None = None, metadata: dict[str, str] | None = None
+    ) -> str:
+        """Publishes one prompt and waits for the broker's acknowledgement; returns its id."""
+        prompt = Prompt(
+            prompt_id=prompt_id or prompt_id_for(text, self.source),
+            text=text,
+            source=self.source,
+            metadata=metadata or {},
+        )
+        await (await self.send_prompt(prompt))
+        return prompt.prompt_id
+
+    async def send_raw(self, value: bytes, key: bytes | None = None) -> None:
+        """Publishes bytes as they are: for tests of the dead-letter path."""
+        await self._producer.send_and_wait(self.settings.topic("prompts"), key=key, value=value)
+
+
+@dataclass(frozen=True)
+class Received:
+    """A message read from a karma topic: the decoded record, or why it did not decode."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    record: Record | None
+    error: str | None = None
+
+
+def topic_name(settings: KarmaSettings, topic: str) -> tuple[str, type[Record] | None]:
+    """Accepts a stage name (prompts, ..., dlq) or a full topic name."""
+    if topic in STAGES:
+        return settings.topic(topic), RECORD_OF_STAGE[topic]
+    for stage in STAGES:
+        if topic == settings.topic(stage):
+            return topic, RECORD_OF_STAGE[stage]
+    return topic, None
+
+
+async def read_topic(
+    settings: KarmaSettings,
+    topic: str,
+    *,
+    from_beginning: bool = True,
+    until_end: bool = False,
+    idle_timeout_s: float | None = None,
+) -> AsyncIterator[Received]:
+    """Reads a topic without joining a consumer group (nothing is committed).
+
+    until_end stops at the end offsets seen when reading began; idle_timeout_s stops after that
+    long without a new message.
+    """
+    name, model = topic_name(settings, topic)
+    if name not in await list_topics(settings):
+        raise TopicNotFoundError(f"topic {name} does not exist on {settings.bootstrap_servers}")
+    # Without a group id, a subscribed consumer is assigned every partition and commits nothing.
+    consumer = AIOKafkaConsumer(
+        name,
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        group_id=None,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+    )
+    await consumer.start()
+    try:
+        tps = sorted(consumer.assignment())
+        ends = await consumer.end_offsets(tps) if until_end else {}
+        last_message = time.monotonic()
+        while True:
+            if until_end and all([await consumer.position(tp) >= ends[tp] for tp in tps]):
+                return
+            batch = await consumer.getmany(timeout_ms=200)
+            if not batch:
+                if idle_timeout_s is not None and time.monotonic() - last_message > idle_timeout_s:
+                    return
+                continue
+            last_message = time.monotonic()
+            for messages in batch.values():
+                for msg in messages:
+                    yield _received(msg, model)
+    finally:
+        await consumer.stop()
+
+
+class TopicNotFoundError(LookupError):
+    """A topic that is not on the broker (reading must not create it)."""
+
+
+async def list_topics(settings: KarmaSettings) -> set[str]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    try:
+        await consumer.start()
+        return set(await consumer.topics())
+    finally:
+        await consumer.stop()
+
+
+def _received(msg: Any, model: type[Record] | None) -> Received:
+    record, error = None, None
+    if model is not None:
+        try:
+            record = decode(msg.value, model)
+        except DecodeError as exc:
+            error = exc.reason
+    return Received(msg.topic, msg.partition, msg.offset, msg.key, record, error)
+
+
+def parse_prompt_line(line: str, source: str) -> Prompt:
+    """One JSONL line to a Prompt; raises ValueError saying what is wrong with it."""
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if isinstance(data, str):
+        data = {"text": data}
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object with a 'text' field, got {type(data).__name__}")
+    text = data.get("text", data.get("prompt"))
+    if not isinstance(text, str):
+        raise ValueError("missing 'text' (a string)")
+    unknown = set(data) - {"text", "prompt", "prompt_id", "metadata", "source"}
+    if unknown:
+        raise ValueError(f"unknown field(s) {sorted(unknown)}")
+    src = data.get("source", source)
+    try:
+        return Prompt(
+            prompt_id=data.get("prompt_id") or prompt_id_for(text, src),
+            text=text,
+            source=src,
+            metadata=data.get("metadata") or {},
+        )
+    except ValidationError as exc:
+        raise ValueError(
+            "; ".join(f"{'.'.join(map(str, e['loc'])) or 'prompt'}: {e['msg']}" for e in exc.errors())
+        ) from None
+
+
+def parse_prompt_file(lines: list[str], source: str) -> Iterator[tuple[int, Prompt | None, str | None]]:
+    """(line number, prompt, None) for good lines, (line number, None, reason) for bad ones."""
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, parse_prompt_line(line, source), None
+        except ValueError as exc:
+            yield line_no, None, str(exc)

@@ -1,0 +1,86 @@
+"""Avro in the Confluent Schema Registry wire format: magic byte 0, 4-byte big-endian
+schema id, then the schemaless Avro body (fastavro).
+
+`encode` writes a pydantic record with its current schema; `decode` reads any registered
+writer schema and resolves it to the current reader schema (BACKWARD evolution), then
+validates the result with the pydantic model. Both raise `DecodeError` with a reason that
+is fit for the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from typing import Any, TypeVar
+
+from fastavro import schemaless_reader, schemaless_writer
+from pydantic import ValidationError
+
+from karma.schemas.catalogue import SchemaCatalogue, UnknownSchemaError, default_catalogue
+from karma.schemas.models import Record
+
+MAGIC_BYTE = 0
+_HEADER = struct.Struct(">bI")
+
+R = TypeVar("R", bound=Record)
+
+
+class DecodeError(ValueError):
+    """Bytes that are not a valid record of the expected type. `kind` is decode or validation."""
+
+    def __init__(self, reason: str, kind: str = "decode") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
+
+
+def encode_raw(record: dict[str, Any], schema_name: str, catalogue: SchemaCatalogue | None = None) -> bytes:
+    cat = catalogue or default_catalogue()
+    buf = io.BytesIO()
+    buf.write(_HEADER.pack(MAGIC_BYTE, cat.id_of(schema_name)))
+    schemaless_writer(buf, cat.current(schema_name), record)
+    return buf.getvalue()
+
+
+def encode(record: Record, catalogue: SchemaCatalogue | None = None) -> bytes:
+    return encode_raw(record.model_dump(mode="python"), record.schema_name, catalogue)
+
+
+def decode_raw(
+    data: bytes | None,
+    reader_schema: Any,
+    catalogue: SchemaCatalogue | None = None,
+) -> dict[str, Any]:
+    """Avro-decodes framed bytes written with any catalogued schema into `reader_schema`."""
+    cat = catalogue or default_catalogue()
+    if not data:
+        raise DecodeError("empty message value")
+    if len(data) < _HEADER.size:
+        raise DecodeError(f"message of {len(data)} bytes is shorter than the 5-byte header")
+    magic, sid = _HEADER.unpack_from(data)
+    if magic != MAGIC_BYTE:
+        raise DecodeError(f"magic byte is {magic}, expected {MAGIC_BYTE} (not Confluent-framed Avro)")
+    try:
+        writer_schema = cat.by_id(sid)
+    except UnknownSchemaError as exc:
+        raise DecodeError(str(exc.args[0])) from None
+    body = io.BytesIO(data[_HEADER.size :])
+    try:
+        value = schemaless_reader(body, writer_schema, reader_schema)
+    except Exception as exc:  # fastavro raises many types for corrupt bodies
+        raise DecodeError(f"Avro body does not match schema id {sid}: {type(exc).__name__}: {exc}") from None
+    if body.tell() != len(data) - _HEADER.size:
+        raise DecodeError(f"{len(data) - _HEADER.size - body.tell()} trailing bytes after the Avro body")
+    return value
+
+
+def decode(data: bytes | None, model: type[R], catalogue: SchemaCatalogue | None = None) -> R:
+    cat = catalogue or default_catalogue()
+    raw = decode_raw(data, cat.current(model.schema_name), cat)
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or model.__name__}: {err['msg']}" for err in exc.errors()
+        )
+        raise DecodeError(f"invalid {model.__name__}: {problems}", kind="validation") from None

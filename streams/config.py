@@ -1,0 +1,166 @@
+"""All configuration in one place, declared with defaults.
+
+Sources, highest priority first: keyword overrides (the CLI's flags), `KARMA_*` environment
+variables (nested with `__`, e.g. `KARMA_KIN__TAU=0.9`), a YAML file (`--config FILE` or
+`KARMA_CONFIG`), then the defaults below. The model pool, thresholds and policies are
+configuration, not code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class ModelSpec(BaseModel):
+    """One generator in the pool."""
+
+    name: str = Field(pattern=r"^[\w.:\-/]+$")
+    backend: Literal["simulated"] = "simulated"
+    latent_quality: float | None = Field(
+        default=None,
+        description="Simulated backend only: the model's true quality in [0, 1]; "
+        "defaults to its prior superiority from the profiles.",
+    )
+
+
+class KinSettings(BaseModel):
+    """The first kin rule: kin when similarity >= tau and |superiority gap| <= delta."""
+
+    tau: float = Field(default=0.95, ge=-1.0, le=1.0)
+    delta: float = Field(default=0.15, ge=0.0, le=1.0)
+    profiles: Path | None = Field(
+        default=None, description="Benchmark CSV; None means the bundled 16-model table."
+    )
+
+
+class JudgeSettings(BaseModel):
+    backend: Literal["simulated"] = "simulated"
+    name: str = "simulated-judge"
+    position_bias: float = Field(
+        default=0.3, description="Simulated: log-odds bonus for whichever response is shown first."
+    )
+    temperature: float = Field(
+        default=0.1, gt=0, description="Simulated: quality gap that moves the log-odds by 1."
+    )
+
+
+DEFAULT_POOL = [
+    ModelSpec(name=name)
+    for name in ("llama-2-13b-chat", "wizardlm-13b", "vicuna-33b", "llama-2-70b-chat", "gpt-3.5-turbo")
+]
+
+
+class KarmaSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KARMA_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = Field(default="karma.", pattern=r"^[\w.\-]*$")
+    app_id: str = Field(default="karma", description="Consumer-group and changelog-topic stem.")
+    partitions: int = Field(default=4, ge=1, description="Partitions of every karma topic.")
+    replication_factor: int = Field(default=1, ge=1)
+    store: str = Field(default="memory://", description="faust table store: memory:// or rocksdb://")
+    data_dir: Path = Field(default=Path(".cache/karma/worker"), description="faust's data folder.")
+    seed: int = 0
+
+    pool: list[ModelSpec] = Field(default_factory=lambda: list(DEFAULT_POOL), min_length=1)
+    kin: KinSettings = Field(default_factory=KinSettings)
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    policy: Literal["kin"] = "kin"
+
+    gather_timeout_s: float = Field(
+        default=30.0, gt=0, description="How long the rating stage waits for all models of a prompt."
+    )
+    tick_interval_s: float = Field(
+        default=2.0, gt=0, description="How often gathers are checked for timeouts."
+    )
+    done_retention_s: float = Field(
+        default=3600.0, gt=0, description="How long a finished prompt is remembered, to drop replays."
+    )
+    window_size_s: float = Field(default=600.0, gt=0, description="Hopping window for per-model state.")
+    window_step_s: float = Field(default=60.0, gt=0)
+
+    metrics_port: int = Field(default=9108, ge=0, le=65535, description="0 disables /metrics.")
+    metrics_host: str = "127.0.0.1"
+
+    # Fast group joins and restarts: see DESIGN.md, "Timing facts".
+    session_timeout_s: float = 6.0
+    heartbeat_interval_s: float = 1.5
+    rebalance_timeout_s: float = 6.0
+
+    @field_validator("pool")
+    @classmethod
+    def _unique_model_names(cls, pool: list[ModelSpec]) -> list[ModelSpec]:
+        names = [m.name for m in pool]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"model names must be unique in the pool; repeated: {duplicates}")
+        return pool
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> KarmaSettings:
+        if self.window_step_s > self.window_size_s:
+            raise ValueError("window_step_s must not exceed window_size_s")
+        return self
+
+    def topic(self, stage: str) -> str:
+        """Full topic name of a stage: prompts, responses, pairs, preferences, dlq."""
+        return f"{self.topic_prefix}{stage}"
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.pool]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlFileSource(settings_cls))
+
+
+class ConfigError(ValueError):
+    """A configuration file or value that cannot be used; the message says what and where."""
+
+
+class _YamlFileSource(PydanticBaseSettingsSource):
+    """Reads the YAML file named by KARMA_CONFIG (set by `--config`)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("KARMA_CONFIG")
+        return read_yaml_config(Path(path)) if path else {}
+
+
+def read_yaml_config(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> KarmaSettings:
+    """Settings from defaults, an optional YAML file, KARMA_* variables and explicit overrides."""
+    if config_file is not None:
+        os.environ["KARMA_CONFIG"] = str(config_file)
+    return KarmaSettings(**{k: v for k, v in overrides.items() if v is not None})

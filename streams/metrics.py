@@ -1,0 +1,33 @@
+"""Prometheus metrics of every worker: `karma_` prefix, base units, no prompt ids in labels."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+MESSAGES_IN = Counter("karma_messages_in", "Messages a stage consumed.", ["stage"])
+MESSAGES_OUT = Counter("karma_messages_out", "Messages a stage published.", ["stage", "topic"])
+STAGE_LATENCY = Histogram(
+    "karma_stage_latency_seconds",
+    "Time a stage spent on one message, decode to publish.",
+    ["stage"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+DEAD_LETTERS = Counter(
+    "karma_dlq_messages", "Messages sent to the dead-letter topic.", ["stage", "error_type"]
+)
+PAIRS = Counter("karma_pairs", "Pairs selected.", ["policy"])
+KIN_GAP = Histogram(
+    "karma_kin_gap",
+    "Absolute superiority gap of selected pairs.",
+    buckets=(0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0),
+)
+VERDICTS = Counter("karma_judge_verdicts", "Resolved verdicts.", ["winner", "consistent"])
+DUPLICATES = Counter("karma_duplicates_dropped", "Replayed messages recognised and dropped.", ["stage"])
+PENDING_PROMPTS = Gauge("karma_rating_pending_prompts", "Prompts whose responses are still being gathered.")
+CONSUMER_LAG = Gauge("karma_consumer_lag_messages", "Messages behind the end of the topic.", ["topic"])
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Serves /metrics on a background thread; port 0 disables it."""
+    if port:
+        start_http_server(port, addr=host)

@@ -1,0 +1,30 @@
+"""Runs a faust worker for some roles: the body of `karma worker` and `karma run`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import faust
+
+from karma.streams.app import ROLES, create_app
+from karma.streams.config import KarmaSettings, ModelSpec
+from karma.streams.metrics import serve_metrics
+from karma.streams.topics import ensure_topics
+
+
+def run_worker(
+    settings: KarmaSettings,
+    roles: tuple[str, ...] = ROLES,
+    models: list[ModelSpec] | None = None,
+    loglevel: str = "warning",
+) -> None:
+    """Creates the topics, serves /metrics, and runs the agents until SIGINT/SIGTERM."""
+    asyncio.run(ensure_topics(settings))
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = create_app(settings, roles, models)
+    serve_metrics(settings.metrics_port, settings.metrics_host)
+    # The faust Worker owns the event loop from here; it installs SIGINT/SIGTERM handlers
+    # that stop the agents and commit offsets before exiting.
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
