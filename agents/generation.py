@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from karma.agents.kinship import load_profiles
@@ -24,6 +25,7 @@ def build_generators(stage: Stage, models: list[ModelSpec]) -> list[SimulatedGen
             if spec.latent_quality is not None
             else profiles.superiority(spec.name),
             seed=stage.settings.seed,
+            latency_s=spec.simulated_latency_s,
         )
         for spec in models
     ]
@@ -59,5 +61,7 @@ def register(stage: Stage, models: list[ModelSpec]) -> None:
                     await stage.dead_letter(event, stage=STAGE, reason=exc.reason, error_type=exc.kind)
                     continue
                 for generator in generators:
+                    if generator.latency_s:
+                        await asyncio.sleep(generator.latency_s)
                     response = respond(generator, prompt)
                     await stage.publish(STAGE, "responses", prompt.prompt_id, encode(response))

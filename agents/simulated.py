@@ -36,6 +36,7 @@ class SimulatedGenerator:
     model: str
     latent_quality: float
     seed: int = 0
+    latency_s: float = 0.0  # waited by the agent per response, to mimic a real model's pace
 
     def generate(self, prompt_id: str, prompt_text: str) -> str:
         rng = seeded_rng(self.seed, self.model, prompt_id)

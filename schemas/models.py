@@ -13,10 +13,18 @@ import time
 from enum import StrEnum
 from typing import Annotated, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[\w.:\-/]+$")]
-NonBlank = Annotated[str, StringConstraints(min_length=1, strip_whitespace=False)]
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("text is empty or whitespace only")
+    return value
+
+
+NonBlank = Annotated[str, AfterValidator(_not_blank)]
 
 
 def now_ms() -> int:
@@ -50,12 +58,6 @@ class Record(BaseModel):
     schema_name: ClassVar[str]
 
 
-def _require_text(value: str, what: str) -> str:
-    if not value.strip():
-        raise ValueError(f"{what} is empty or whitespace only")
-    return value
-
-
 class Prompt(Record):
     schema_name: ClassVar[str] = "prompt"
 
@@ -64,11 +66,6 @@ class Prompt(Record):
     source: str = "unknown"
     created_at_ms: int = Field(default_factory=now_ms, ge=0)
     metadata: dict[str, str] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _text_not_blank(self) -> Prompt:
-        _require_text(self.text, "prompt text")
-        return self
 
 
 class Response(Record):

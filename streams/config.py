@@ -27,6 +27,11 @@ class ModelSpec(BaseModel):
         description="Simulated backend only: the model's true quality in [0, 1]; "
         "defaults to its prior superiority from the profiles.",
     )
+    simulated_latency_s: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Simulated backend only: seconds to wait per response, like a GPU would.",
+    )
 
 
 class KinSettings(BaseModel):

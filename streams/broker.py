@@ -1,0 +1,555 @@
+"""A real, single-node Apache Kafka broker (KRaft mode, loopback only) for laptops and tests.
+
+The broker's jars are resolved once with Maven from ``deploy/kafka/pom.xml`` into a cache
+(``<home>/kafka-<version>/lib``), then ``kafka.Kafka`` runs detached from this process with its
+state under ``<home>/broker-<port>/`` (server.properties, data/, broker.log, broker.pid)::
+
+    broker = LocalBroker(BrokerConfig(port=9092))
+    broker.start()                # resolves jars on first use, formats storage once
+    broker.bootstrap              # "127.0.0.1:9092"
+    broker.stop()
+
+The same lifecycle is exposed as a CLI (``broker_app``: ``start``, ``stop``, ``status``,
+``reset``). Needs Java 17+ and Maven on PATH; POSIX only (signals, ``fcntl``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from aiokafka import AIOKafkaClient
+from aiokafka.errors import KafkaError
+from rich.console import Console
+from rich.markup import escape
+
+__all__ = [
+    "BrokerConfig",
+    "BrokerError",
+    "BrokerStatus",
+    "LocalBroker",
+    "broker_app",
+    "kafka_pom",
+]
+
+DEFAULT_KAFKA_VERSION = "4.1.1"
+HOST = "127.0.0.1"
+MAVEN_TIMEOUT_S = 900.0
+_MARKER = ".resolved"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+# Logs go to stdout, which start() sends to broker.log. The level is a system property so the
+# one-shot storage format can run quietly (-Dkarma.kafka.log.level=WARN).
+_LOG4J2 = """\
+status = warn
+shutdownHook = disable
+appender.out.type = Console
+appender.out.name = STDOUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = ${sys:karma.kafka.log.level:-INFO}
+rootLogger.appenderRef.out.ref = STDOUT
+"""
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be resolved, started, stopped or reset."""
+
+
+def _default_home() -> Path:
+    return Path(os.environ.get("KARMA_HOME", ".cache/karma"))
+
+
+def kafka_pom() -> Path:
+    """The pom that resolves the broker: ``$KARMA_KAFKA_POM`` or ``deploy/kafka/pom.xml``."""
+    override = os.environ.get("KARMA_KAFKA_POM")
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parents[1] / "deploy" / "kafka" / "pom.xml"
+
+
+@dataclass
+class BrokerConfig:
+    """Where a local broker keeps its state and which loopback ports it listens on."""
+
+    home: Path = field(default_factory=_default_home)
+    port: int = 9092
+    controller_port: int | None = None  # default: port + 1
+    heap: str = "512m"
+    kafka_version: str = DEFAULT_KAFKA_VERSION
+    jars_home: Path | None = None  # where kafka-<version>/lib lives; default: home
+
+    def __post_init__(self) -> None:
+        self.home = Path(self.home)
+        if self.jars_home is not None:
+            self.jars_home = Path(self.jars_home)
+        if self.controller_port is None:
+            self.controller_port = self.port + 1
+        if self.controller_port == self.port:
+            raise BrokerError(f"controller port must differ from the client port {self.port}")
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    running: bool  # the process recorded in broker.pid is alive
+    pid: int | None
+    port: int
+    bootstrap: str
+    answering: bool  # it answered a metadata request just now
+
+
+class LocalBroker:
+    """Start, stop and inspect one Kafka broker+controller process on 127.0.0.1."""
+
+    def __init__(self, config: BrokerConfig | None = None) -> None:
+        self.config = config or BrokerConfig()
+        home = self.config.home.resolve()
+        jars_home = (self.config.jars_home or self.config.home).resolve()
+        self.kafka_dir = jars_home / f"kafka-{self.config.kafka_version}"
+        self.lib_dir = self.kafka_dir / "lib"
+        self.broker_dir = home / f"broker-{self.config.port}"
+        self.data_dir = self.broker_dir / "data"
+        self.properties_file = self.broker_dir / "server.properties"
+        self.log4j_file = self.broker_dir / "log4j2.properties"
+        self.log_file = self.broker_dir / "broker.log"
+        self.pid_file = self.broker_dir / "broker.pid"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def port(self) -> int:
+        return self.config.port
+
+    @property
+    def controller_port(self) -> int:
+        return self.config.controller_port or self.config.port + 1
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    # -- jars ---------------------------------------------------------------------------------
+
+    def ensure_jars(self, progress: Callable[[str], None] | None = None) -> Path:
+        """Resolve the broker's jars with Maven unless the cache is complete; return lib dir."""
+        self.kafka_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(self.kafka_dir / ".lock"):
+            marker = self.kafka_dir / _MARKER
+            if marker.is_file() and any(self.lib_dir.glob("kafka_2.13-*.jar")):
+                return self.lib_dir
+            mvn = shutil.which("mvn")
+            if mvn is None:
+                raise BrokerError(
+                    "Maven (mvn) is not on PATH; it is needed once to fetch the Kafka jars "
+                    f"into {self.lib_dir}"
+                )
+            pom = kafka_pom()
+            if not pom.is_file():
+                raise BrokerError(f"Kafka pom not found at {pom} (set KARMA_KAFKA_POM?)")
+            if progress:
+                progress(f"resolving Kafka {self.config.kafka_version} jars with Maven (first run only)…")
+            marker.unlink(missing_ok=True)
+            shutil.rmtree(self.lib_dir, ignore_errors=True)
+            cmd = [
+                mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(pom),
+                "dependency:copy-dependencies", "-DincludeScope=runtime",
+                f"-DoutputDirectory={self.lib_dir}",
+                f"-Dkafka.version={self.config.kafka_version}",
+            ]  # fmt: skip
+            try:
+                done = subprocess.run(
+                    cmd, capture_output=True, text=True, timeout=MAVEN_TIMEOUT_S, check=False
+                )
+            except subprocess.TimeoutExpired as exc:
+                raise BrokerError(f"Maven did not finish within {MAVEN_TIMEOUT_S:.0f}s") from exc
+            output = _ANSI.sub("", done.stdout + done.stderr)
+            if done.returncode != 0:
+                raise BrokerError(
+                    f"Maven could not resolve Kafka {self.config.kafka_version} from {pom} "
+                    f"(exit {done.returncode}):\n{_tail(output)}"
+                )
+            if not any(self.lib_dir.glob("kafka_2.13-*.jar")):
+                raise BrokerError(f"Maven succeeded but left no kafka_2.13 jar in {self.lib_dir}")
+            jars = sorted(p.name for p in self.lib_dir.glob("*.jar"))
+            marker.write_text("\n".join(jars) + "\n")
+            return self.lib_dir
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60, progress: Callable[[str], None] | None = None) -> None:
+        """Start the broker and wait until it answers metadata; no-op if it already runs.
+
+        ``timeout`` covers the broker's start-up, not the one-time Maven resolution;
+        ``progress`` is told when that resolution begins.
+        """
+        pid = self._running_pid()
+        if pid is not None:
+            self._wait_until_answering(pid, time.monotonic() + timeout)
+            return
+        for port in (self.port, self.controller_port):
+            if _port_in_use(port):
+                raise BrokerError(
+                    f"{HOST}:{port} is already in use by another process; stop it or choose another --port"
+                )
+        java = _java()
+        lib = self.ensure_jars(progress)
+        self._write_config()
+        if not (self.data_dir / "meta.properties").is_file():
+            self._format_storage(java, lib)
+        with self.log_file.open("wb") as log:
+            self._proc = subprocess.Popen(
+                [*self._jvm(java, lib), "kafka.Kafka", str(self.properties_file)],
+                cwd=self.broker_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(f"{self._proc.pid}\n")
+        self._wait_until_answering(self._proc.pid, time.monotonic() + timeout)
+
+    def stop(self, timeout: float = 30) -> bool:
+        """SIGTERM the broker (SIGKILL after ``timeout``); False if it was not running."""
+        pid = self._running_pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        if not self._wait_exit(pid, timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            self._wait_exit(pid, 10)
+        self.pid_file.unlink(missing_ok=True)
+        self._proc = None
+        return True
+
+    def status(self) -> BrokerStatus:
+        pid = self._running_pid()
+        answering = pid is not None and _answers_metadata(self.bootstrap)
+        return BrokerStatus(pid is not None, pid, self.port, self.bootstrap, answering)
+
+    def reset(self) -> bool:
+        """Delete this broker's data (topics, offsets, cluster id); jars stay. Must be stopped."""
+        if self._running_pid() is not None:
+            raise BrokerError(f"broker on {self.bootstrap} is running; stop it before reset")
+        existed = self.data_dir.exists()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+        self.log_file.unlink(missing_ok=True)
+        return existed
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def server_properties(self) -> dict[str, str]:
+        port, cport = self.port, self.controller_port
+        return {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{cport}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "controller.quorum.voters": f"1@{HOST}:{cport}",  # static quorum: no --standalone
+            "log.dirs": str(self.data_dir),
+            "num.partitions": "4",
+            "auto.create.topics.enable": "true",
+            "default.replication.factor": "1",
+            "min.insync.replicas": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "8",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "8",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "num.network.threads": "2",
+            "num.io.threads": "4",
+            "log.segment.bytes": str(16 * 1024 * 1024),
+            "log.retention.hours": "24",
+            "log.retention.check.interval.ms": "60000",
+        }
+
+    def _write_config(self) -> None:
+        self.broker_dir.mkdir(parents=True, exist_ok=True)
+        lines = [f"{key}={value}" for key, value in self.server_properties().items()]
+        self.properties_file.write_text(
+            "# Written by karma.streams.broker on every start; edits are overwritten.\n"
+            + "\n".join(lines)
+            + "\n"
+        )
+        self.log4j_file.write_text(_LOG4J2)
+
+    def _jvm(self, java: str, lib: Path, log_level: str = "INFO") -> list[str]:
+        return [
+            java,
+            f"-Xmx{self.config.heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.log4j_file}",
+            f"-Dkarma.kafka.log.level={log_level}",
+            "-cp",
+            f"{lib}/*",
+        ]
+
+    def _format_storage(self, java: str, lib: Path) -> None:
+        cmd = [
+            *self._jvm(java, lib, log_level="WARN"),
+            "kafka.tools.StorageTool", "format",
+            "-t", _cluster_id(), "-c", str(self.properties_file),
+        ]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise BrokerError(
+                f"formatting KRaft storage in {self.data_dir} failed (exit {done.returncode}):\n"
+                + _tail(done.stdout + done.stderr)
+            )
+
+    def _read_pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _running_pid(self) -> int | None:
+        pid = self._read_pid()
+        return pid if pid is not None and self._alive(pid) else None
+
+    def _alive(self, pid: int) -> bool:
+        if self._proc is not None and self._proc.pid == pid:
+            return self._proc.poll() is None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        proc = Path(f"/proc/{pid}")
+        if proc.is_dir():  # Linux: skip zombies and pids reused by something else
+            try:
+                state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                return False
+            return state != "Z" and b"kafka.Kafka" in cmdline
+        return True
+
+    def _wait_exit(self, pid: int, timeout: float) -> bool:
+        if self._proc is not None and self._proc.pid == pid:
+            try:
+                self._proc.wait(timeout)
+                return True
+            except subprocess.TimeoutExpired:
+                return False
+        deadline = time.monotonic() + timeout
+        while self._alive(pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+        return True
+
+    def _wait_until_answering(self, pid: int, deadline: float) -> None:
+        while True:
+            if not self._alive(pid):
+                code = self._proc.poll() if self._proc is not None else None
+                self.pid_file.unlink(missing_ok=True)
+                how = f"exited with code {code}" if code is not None else "exited"
+                raise BrokerError(
+                    f"Kafka broker on {self.bootstrap} {how} during start-up; "
+                    f"last lines of {self.log_file}:\n{self.log_tail()}"
+                )
+            if _answers_metadata(self.bootstrap):
+                return
+            if time.monotonic() > deadline:
+                self.stop(timeout=10)
+                raise BrokerError(
+                    f"Kafka broker on {self.bootstrap} did not answer metadata in time; "
+                    f"stopped it. Last lines of {self.log_file}:\n{self.log_tail()}"
+                )
+            time.sleep(0.5)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_file.read_text(errors="replace")
+        except OSError:
+            return "(no broker.log)"
+        return _tail(text, lines)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _tail(text: str, lines: int = 30) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:]) or "(no output)"
+
+
+def _cluster_id() -> str:
+    """A random Kafka Uuid in its base64url form (never starting with '-', like Kafka's)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cid.startswith("-"):
+            return cid
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").is_file():
+        return str(Path(java_home) / "bin" / "java")
+    java = shutil.which("java")
+    if java is None:
+        raise BrokerError("java not found (need Java 17+ on PATH or JAVA_HOME)")
+    return java
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the JVM does
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return True
+    return False
+
+
+def _accepts_tcp(bootstrap: str, timeout: float = 1.0) -> bool:
+    host, port = bootstrap.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+async def _probe_metadata(bootstrap: str, timeout: float) -> bool:
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout)
+        return bool(client.cluster.brokers())
+    except (KafkaError, OSError, TimeoutError):
+        return False
+    finally:
+        await client.close()
+
+
+def _run(coro: Coroutine[Any, Any, bool]) -> bool:
+    """Run a coroutine to completion, also from code that already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _answers_metadata(bootstrap: str, timeout: float = 5.0) -> bool:
+    # A plain TCP check first keeps aiokafka from logging connection errors while we wait.
+    return _accepts_tcp(bootstrap) and _run(_probe_metadata(bootstrap, timeout))
+
+
+# -- CLI ----------------------------------------------------------------------------------------
+
+broker_app = typer.Typer(
+    help="Run a real single-node Apache Kafka broker (KRaft) on 127.0.0.1 for development.",
+    no_args_is_help=True,
+)
+_out = Console()
+_err = Console(stderr=True)
+
+PortOption = Annotated[int, typer.Option("--port", "-p", help="Client port on 127.0.0.1.")]
+HomeOption = Annotated[
+    Path | None,
+    typer.Option("--home", help="State and jar cache dir [default: $KARMA_HOME or .cache/karma]."),
+]
+
+
+def _broker(port: int, home: Path | None) -> LocalBroker:
+    return LocalBroker(BrokerConfig(port=port) if home is None else BrokerConfig(home, port))
+
+
+def _fail(exc: BrokerError) -> typer.Exit:
+    _err.print(f"[bold red]error:[/] {escape(str(exc))}")
+    return typer.Exit(2)
+
+
+@broker_app.command()
+def start(
+    port: PortOption = 9092,
+    home: HomeOption = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker.")] = 90,
+) -> None:
+    """Start the broker in the background (resolves its jars with Maven on first use)."""
+    broker = _broker(port, home)
+    state = broker.status()
+    if state.running and state.answering:
+        _out.print(f"broker already up on {broker.bootstrap} (pid {state.pid})")
+        return
+    try:
+        with _out.status(f"starting Kafka {broker.config.kafka_version} on {broker.bootstrap}…"):
+            broker.start(timeout=timeout, progress=lambda msg: _out.print(f"[cyan]{escape(msg)}[/]"))
+    except BrokerError as exc:
+        raise _fail(exc) from None
+    pid = broker.status().pid
+    _out.print(f"[green]broker up on {broker.bootstrap}[/] (pid {pid}, log {broker.log_file})")
+
+
+@broker_app.command()
+def stop(port: PortOption = 9092, home: HomeOption = None) -> None:
+    """Stop the broker (SIGTERM, then SIGKILL if it hangs)."""
+    broker = _broker(port, home)
+    try:
+        stopped = broker.stop()
+    except BrokerError as exc:
+        raise _fail(exc) from None
+    _out.print(f"broker on {broker.bootstrap} " + ("stopped" if stopped else "was not running"))
+
+
+@broker_app.command()
+def status(port: PortOption = 9092, home: HomeOption = None) -> None:
+    """Show whether the broker runs and answers; exit code 0 only if both."""
+    state = _broker(port, home).status()
+    if state.running and state.answering:
+        _out.print(f"[green]running[/] on {state.bootstrap} (pid {state.pid}), answering metadata")
+        return
+    if state.running:
+        _out.print(f"[yellow]running[/] (pid {state.pid}) but not answering on {state.bootstrap}")
+    else:
+        _out.print(f"[red]not running[/] on {state.bootstrap}")
+    raise typer.Exit(1)
+
+
+@broker_app.command()
+def reset(port: PortOption = 9092, home: HomeOption = None) -> None:
+    """Delete the stopped broker's data (topics, offsets); the jar cache stays."""
+    broker = _broker(port, home)
+    try:
+        removed = broker.reset()
+    except BrokerError as exc:
+        raise _fail(exc) from None
+    _out.print(f"{'removed' if removed else 'no data at'} {broker.data_dir}")

@@ -1,0 +1,41 @@
+"""Pair selection of one prompt's gathered responses, without Kafka."""
+
+from __future__ import annotations
+
+from karma.agents.kinship import KinRule, load_profiles
+from karma.agents.rating import Gathered, is_complete, make_pairs
+from karma.schemas.models import pair_id_for
+
+
+def _gathered(models: list[str]) -> Gathered:
+    return Gathered(
+        prompt_id="p-1",
+        prompt_text="Why is the sky blue?",
+        responses={m: {"response_id": f"r-{m}", "text": f"answer of {m}", "simulated": True} for m in models},
+    )
+
+
+def test_make_pairs_builds_valid_kin_pairs_with_deterministic_ids() -> None:
+    pool = ["llama-2-13b-chat", "wizardlm-13b", "vicuna-33b", "llama-2-70b-chat", "gpt-3.5-turbo"]
+    pairs = make_pairs(_gathered(pool), load_profiles(), KinRule(0.95, 0.15))
+    assert len(pairs) == 2
+    for pair in pairs:
+        assert pair.pair_id == pair_id_for("p-1", pair.response_a.response_id, pair.response_b.response_id)
+        assert pair.response_a.text == f"answer of {pair.response_a.model}"
+        assert pair.policy == "kin"
+        assert pair.response_a.superiority <= pair.response_b.superiority
+    again = make_pairs(_gathered(pool), load_profiles(), KinRule(0.95, 0.15))
+    assert [p.pair_id for p in again] == [p.pair_id for p in pairs]
+
+
+def test_no_kin_no_pairs() -> None:
+    assert make_pairs(_gathered(["gpt-4", "pythia-12b"]), load_profiles(), KinRule(0.95, 0.15)) == []
+
+
+def test_one_response_makes_no_pair() -> None:
+    assert make_pairs(_gathered(["gpt-4"]), load_profiles(), KinRule(-1, 1)) == []
+
+
+def test_complete_when_every_expected_model_answered() -> None:
+    assert is_complete(["a", "b", "c"], ["a", "b"])
+    assert not is_complete(["a"], ["a", "b"])

@@ -1,0 +1,29 @@
+"""Simulated models are seeded, deterministic, and say they are simulated."""
+
+from __future__ import annotations
+
+from karma.agents.generation import respond
+from karma.agents.simulated import SimulatedGenerator, SimulatedJudge
+from karma.schemas.models import Prompt, Winner
+
+
+def test_generation_is_deterministic_and_marked() -> None:
+    gen = SimulatedGenerator("m1", latent_quality=0.5, seed=3)
+    prompt = Prompt(prompt_id="p-1", text="Why?")
+    first, second = respond(gen, prompt), respond(gen, prompt)
+    assert first.text == second.text and first.response_id == second.response_id
+    assert first.simulated and first.backend == "simulated"
+    assert first.text.startswith("[simulated m1]")
+    assert SimulatedGenerator("m1", 0.5, seed=4).generate("p-1", "Why?") != first.text
+
+
+def test_better_models_win_more_often() -> None:
+    judge = SimulatedJudge({"strong": 0.9, "weak": 0.1}, position_bias=0.0, temperature=0.1)
+    wins = sum(judge.judge(f"pair-{i}", "strong", "weak").winner is Winner.A for i in range(200))
+    assert wins > 190
+
+
+def test_position_bias_favours_the_first_shown() -> None:
+    judge = SimulatedJudge({"a": 0.5, "b": 0.5}, position_bias=2.0, temperature=0.1)
+    first_wins = sum(judge.judge(f"pair-{i}", "a", "b").winner is Winner.A for i in range(200))
+    assert first_wins > 150

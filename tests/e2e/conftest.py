@@ -1,0 +1,126 @@
+"""End-to-end fixtures: a karma pipeline of its own (topics, group, tables) on the real broker.
+
+Each test gets a fresh topic prefix and app id, so tests share the session broker without
+seeing each other's messages. Workers run as real child processes (`karma run`), the way an
+operator runs them, so a test can SIGKILL one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from karma.agents.kinship import KinRule, Scored, kin_pairs, load_profiles
+from karma.schemas.models import Prompt, pair_id_for, response_id_for
+from karma.streams.cli import spawn_worker, stop_worker
+from karma.streams.client import PromptProducer, Received, read_topic
+from karma.streams.config import KarmaSettings
+from karma.streams.topics import ensure_topics
+from tests.conftest import free_ports
+
+
+@dataclass
+class Pipeline:
+    settings: KarmaSettings
+    workdir: Path
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        worker = spawn_worker(self.settings, self.workdir / "worker.log", "run", "--loglevel", "info")
+        self.workers.append(worker)
+        return worker
+
+    def log(self) -> str:
+        path = self.workdir / "worker.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else "(no log)"
+
+    def submit(self, prompts: list[Prompt], raw: dict[int, bytes] | None = None) -> None:
+        """Publishes prompts in order; raw[i] is sent as bytes just before prompt i."""
+
+        async def _send() -> None:
+            async with PromptProducer(self.settings, source="test") as producer:
+                for i, prompt in enumerate(prompts):
+                    if raw and i in raw:
+                        await producer.send_raw(raw[i], key=b"raw")
+                    await (await producer.send_prompt(prompt))
+
+        asyncio.run(_send())
+
+    def read(self, stage: str) -> list[Received]:
+        async def _read() -> list[Received]:
+            return [r async for r in read_topic(self.settings, stage, until_end=True)]
+
+        return asyncio.run(_read())
+
+    def wait_for(
+        self, stage: str, done: Callable[[list[Received]], bool], timeout_s: float = 120.0
+    ) -> list[Received]:
+        """Reads `stage` until `done(messages)` holds; fails with the worker log otherwise."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            received = self.read(stage)
+            if done(received):
+                return received
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out waiting on {stage}: {len(received)} message(s)\n{self.log()}")
+            for worker in self.workers:
+                if worker.poll() not in (None, -9):
+                    pytest.fail(f"worker exited with {worker.returncode}\n{self.log()}")
+            time.sleep(1.0)
+
+    def expected_preference_ids(self, prompts: list[Prompt]) -> set[str]:
+        """What the kin rule must produce when every model answers every prompt."""
+        profiles = load_profiles(self.settings.kin.profiles)
+        rule = KinRule(self.settings.kin.tau, self.settings.kin.delta)
+        ids = set()
+        for prompt in prompts:
+            scored = [
+                Scored(response_id_for(prompt.prompt_id, m), m, profiles.superiority(m))
+                for m in self.settings.model_names
+            ]
+            for pair in kin_pairs(scored, profiles, rule):
+                ids.add(pair_id_for(prompt.prompt_id, pair.a.response_id, pair.b.response_id))
+        return ids
+
+
+def make_prompts(count: int, tag: str = "") -> list[Prompt]:
+    return [Prompt(prompt_id=f"e2e{tag}-{i:04d}", text=f"Question {i}: why?") for i in range(count)]
+
+
+def ids(received: list[Received], field_name: str = "preference_id") -> list[str]:
+    return [getattr(r.record, field_name) for r in received if r.record is not None]
+
+
+@pytest.fixture
+def pipeline_factory(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
+    made: list[Pipeline] = []
+
+    def make(**overrides: Any) -> Pipeline:
+        run = uuid.uuid4().hex[:8]
+        settings = KarmaSettings(
+            bootstrap_servers=kafka_bootstrap,
+            topic_prefix=f"t{run}.",
+            app_id=f"karma-test-{run}",
+            data_dir=tmp_path / f"faust-{run}",
+            metrics_port=free_ports(1)[0],
+            gather_timeout_s=20.0,
+            tick_interval_s=1.0,
+            **overrides,
+        )
+        asyncio.run(ensure_topics(settings))
+        pipeline = Pipeline(settings=settings, workdir=tmp_path / run)
+        made.append(pipeline)
+        return pipeline
+
+    yield make
+    for pipeline in made:
+        for worker in pipeline.workers:
+            stop_worker(worker, timeout=20)

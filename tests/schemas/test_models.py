@@ -1,0 +1,106 @@
+"""The pydantic models mirror the .avsc files and add the checks Avro cannot make."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from karma.schemas.catalogue import SCHEMA_FILES, load_avsc
+from karma.schemas.models import (
+    RECORD_TYPES,
+    Candidate,
+    KinPair,
+    Preference,
+    Prompt,
+    Winner,
+    pair_id_for,
+    response_id_for,
+)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMA_FILES))
+def test_model_fields_match_the_avro_schema(name: str) -> None:
+    avsc_fields = [f["name"] for f in load_avsc(name)["fields"]]
+    assert list(RECORD_TYPES[name].model_fields) == avsc_fields
+
+
+def test_candidate_mirrors_the_nested_record() -> None:
+    nested = next(f for f in load_avsc("kin_pair")["fields"] if f["name"] == "response_a")["type"]
+    assert list(Candidate.model_fields) == [f["name"] for f in nested["fields"]]
+
+
+def test_winner_symbols_match() -> None:
+    winner = next(f for f in load_avsc("preference")["fields"] if f["name"] == "winner")["type"]
+    assert winner["symbols"] == [w.value for w in Winner]
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\n\t"])
+def test_blank_prompt_text_is_invalid(text: str) -> None:
+    with pytest.raises(ValidationError, match="text"):
+        Prompt(prompt_id="p-1", text=text)
+
+
+def test_prompt_id_must_be_a_plain_token() -> None:
+    with pytest.raises(ValidationError):
+        Prompt(prompt_id="has spaces", text="hello")
+
+
+def test_ids_are_deterministic_and_pair_ids_order_free() -> None:
+    assert response_id_for("p-1", "m") == response_id_for("p-1", "m")
+    assert response_id_for("p-1", "m") != response_id_for("p-1", "n")
+    assert pair_id_for("p-1", "r-a", "r-b") == pair_id_for("p-1", "r-b", "r-a")
+    assert pair_id_for("p-1", "r-a", "r-b") != pair_id_for("p-2", "r-a", "r-b")
+
+
+def _candidate(rid: str, model: str) -> Candidate:
+    return Candidate(response_id=rid, model=model, text="t", superiority=0.5, simulated=True)
+
+
+def test_a_pair_needs_two_distinct_responses() -> None:
+    with pytest.raises(ValidationError, match="distinct"):
+        KinPair(
+            pair_id="pair-1",
+            prompt_id="p-1",
+            prompt_text="q",
+            response_a=_candidate("r-1", "a"),
+            response_b=_candidate("r-1", "a"),
+            policy="kin",
+            similarity=1.0,
+            gap=0.0,
+        )
+
+
+def _preference(winner: Winner) -> Preference:
+    return Preference(
+        preference_id="pair-1",
+        pair_id="pair-1",
+        prompt_id="p-1",
+        prompt_text="q",
+        response_a=_candidate("r-a", "a"),
+        response_b=_candidate("r-b", "b"),
+        winner=winner,
+        consistent=winner is not Winner.TIE,
+        verdict_ab=winner,
+        verdict_ba=winner,
+        confidence=0.9,
+        judge="simulated-judge",
+        simulated=True,
+        policy="kin",
+        gap=0.1,
+    )
+
+
+def test_chosen_and_rejected_follow_the_winner() -> None:
+    pref = _preference(Winner.B)
+    assert (pref.chosen.response_id, pref.rejected.response_id) == ("r-b", "r-a")
+    assert pref.to_trl() == {
+        "prompt": "q",
+        "chosen": "t",
+        "rejected": "t",
+        "preference_id": "pair-1",
+        "simulated": True,
+    }
+
+
+def test_a_tie_has_no_trl_row() -> None:
+    assert _preference(Winner.TIE).to_trl() is None

@@ -1,0 +1,143 @@
+"""Confluent wire format: magic byte 0, 4-byte big-endian schema id, Avro body."""
+
+from __future__ import annotations
+
+import copy
+import struct
+
+import pytest
+
+from karma.schemas.catalogue import SchemaCatalogue, load_avsc, schema_id
+from karma.schemas.models import Candidate, DeadLetter, KinPair, Preference, Prompt, Response, Winner
+from karma.streams.codecs import DecodeError, decode, decode_raw, encode, encode_raw
+
+CANDIDATE = Candidate(response_id="r-1", model="m1", text="hello", superiority=0.4, simulated=True)
+RECORDS = [
+    Prompt(prompt_id="p-1", text="What is Kafka?", source="test", metadata={"k": "v"}),
+    Response(
+        response_id="r-1",
+        prompt_id="p-1",
+        prompt_text="What is Kafka?",
+        model="m1",
+        text="A log.",
+        backend="simulated",
+        simulated=True,
+        num_tokens=2,
+        latency_ms=1.5,
+    ),
+    KinPair(
+        pair_id="pair-1",
+        prompt_id="p-1",
+        prompt_text="What is Kafka?",
+        response_a=CANDIDATE,
+        response_b=CANDIDATE.model_copy(update={"response_id": "r-2", "model": "m2"}),
+        policy="kin",
+        similarity=0.97,
+        gap=0.05,
+    ),
+    Preference(
+        preference_id="pair-1",
+        pair_id="pair-1",
+        prompt_id="p-1",
+        prompt_text="What is Kafka?",
+        response_a=CANDIDATE,
+        response_b=CANDIDATE.model_copy(update={"response_id": "r-2"}),
+        winner=Winner.TIE,
+        consistent=False,
+        verdict_ab=Winner.A,
+        verdict_ba=Winner.B,
+        confidence=0.5,
+        judge="simulated-judge",
+        simulated=True,
+        policy="kin",
+        gap=0.05,
+    ),
+    DeadLetter(
+        reason="bad",
+        error_type="decode",
+        stage="generation",
+        source_topic="karma.prompts",
+        source_partition=2,
+        source_offset=41,
+        key=b"k",
+        value=b"\xff\x00garbage",
+    ),
+]
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=lambda r: type(r).__name__)
+def test_round_trip(record) -> None:  # type: ignore[no-untyped-def]
+    data = encode(record)
+    assert data[0] == 0
+    assert struct.unpack(">I", data[1:5])[0] == SchemaCatalogue().id_of(record.schema_name)
+    assert decode(data, type(record)) == record
+
+
+def test_schema_ids_are_stable_across_catalogues() -> None:
+    assert SchemaCatalogue().id_of("prompt") == SchemaCatalogue().id_of("prompt")
+    assert len({SchemaCatalogue().id_of(n) for n in ("prompt", "response", "kin_pair")}) == 3
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"\x00\x01", "shorter than the 5-byte header"),
+        (b"\x07garbage-bytes", "magic byte is 7"),
+        (b"\x00\x00\x00\x00\x01body", "not in the local catalogue"),
+    ],
+)
+def test_garbage_is_a_decode_error_with_a_reason(data: bytes, reason: str) -> None:
+    with pytest.raises(DecodeError, match=reason) as info:
+        decode(data, Prompt)
+    assert info.value.kind == "decode"
+
+
+def test_truncated_body_is_a_decode_error() -> None:
+    data = encode(RECORDS[1])
+    with pytest.raises(DecodeError, match="does not match schema"):
+        decode(data[:-3], Response)
+
+
+def test_trailing_bytes_are_a_decode_error() -> None:
+    with pytest.raises(DecodeError, match="trailing"):
+        decode(encode(RECORDS[0]) + b"\x00\x00", Prompt)
+
+
+def test_schema_valid_but_blank_prompt_is_a_validation_error() -> None:
+    data = encode_raw(
+        {"prompt_id": "p-1", "text": "", "source": "t", "created_at_ms": 1, "metadata": {}}, "prompt"
+    )
+    with pytest.raises(DecodeError, match="text") as info:
+        decode(data, Prompt)
+    assert info.value.kind == "validation"
+
+
+def test_backward_compatible_reader_reads_bytes_of_the_old_schema() -> None:
+    """BACKWARD: a new reader schema with an added, defaulted field reads old bytes."""
+    catalogue = SchemaCatalogue()
+    old = load_avsc("prompt")
+    new = copy.deepcopy(old)
+    new["fields"].append({"name": "priority", "type": "int", "default": 5})
+    old_id = catalogue.register(old)
+    new_id = catalogue.register(new)
+    assert old_id != new_id == schema_id(new)
+
+    old_bytes = encode_raw(
+        {"prompt_id": "p-9", "text": "hi", "source": "old", "created_at_ms": 7, "metadata": {}},
+        "prompt",
+        catalogue,
+    )
+    value = decode_raw(old_bytes, catalogue.by_id(new_id), catalogue)
+    assert value["priority"] == 5
+    assert value["prompt_id"] == "p-9"
+
+
+def test_reader_without_default_cannot_read_old_bytes() -> None:
+    """The same evolution without a default is not BACKWARD compatible, and says so."""
+    catalogue = SchemaCatalogue()
+    new = copy.deepcopy(load_avsc("prompt"))
+    new["fields"].append({"name": "priority", "type": "int"})
+    new_id = catalogue.register(new)
+    with pytest.raises(DecodeError):
+        decode_raw(encode(RECORDS[0], catalogue), catalogue.by_id(new_id), catalogue)
