@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -310,6 +311,9 @@ def settings_env(settings: KarmaSettings) -> dict[str, str]:
 
 
 def main() -> None:
+    # aiokafka logs retried, harmless produce errors (a new topic's leader being elected) as
+    # warnings; the CLI reports real failures itself.
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
     app()
 
 
