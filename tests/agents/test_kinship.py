@@ -21,21 +21,22 @@ from karma.agents.kinship import (
     normalise,
 )
 
+BUNDLED_TABLE = Path(__file__).resolve().parents[2] / "streams" / "data" / "model_benchmarks.csv"
+# The shared reference data sits beside the repository (../shared), in CI too.
 SHARED_TABLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "model_benchmarks.csv"
 
 
 def test_bundled_table_is_the_shared_reference_table() -> None:
-    bundled = Path(__file__).resolve().parents[2] / "streams" / "data" / "model_benchmarks.csv"
-    assert bundled.read_text() == SHARED_TABLE.read_text()
+    assert BUNDLED_TABLE.read_text() == SHARED_TABLE.read_text()
 
 
 def test_superiority_and_similarity_follow_the_definitions() -> None:
-    rows = list(csv.DictReader(SHARED_TABLE.open()))
+    rows = list(csv.DictReader(BUNDLED_TABLE.open()))
     columns = [c for c in rows[0] if c != "model"]
     lo = {c: min(float(r[c]) for r in rows) for c in columns}
     hi = {c: max(float(r[c]) for r in rows) for c in columns}
     norm = {r["model"]: [(float(r[c]) - lo[c]) / (hi[c] - lo[c]) for c in columns] for r in rows}
-    profiles = load_profiles(SHARED_TABLE)
+    profiles = load_profiles(BUNDLED_TABLE)
     for model, vector in norm.items():
         assert profiles.superiority(model) == pytest.approx(sum(vector) / len(vector))
     a, b = norm["gpt-4"], norm["llama-2-7b-chat"]
