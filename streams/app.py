@@ -2,13 +2,14 @@
 
 The app id is the consumer group and the stem of changelog topics, so it follows the role:
 `karma worker generate --model M` is group `<app_id>-generate-M` (one group per model, so
-every model sees every prompt), `karma worker rate` is `<app_id>-rate`, `karma worker judge`
-is `<app_id>-judge`, and `karma run` (all roles in one process, for laptops and CI) is
-`<app_id>`.
+every model sees every prompt; more workers with the same --model share its partitions),
+`karma worker rate` is `<app_id>-rate`, `karma worker judge` is `<app_id>-judge`, and
+`karma run` (all roles in one process, for laptops and CI) is `<app_id>`.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -18,10 +19,13 @@ import faust
 from karma.schemas.models import DeadLetter
 from karma.streams.codecs import encode
 from karma.streams.config import KarmaSettings, ModelSpec
+from karma.streams.lag import LagMonitor
 from karma.streams.metrics import DEAD_LETTERS, MESSAGES_OUT
 from karma.streams.topics import TopicNames
 
 ROLES = ("generate", "rate", "judge")
+# The topics each role reads, for the lag gauge.
+CONSUMES = {"generate": ("prompts",), "rate": ("responses", "ticks"), "judge": ("pairs",)}
 
 
 def raw_topic(app: faust.App, *names: str, partitions: int) -> faust.TopicT:
@@ -76,12 +80,14 @@ class Stage:
         MESSAGES_OUT.labels(stage, "dlq").inc()
 
 
-def app_id_for(settings: KarmaSettings, roles: Iterable[str], model: str | None = None) -> str:
+def app_id_for(settings: KarmaSettings, roles: Iterable[str], models: Iterable[str] = ()) -> str:
+    """The consumer group: one per role, and one per model (or model set) for generation."""
     roles = tuple(roles)
     if set(roles) == set(ROLES):
         return settings.app_id
-    suffix = "-".join(roles) + (f"-{model}" if model else "")
-    return f"{settings.app_id}-{suffix}"
+    parts = [settings.app_id, *roles, *sorted(models)]
+    # The id also names internal topics, which allow only [a-zA-Z0-9._-].
+    return re.sub(r"[^a-zA-Z0-9._-]", "_", "-".join(parts))
 
 
 def create_app(
@@ -97,9 +103,9 @@ def create_app(
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise ValueError(f"unknown roles {sorted(unknown)}; choose from {list(ROLES)}")
-    single_model = models[0].name if models and len(models) == 1 and roles == ("generate",) else None
+    chosen_models = [m.name for m in models] if models and roles == ("generate",) else []
     app = faust.App(
-        app_id_for(settings, roles, single_model),
+        app_id_for(settings, roles, chosen_models),
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
         store=settings.store,
         datadir=str(settings.data_dir),
@@ -127,4 +133,14 @@ def create_app(
         rating.register(stage)
     if "judge" in roles:
         judging.register(stage)
+    if settings.lag_interval_s:
+        consumed = {name for role in roles for name in CONSUMES[role]}
+        _report_lag(app, settings, [getattr(names, stage) for stage in sorted(consumed)])
     return app
+
+
+def _report_lag(app: faust.App, settings: KarmaSettings, topics: list[str]) -> None:
+    @app.task
+    async def report_lag() -> None:
+        monitor = LagMonitor(settings.bootstrap_servers, app.conf.id, topics)
+        await monitor.run(settings.lag_interval_s)

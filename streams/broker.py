@@ -480,7 +480,7 @@ broker_app = typer.Typer(
     no_args_is_help=True,
 )
 _out = Console()
-_err = Console(stderr=True)
+_err = Console(stderr=True, soft_wrap=True)
 
 PortOption = Annotated[int, typer.Option("--port", "-p", help="Client port on 127.0.0.1.")]
 HomeOption = Annotated[

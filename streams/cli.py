@@ -31,7 +31,8 @@ from karma.streams.config import ConfigError, KarmaSettings, load_settings
 
 T = TypeVar("T")
 
-console = Console(stderr=True)
+# soft_wrap: messages stay whole lines in log files and pipes, where rich would wrap at 80.
+console = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 app = typer.Typer(
@@ -95,6 +96,7 @@ def worker(
 ) -> None:
     """Run one stage as a faust worker until SIGINT/SIGTERM."""
     from karma.streams.app import ROLES
+    from karma.streams.metrics import MetricsPortInUse
     from karma.streams.worker import run_worker
 
     settings = settings_or_exit(config, bootstrap_servers=bootstrap, metrics_port=metrics_port)
@@ -113,7 +115,11 @@ def worker(
         f"karma worker {role.value}: broker {settings.bootstrap_servers}, topics {settings.topic_prefix}*, "
         f"metrics {'off' if not settings.metrics_port else f'http://{settings.metrics_host}:{settings.metrics_port}/metrics'}"
     )
-    run_worker(settings, roles, models, loglevel=loglevel)
+    try:
+        run_worker(settings, roles, models, loglevel=loglevel)
+    except MetricsPortInUse as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -94,6 +94,9 @@ class KarmaSettings(BaseSettings):
 
     metrics_port: int = Field(default=9108, ge=0, le=65535, description="0 disables /metrics.")
     metrics_host: str = "127.0.0.1"
+    lag_interval_s: float = Field(
+        default=10.0, ge=0, description="How often karma_consumer_lag_messages is read; 0 disables it."
+    )
 
     # Fast group joins and restarts: see DESIGN.md, "Timing facts".
     session_timeout_s: float = 6.0

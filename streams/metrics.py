@@ -24,10 +24,25 @@ KIN_GAP = Histogram(
 VERDICTS = Counter("karma_judge_verdicts", "Resolved verdicts.", ["winner", "consistent"])
 DUPLICATES = Counter("karma_duplicates_dropped", "Replayed messages recognised and dropped.", ["stage"])
 PENDING_PROMPTS = Gauge("karma_rating_pending_prompts", "Prompts whose responses are still being gathered.")
-CONSUMER_LAG = Gauge("karma_consumer_lag_messages", "Messages behind the end of the topic.", ["topic"])
+CONSUMER_LAG = Gauge(
+    "karma_consumer_lag_messages",
+    "Messages of a consumed partition not yet committed by this worker's group.",
+    ["topic", "partition"],
+)
+
+
+class MetricsPortInUse(OSError):
+    """The /metrics port is taken, typically by another worker on this host."""
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     """Serves /metrics on a background thread; port 0 disables it."""
-    if port:
+    if not port:
+        return
+    try:
         start_http_server(port, addr=host)
+    except OSError as exc:
+        raise MetricsPortInUse(
+            f"cannot serve /metrics on {host}:{port} ({exc.strerror}); "
+            "give each worker on a host its own --metrics-port, or 0 to disable"
+        ) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,10 +34,32 @@ class Pipeline:
     workdir: Path
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
-        worker = spawn_worker(self.settings, self.workdir / "worker.log", "run", "--loglevel", "info")
+    def start_worker(self, *args: str) -> subprocess.Popen[bytes]:
+        """Starts `karma run` (or `karma <args>`) as a child process, logging to worker.log."""
+        worker = spawn_worker(
+            self.settings, self.workdir / "worker.log", *(args or ("run",)), "--loglevel", "info"
+        )
         self.workers.append(worker)
         return worker
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.settings.metrics_port}/metrics"
+        return urllib.request.urlopen(url, timeout=10).read().decode()
+
+    def wait_for_metrics(self, until: Callable[[str], bool] = bool, timeout_s: float = 60.0) -> str:
+        """The /metrics text once it is served and `until(text)` holds."""
+        deadline = time.monotonic() + timeout_s
+        text = ""
+        while True:
+            try:
+                text = self.metrics()
+                if until(text):
+                    return text
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"/metrics not as expected after {timeout_s} s:\n{text[-2000:]}\n{self.log()}")
+            time.sleep(0.5)
 
     def log(self) -> str:
         path = self.workdir / "worker.log"
@@ -72,7 +95,7 @@ class Pipeline:
             if time.monotonic() > deadline:
                 pytest.fail(f"timed out waiting on {stage}: {len(received)} message(s)\n{self.log()}")
             for worker in self.workers:
-                if worker.poll() not in (None, -9):
+                if worker.poll() not in (None, -9, -15):
                     pytest.fail(f"worker exited with {worker.returncode}\n{self.log()}")
             time.sleep(1.0)
 
@@ -113,6 +136,7 @@ def pipeline_factory(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Callable[
             metrics_port=free_ports(1)[0],
             gather_timeout_s=20.0,
             tick_interval_s=1.0,
+            lag_interval_s=1.0,
             **overrides,
         )
         asyncio.run(ensure_topics(settings))

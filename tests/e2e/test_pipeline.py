@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.request
-
 from karma.schemas.models import DeadLetter, Preference
 from karma.streams.codecs import encode_raw
 from tests.e2e.conftest import ids, make_prompts
@@ -30,8 +28,7 @@ def test_every_prompt_ends_as_its_expected_preferences(pipeline_factory) -> None
     assert pipeline.read("dlq") == []
 
     # The running worker serves Prometheus metrics with the karma_ families.
-    port = pipeline.settings.metrics_port
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    metrics = pipeline.metrics()
     for family in (
         'karma_messages_in_total{stage="generation"} 40.0',
         'karma_messages_out_total{stage="judging",topic="preferences"} 80.0',
@@ -42,6 +39,15 @@ def test_every_prompt_ends_as_its_expected_preferences(pipeline_factory) -> None
         "# TYPE karma_dlq_messages_total counter",
     ):
         assert family in metrics, family
+
+    # Once everything is through, the group has committed every consumed partition.
+    consumed = [pipeline.settings.topic(stage) for stage in ("prompts", "responses", "pairs")]
+    zeros = [
+        f'karma_consumer_lag_messages{{partition="{partition}",topic="{topic}"}} 0.0'
+        for topic in consumed
+        for partition in range(pipeline.settings.partitions)
+    ]
+    pipeline.wait_for_metrics(lambda text: all(zero in text for zero in zeros))
 
 
 def test_bad_messages_go_to_the_dlq_and_good_ones_still_flow(pipeline_factory) -> None:  # type: ignore[no-untyped-def]

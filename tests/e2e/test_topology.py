@@ -1,0 +1,51 @@
+"""The production shape: one process per stage and one consumer group per model."""
+
+from __future__ import annotations
+
+from karma.streams.app import app_id_for
+from karma.streams.config import KarmaSettings
+from tests.conftest import free_ports
+from tests.e2e.conftest import ids, make_prompts
+
+POOL = ["llama-2-13b-chat", "wizardlm-13b", "vicuna-33b"]
+
+
+def test_group_ids_follow_role_and_model() -> None:
+    settings = KarmaSettings(app_id="karma")
+    assert app_id_for(settings, ("generate", "rate", "judge")) == "karma"
+    assert app_id_for(settings, ("generate",), ["m/7b:chat"]) == "karma-generate-m_7b_chat"
+    assert app_id_for(settings, ("rate",)) == "karma-rate"
+
+
+def test_separate_workers_per_stage_and_model(pipeline_factory) -> None:  # type: ignore[no-untyped-def]
+    pipeline = pipeline_factory(pool=[{"name": m} for m in POOL])
+    ports = free_ports(5)
+    workers = [
+        ("worker", "generate", "--model", POOL[0]),
+        ("worker", "generate", "--model", POOL[1]),
+        ("worker", "generate", "--model", POOL[2]),
+        ("worker", "rate"),
+        ("worker", "judge"),
+    ]
+    for port, args in zip(ports, workers, strict=True):
+        pipeline.start_worker(*args, "--metrics-port", str(port))
+    prompts = make_prompts(20, tag="topo")
+    expected = pipeline.expected_preference_ids(prompts)
+    assert len(expected) == 40
+    pipeline.submit(prompts)
+
+    received = pipeline.wait_for("preferences", lambda r: set(ids(r)) >= expected, timeout_s=150)
+    assert set(ids(received)) == expected
+    responses = pipeline.read("responses")
+    assert len(ids(responses, "response_id")) == 20 * 3  # each model answered each prompt once
+    assert {r.record.model for r in responses} == set(POOL)
+
+
+def test_a_taken_metrics_port_is_a_clear_error(pipeline_factory) -> None:  # type: ignore[no-untyped-def]
+    pipeline = pipeline_factory()
+    first = pipeline.start_worker("worker", "judge")
+    pipeline.wait_for_metrics()
+    second = pipeline.start_worker("worker", "rate")
+    assert second.wait(timeout=60) == 2
+    assert "give each worker on a host its own --metrics-port" in pipeline.log()
+    assert first.poll() is None
