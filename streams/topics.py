@@ -2,16 +2,24 @@
 
 Every karma topic carries raw bytes in faust: the agents decode them with `codecs` so that a
 message that does not decode can be sent, bytes and all, to the dead-letter topic.
+
+The tables' changelog topics are created here too, before the worker starts, with the
+settings faust would give them. Left to faust, they are created during start-up, and when
+the broker's metadata lags behind the create, faust's assignor sees the changelog with 0
+partitions and the rating agent crash-loops on PartitionsMismatch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from mode.utils.times import want_seconds
 
 from karma.streams.config import KarmaSettings
 
@@ -24,22 +32,66 @@ def all_topic_names(settings: KarmaSettings) -> list[str]:
     return [settings.topic(stage) for stage in (*STAGES, TICKS)]
 
 
-async def ensure_topics(settings: KarmaSettings, timeout_s: float = 30.0) -> list[str]:
-    """Creates the karma topics that do not exist yet; returns the names it created."""
+async def ensure_topics(
+    settings: KarmaSettings, extra: Iterable[NewTopic] = (), timeout_s: float = 30.0
+) -> list[str]:
+    """Creates the karma topics (and `extra` ones) that do not exist yet, and waits until the
+    broker's metadata shows every one of them; returns the names it created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000)
     await asyncio.wait_for(admin.start(), timeout_s)
     try:
+        wanted = [
+            NewTopic(name, settings.partitions, settings.replication_factor)
+            for name in all_topic_names(settings)
+        ]
+        wanted += list(extra)
         existing = set(await admin.list_topics())
-        wanted = [name for name in all_topic_names(settings) if name not in existing]
-        if not wanted:
-            return []
-        new = [NewTopic(n, settings.partitions, settings.replication_factor) for n in wanted]
-        # Another process may create them between our list and our create.
-        with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
-        return wanted
+        new = [topic for topic in wanted if topic.name not in existing]
+        if new:
+            # Another process may create them between our list and our create.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new, timeout_ms=int(timeout_s * 1000))
+        await _wait_until_described(admin, [topic.name for topic in wanted], timeout_s)
+        return [topic.name for topic in new]
     finally:
         await admin.close()
+
+
+async def _wait_until_described(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        described = await admin.describe_topics(names)
+        missing = sorted(t["topic"] for t in described if t["error_code"] != 0 or not t["partitions"])
+        if not missing:
+            return
+        if loop.time() > deadline:
+            raise TimeoutError(f"topics not in the broker's metadata after {timeout_s:.0f} s: {missing}")
+        await asyncio.sleep(0.2)
+
+
+def changelog_topics(app: faust.App) -> list[NewTopic]:
+    """The changelog topics of the app's tables, configured as faust declares them."""
+    topics = []
+    for table in app.tables.values():
+        changelog = table.changelog_topic
+        config: dict[str, str] = {}
+        flags = (("compact", changelog.compacting), ("delete", changelog.deleting))
+        policies = sorted(policy for policy, on in flags if on)
+        if policies:
+            config["cleanup.policy"] = ",".join(policies)
+        if changelog.retention:
+            config["retention.ms"] = str(int(want_seconds(changelog.retention) * 1000))
+        config.update({key: str(value) for key, value in (changelog.config or {}).items()})
+        topics.append(
+            NewTopic(
+                changelog.get_topic_name(),
+                changelog.partitions or app.conf.topic_partitions,
+                changelog.replicas or app.conf.topic_replication_factor,
+                topic_configs=config,
+            )
+        )
+    return topics
 
 
 @dataclass(frozen=True)

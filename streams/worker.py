@@ -9,7 +9,7 @@ import faust
 from karma.streams.app import ROLES, create_app
 from karma.streams.config import KarmaSettings, ModelSpec
 from karma.streams.metrics import serve_metrics
-from karma.streams.topics import ensure_topics
+from karma.streams.topics import changelog_topics, ensure_topics
 
 
 def run_worker(
@@ -18,10 +18,10 @@ def run_worker(
     models: list[ModelSpec] | None = None,
     loglevel: str = "warning",
 ) -> None:
-    """Creates the topics, serves /metrics, and runs the agents until SIGINT/SIGTERM."""
-    asyncio.run(ensure_topics(settings))
+    """Creates the topics (changelogs included), serves /metrics, and runs the agents until SIGINT/SIGTERM."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings, roles, models)
+    asyncio.run(ensure_topics(settings, changelog_topics(app)))
     serve_metrics(settings.metrics_port, settings.metrics_host)
     # The faust Worker owns the event loop from here; it installs SIGINT/SIGTERM handlers
     # that stop the agents and commit offsets before exiting.

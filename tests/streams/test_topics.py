@@ -1,0 +1,63 @@
+"""Topics, changelogs included, exist with faust's settings before any worker starts."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+from karma.streams.app import create_app
+from karma.streams.config import KarmaSettings
+from karma.streams.topics import all_topic_names, changelog_topics, ensure_topics
+
+
+def test_changelogs_are_declared_as_faust_declares_them() -> None:
+    settings = KarmaSettings(app_id="k", partitions=3, window_size_s=600, window_step_s=60)
+    topics = {t.name: t for t in changelog_topics(create_app(settings, roles=["rate"]))}
+    assert sorted(topics) == ["k-rate-rating-gather-changelog", "k-rate-rating-model-stats-changelog"]
+    assert {t.num_partitions for t in topics.values()} == {3}  # co-partitioned with responses
+    assert topics["k-rate-rating-gather-changelog"].topic_configs == {"cleanup.policy": "compact"}
+    windowed = topics["k-rate-rating-model-stats-changelog"].topic_configs
+    assert windowed["cleanup.policy"] == "compact,delete"  # old windows expire
+    assert int(windowed["retention.ms"]) >= 600_000
+
+
+def test_stages_without_tables_have_no_changelogs() -> None:
+    assert changelog_topics(create_app(KarmaSettings(), roles=["judge"])) == []
+    assert changelog_topics(create_app(KarmaSettings(), roles=["generate"])) == []
+
+
+def test_ensure_topics_creates_them_once_and_waits_for_metadata(kafka_bootstrap: str) -> None:
+    run = uuid.uuid4().hex[:8]
+    settings = KarmaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"tt{run}.", app_id=f"tt{run}")
+    changelogs = changelog_topics(create_app(settings, roles=["rate"]))
+
+    async def scenario() -> tuple[list[str], list[str], list[dict], list]:
+        first = await ensure_topics(settings, changelogs)
+        second = await ensure_topics(settings, changelogs)
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            described = await admin.describe_topics([t.name for t in changelogs])
+            configs = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, t.name) for t in changelogs]
+            )
+        finally:
+            await admin.close()
+        return first, second, described, configs
+
+    first, second, described, configs = asyncio.run(scenario())
+    assert sorted(first) == sorted([*all_topic_names(settings), *(t.name for t in changelogs)])
+    assert second == []  # nothing to create the second time
+    assert {len(t["partitions"]) for t in described} == {settings.partitions}
+    # resources: (error_code, error_message, type, topic, [(name, value, ...), ...])
+    policies = {
+        resource[3]: value
+        for response in configs
+        for resource in response.resources
+        for name, value, *_ in resource[4]
+        if name == "cleanup.policy"
+    }
+    assert sorted(policies.values()) == ["compact", "compact,delete"]
