@@ -21,6 +21,7 @@ from karma.streams.codecs import encode
 from karma.streams.config import KarmaSettings, ModelSpec
 from karma.streams.lag import LagMonitor
 from karma.streams.metrics import DEAD_LETTERS, MESSAGES_OUT
+from karma.streams.recovery import SeekSafeTableManager
 from karma.streams.topics import TopicNames
 
 ROLES = ("generate", "rate", "judge")
@@ -120,6 +121,7 @@ def create_app(
         broker_commit_interval=1.0,
         web_enabled=False,
         autodiscover=False,
+        TableManager=SeekSafeTableManager,  # see streams/recovery.py
     )
     names = TopicNames.from_settings(settings)
     topics = {
