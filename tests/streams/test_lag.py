@@ -48,7 +48,10 @@ def test_monitor_reads_lag_of_a_group_from_the_broker(kafka_bootstrap: str) -> N
         await monitor.start()
         try:
             before = await monitor.read()
-            consumer = AIOKafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group)
+            # No auto-commit: stopping would otherwise commit the consumer's own position.
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False
+            )
             await consumer.start()
             try:
                 consumer.assign([TopicPartition(topic, 0)])
