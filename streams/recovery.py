@@ -8,7 +8,7 @@ committed offsets, and then resumes flow control, which clears every agent's que
 fetched in the gap between "resume" and "seek" are delivered into those queues and move
 faust's read offset past them, after the seek had reset it; the clear then throws them away,
 and their re-fetched copies are discarded as already read. Nothing is processed for those
-partitions until the next rebalance. (Seen in the SIGKILL end-to-end test: 3 of about 45
+partitions until the next rebalance. (Seen in the SIGKILL end-to-end test: 3 of 56
 runs under CPU load; the worker log showed "DROPPED MESSAGE ROFF" for the re-fetched
 records; cf. faust-streaming issue #596.)
 
