@@ -9,7 +9,7 @@ fetched in the gap between "resume" and "seek" are delivered into those queues a
 faust's read offset past them, after the seek had reset it; the clear then throws them away,
 and their re-fetched copies are discarded as already read. Nothing is processed for those
 partitions until the next rebalance. (Seen in the SIGKILL end-to-end test: 3 of 56
-runs under CPU load; the worker log showed "DROPPED MESSAGE ROFF" for the re-fetched
+runs, two of them beside a CPU hog; the worker log showed "DROPPED MESSAGE ROFF" for the re-fetched
 records; cf. faust-streaming issue #596.)
 
 The fix stops the consumer's flow before faust's own completion step: from then on the
