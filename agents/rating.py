@@ -23,7 +23,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from karma.agents.kinship import KinRule, Profiles, Scored, kin_pairs, load_profiles
+from karma.agents.kinship import KinRule, Profiles, Scored, load_profiles
+from karma.agents.policies import Policy, select_pairs
 from karma.schemas.models import Candidate, KinPair, Response, pair_id_for
 from karma.streams.app import Stage
 from karma.streams.codecs import DecodeError, decode, encode
@@ -48,14 +49,24 @@ class Gathered:
     responses: dict[str, dict[str, Any]]  # model -> {response_id, text, simulated}
 
 
-def make_pairs(gathered: Gathered, profiles: Profiles, rule: KinRule, policy: str = "kin") -> list[KinPair]:
-    """Kin pairs of one prompt's responses: pure, so it is tested without Kafka."""
+def make_pairs(
+    gathered: Gathered, profiles: Profiles, rule: KinRule, policy: Policy = "kin", hybrid_weight: float = 0.5
+) -> list[KinPair]:
+    """The pairs `policy` picks among one prompt's responses: pure, so it is tested without Kafka."""
     scored = [
-        Scored(response_id=r["response_id"], model=model, superiority=profiles.superiority(model))
+        Scored(
+            response_id=r["response_id"],
+            model=model,
+            superiority=profiles.superiority(model),
+            length=len(r["text"].split()),
+        )
         for model, r in gathered.responses.items()
     ]
     pairs = []
-    for chosen in kin_pairs(scored, profiles, rule):
+    chosen_pairs = select_pairs(
+        policy, scored, profiles, rule, seed_key=gathered.prompt_id, hybrid_weight=hybrid_weight
+    )
+    for chosen in chosen_pairs:
         a, b = (gathered.responses[chosen.a.model], gathered.responses[chosen.b.model])
         pairs.append(
             KinPair(
@@ -92,7 +103,7 @@ def register(stage: Stage) -> None:
     settings = stage.settings
     app = stage.app
     profiles = load_profiles(settings.kin.profiles)
-    rule = KinRule(tau=settings.kin.tau, delta=settings.kin.delta)
+    rule = settings.kin.rule()
     expected = settings.model_names
     timeout_ms = settings.gather_timeout_s * 1000
     retention_ms = settings.done_retention_s * 1000
@@ -123,7 +134,7 @@ def register(stage: Stage) -> None:
                 value=None,
                 offset=-1,
             )
-        for pair in make_pairs(gathered, profiles, rule, settings.policy):
+        for pair in make_pairs(gathered, profiles, rule, settings.policy, settings.kin.hybrid_weight):
             PAIRS.labels(pair.policy).inc()
             KIN_GAP.observe(pair.gap)
             await stage.publish(STAGE, "pairs", prompt_id, encode(pair))

@@ -16,6 +16,9 @@ import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from karma.agents.kinship import KinRule
+from karma.agents.policies import POLICIES, Policy
+
 
 class ModelSpec(BaseModel):
     """One generator in the pool."""
@@ -35,10 +38,23 @@ class ModelSpec(BaseModel):
 
 
 class KinSettings(BaseModel):
-    """The first kin rule: kin when similarity >= tau and |superiority gap| <= delta."""
+    """Kin when similarity >= tau, |superiority gap| <= delta and lengths are comparable."""
 
-    tau: float = Field(default=0.95, ge=-1.0, le=1.0)
-    delta: float = Field(default=0.15, ge=0.0, le=1.0)
+    tau: float = Field(default=0.95, ge=-1.0, le=1.0, description="Minimum profile similarity.")
+    delta: float = Field(default=0.15, ge=0.0, le=1.0, description="Maximum superiority gap.")
+    min_length_ratio: float = Field(
+        default=0.25,
+        ge=0.0,
+        le=1.0,
+        description="Complexity gate: the shorter response must be at least this share of the longer.",
+    )
+    hybrid_weight: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="`hybrid` policy: weight of similarity against the gap."
+    )
+
+    def rule(self) -> KinRule:
+        return KinRule(tau=self.tau, delta=self.delta, min_length_ratio=self.min_length_ratio)
+
     profiles: Path | None = Field(
         default=None, description="Benchmark CSV; None means the bundled 16-model table."
     )
@@ -78,7 +94,7 @@ class KarmaSettings(BaseSettings):
     pool: list[ModelSpec] = Field(default_factory=lambda: list(DEFAULT_POOL), min_length=1)
     kin: KinSettings = Field(default_factory=KinSettings)
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
-    policy: Literal["kin"] = "kin"
+    policy: Policy = Field(default="kin", description=f"Pairing policy, one of {list(POLICIES)}.")
 
     gather_timeout_s: float = Field(
         default=30.0, gt=0, description="How long the rating stage waits for all models of a prompt."

@@ -12,7 +12,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress
 
-from karma.agents.kinship import KinRule, Scored, kin_pairs, load_profiles
+from karma.agents.kinship import Scored, load_profiles
+from karma.agents.policies import select_pairs
 from karma.schemas.models import Preference, Winner
 from karma.streams.client import PromptProducer, parse_prompt_file, read_topic
 from karma.streams.config import KarmaSettings
@@ -20,10 +21,11 @@ from karma.streams.topics import ensure_topics
 
 
 def expected_pairs_per_prompt(settings: KarmaSettings) -> int:
-    """How many kin pairs a prompt yields when every model of the pool answers it."""
+    """How many pairs a prompt yields under the configured policy when every model answers it
+    (lengths unknown here: the kin rule's complexity gate is assumed to pass)."""
     profiles = load_profiles(settings.kin.profiles)
     scored = [Scored(f"r-{m}", m, profiles.superiority(m)) for m in settings.model_names]
-    return len(kin_pairs(scored, profiles, KinRule(settings.kin.tau, settings.kin.delta)))
+    return len(select_pairs(settings.policy, scored, profiles, settings.kin.rule()))
 
 
 async def count_distinct(settings: KarmaSettings, stage: str, id_field: str | None) -> int:

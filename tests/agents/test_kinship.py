@@ -57,7 +57,7 @@ def test_bad_profile_files_name_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(ProfileError, match=r"p.csv:3: expected 3 cells"):
         load_profiles(bad)
     bad.write_text("model,a\nx,high\n")
-    with pytest.raises(ProfileError, match=r"p.csv:2: scores must be numbers"):
+    with pytest.raises(ProfileError, match=r"p.csv:2: score 'high' is not a number"):
         load_profiles(bad)
     with pytest.raises(ProfileError, match="cannot read"):
         load_profiles(tmp_path / "missing.csv")
@@ -125,3 +125,58 @@ def test_selected_pairs_are_two_distinct_responses(sups: list[float]) -> None:
 def test_cosine_of_zero_vectors() -> None:
     assert cosine([0, 0], [0, 0]) == 1.0
     assert cosine([0, 0], [1, 0]) == 0.0
+
+
+def test_missing_cells_take_the_column_mean_and_are_listed(tmp_path: Path) -> None:
+    table = tmp_path / "p.csv"
+    table.write_text("model,a,b\nx,0,10\ny,10,NA\nz,5,30\n")
+    profiles = load_profiles(table)
+    # Column b over x and z: x -> 0, z -> 1; y is missing and takes their mean, 0.5.
+    assert profiles.vectors["y"] == pytest.approx((1.0, 0.5))
+    assert profiles.imputed == {"y": ("b",)}
+    table.write_text("model,a,b\nx,0,\ny,10,\n")
+    with pytest.raises(ProfileError, match="column 2 has no score"):
+        load_profiles(table)
+
+
+def test_yaml_profiles_match_the_csv_form(tmp_path: Path) -> None:
+    (tmp_path / "p.csv").write_text("model,a,b\nx,0,10\ny,10,\nz,5,30\n")
+    (tmp_path / "p.yaml").write_text("x: {a: 0, b: 10}\ny: {a: 10}\nz: {a: 5, b: 30}\n")
+    from_csv, from_yaml = load_profiles(tmp_path / "p.csv"), load_profiles(tmp_path / "p.yaml")
+    assert from_yaml.benchmarks == from_csv.benchmarks
+    assert from_yaml.vectors.keys() == from_csv.vectors.keys()
+    for model, vector in from_csv.vectors.items():
+        assert from_yaml.vectors[model] == pytest.approx(vector)
+    assert from_yaml.imputed == from_csv.imputed == {"y": ("b",)}
+    (tmp_path / "bad.yaml").write_text("- just\n- a list\n")
+    with pytest.raises(ProfileError, match="bad.yaml: expected a mapping"):
+        load_profiles(tmp_path / "bad.yaml")
+
+
+def test_a_model_twice_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "p.csv").write_text("model,a\nx,1\nx,2\n")
+    with pytest.raises(ProfileError, match=r"p.csv:3: model 'x' appears twice"):
+        load_profiles(tmp_path / "p.csv")
+
+
+with_gaps = st.dictionaries(
+    st.text(alphabet="abcdefgh", min_size=1, max_size=4),
+    # Scores with 3 decimals, as benchmark tables have: no 1e-300 values that vanish in a shift.
+    st.lists(st.one_of(st.none(), st.floats(0, 100).map(lambda x: round(x, 3))), min_size=3, max_size=3),
+    min_size=2,
+    max_size=8,
+).filter(lambda raw: all(any(v[i] is not None for v in raw.values()) for i in range(3)))
+
+
+@given(with_gaps, st.floats(0.01, 1000), st.floats(-50, 50))
+def test_results_invariant_to_an_affine_rescale_of_a_column_even_with_gaps(
+    raw: dict[str, list[float | None]], factor: float, shift: float
+) -> None:
+    scaled = {m: [None if v[0] is None else v[0] * factor + shift, v[1], v[2]] for m, v in raw.items()}
+    a = Profiles(benchmarks=("x", "y", "z"), vectors=normalise(raw))
+    b = Profiles(benchmarks=("x", "y", "z"), vectors=normalise(scaled))
+    for m in raw:
+        assert a.superiority(m) == pytest.approx(b.superiority(m), abs=1e-9)
+        assert 0.0 <= a.superiority(m) <= 1.0
+        for n in raw:
+            assert a.similarity(m, n) == pytest.approx(b.similarity(m, n), abs=1e-9)

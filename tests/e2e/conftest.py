@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from karma.agents.kinship import KinRule, Scored, kin_pairs, load_profiles
+from karma.agents.kinship import Scored, kin_pairs, load_profiles
 from karma.schemas.models import Prompt, pair_id_for, response_id_for
 from karma.streams.cli import spawn_worker, stop_worker
 from karma.streams.client import PromptProducer, Received, read_topic
@@ -102,7 +102,7 @@ class Pipeline:
     def expected_preference_ids(self, prompts: list[Prompt]) -> set[str]:
         """What the kin rule must produce when every model answers every prompt."""
         profiles = load_profiles(self.settings.kin.profiles)
-        rule = KinRule(self.settings.kin.tau, self.settings.kin.delta)
+        rule = self.settings.kin.rule()
         ids = set()
         for prompt in prompts:
             scored = [
