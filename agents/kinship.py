@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -214,3 +215,18 @@ def kin_pairs(candidates: Sequence[Scored], profiles: Profiles, rule: KinRule) -
         if rule.is_kin(similarity, gap, length_ratio(low, high)):
             chosen.append(ChosenPair(a=low, b=high, similarity=similarity, gap=gap))
     return chosen
+
+
+def kin_report(profiles: Profiles, rule: KinRule) -> dict[str, Any]:
+    """Every model's superiority and, for each unordered pair of models, its similarity, gap
+    and whether it is kin under `rule` (lengths are per response, so not part of this)."""
+    models = sorted(profiles.vectors)
+    pairs = []
+    for i, a in enumerate(models):
+        for b in models[i + 1 :]:
+            similarity = profiles.similarity(a, b)
+            gap = abs(profiles.superiority(a) - profiles.superiority(b))
+            pairs.append(
+                {"a": a, "b": b, "similarity": similarity, "gap": gap, "kin": rule.is_kin(similarity, gap)}
+            )
+    return {"superiority": {m: profiles.superiority(m) for m in models}, "pairs": pairs}

@@ -174,6 +174,53 @@ async def _submit(settings: KarmaSettings, file: Path, source: str) -> tuple[int
 
 
 @app.command()
+def kin(
+    profiles: Annotated[
+        Path | None,
+        typer.Option("--profiles", help="Benchmark CSV or YAML (default: the bundled 16-model table)."),
+    ] = None,
+    tau: Annotated[float | None, typer.Option(help="Minimum similarity (default: the config's).")] = None,
+    delta: Annotated[
+        float | None, typer.Option(help="Maximum superiority gap (default: the config's).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of tables.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Superiority of every model and, for every pair of models, similarity, gap and kinship."""
+    from karma.agents.kinship import KinRule, ProfileError, kin_report, load_profiles
+
+    settings = settings_or_exit(config)
+    rule = KinRule(
+        tau=settings.kin.tau if tau is None else tau, delta=settings.kin.delta if delta is None else delta
+    )
+    try:
+        loaded = load_profiles(profiles or settings.kin.profiles)
+    except ProfileError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    report = kin_report(loaded, rule)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    ranking = Table(title=f"superiority ({len(report['superiority'])} models)")
+    ranking.add_column("model")
+    ranking.add_column("superiority", justify="right")
+    ranking.add_column(f"kin (tau {rule.tau:g}, delta {rule.delta:g})")
+    for model, value in sorted(report["superiority"].items(), key=lambda kv: -kv[1]):
+        kin_of = sorted(
+            p["b"] if p["a"] == model else p["a"]
+            for p in report["pairs"]
+            if p["kin"] and model in (p["a"], p["b"])
+        )
+        ranking.add_row(model, f"{value:.3f}", ", ".join(kin_of) or "-")
+    out.print(ranking)
+    for model, missing in sorted(loaded.imputed.items()):
+        out.print(f"{model}: no score for {', '.join(missing)} (the column's mean is used)")
+    kin_count = sum(p["kin"] for p in report["pairs"])
+    out.print(f"{kin_count} of {len(report['pairs'])} model pairs are kin")
+
+
+@app.command()
 def tail(
     topic: Annotated[
         str, typer.Argument(help="prompts, responses, pairs, preferences, dlq, or a full name.")
