@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from karma.agents.kinship import (
@@ -93,6 +93,7 @@ vectors = st.dictionaries(
 )
 
 
+@settings(deadline=None)
 @given(vectors)
 def test_superiority_in_unit_interval_and_similarity_symmetric(raw: dict[str, list[float]]) -> None:
     profiles = Profiles(benchmarks=("x", "y", "z"), vectors=normalise(raw))
@@ -105,6 +106,7 @@ def test_superiority_in_unit_interval_and_similarity_symmetric(raw: dict[str, li
             assert s == pytest.approx(profiles.similarity(b, a))
 
 
+@settings(deadline=None)
 @given(vectors, st.floats(0.01, 1000))
 def test_rescaling_a_column_changes_nothing(raw: dict[str, list[float]], factor: float) -> None:
     scaled = {m: [v[0] * factor, v[1], v[2]] for m, v in raw.items()}
@@ -113,6 +115,7 @@ def test_rescaling_a_column_changes_nothing(raw: dict[str, list[float]], factor:
         assert a[m] == pytest.approx(b[m], abs=1e-9)
 
 
+@settings(deadline=None)
 @given(st.lists(st.floats(0, 1, allow_nan=False), min_size=2, max_size=30))
 def test_selected_pairs_are_two_distinct_responses(sups: list[float]) -> None:
     profiles = Profiles(benchmarks=("x",), vectors={f"m{i}": (s,) for i, s in enumerate(sups)})
@@ -168,6 +171,7 @@ with_gaps = st.dictionaries(
 ).filter(lambda raw: all(any(v[i] is not None for v in raw.values()) for i in range(3)))
 
 
+@settings(deadline=None)
 @given(with_gaps, st.floats(0.01, 1000), st.floats(-50, 50))
 def test_results_invariant_to_an_affine_rescale_of_a_column_even_with_gaps(
     raw: dict[str, list[float | None]], factor: float, shift: float
