@@ -187,12 +187,11 @@ def kin(
     config: ConfigOption = None,
 ) -> None:
     """Superiority of every model and, for every pair of models, similarity, gap and kinship."""
-    from karma.agents.kinship import KinRule, ProfileError, kin_report, load_profiles
+    from karma.agents.kinship import ProfileError, kin_report, load_profiles
 
     settings = settings_or_exit(config)
-    rule = KinRule(
-        tau=settings.kin.tau if tau is None else tau, delta=settings.kin.delta if delta is None else delta
-    )
+    overrides = {name: value for name, value in (("tau", tau), ("delta", delta)) if value is not None}
+    rule = settings.kin.model_copy(update=overrides).rule()
     try:
         loaded = load_profiles(profiles or settings.kin.profiles)
     except ProfileError as exc:
