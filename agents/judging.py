@@ -24,6 +24,7 @@ def build_judge(settings: KarmaSettings) -> SimulatedJudge:
         qualities=qualities,
         position_bias=settings.judge.position_bias,
         temperature=settings.judge.temperature,
+        length_bias=settings.judge.length_bias,
         seed=settings.seed,
         name=settings.judge.name,
     )
@@ -32,8 +33,9 @@ def build_judge(settings: KarmaSettings) -> SimulatedJudge:
 def judge_pair(judge: SimulatedJudge, pair: KinPair) -> Preference:
     """Asks the judge twice, swapping the order, and resolves the two verdicts."""
     a, b = pair.response_a, pair.response_b
-    first = judge.judge(pair.pair_id, a.model, b.model)
-    second = judge.judge(pair.pair_id, b.model, a.model)
+    length_a, length_b = len(a.text.split()), len(b.text.split())
+    first = judge.judge(pair.pair_id, a.model, b.model, length_a, length_b)
+    second = judge.judge(pair.pair_id, b.model, a.model, length_b, length_a)
     verdict_ab, verdict_ba = first.winner, unswap(second.winner)
     resolution = resolve(verdict_ab, verdict_ba)
     return Preference(

@@ -14,27 +14,40 @@ gathers of that partition when the tick arrives.
 Per-model state over time (responses and tokens in a hopping window) is kept in the
 windowed `rating-model-stats` table, keyed `model@partition` because the stream is keyed by
 prompt and each partition writes its own changelog partition.
+
+Online competency (`competency.online`, on by default): the agent also reads the judge's
+verdicts from karma.preferences (keyed by prompt, so co-partitioned with the responses) and
+tallies them per model pair in the hopping `rating-competency` table (changelogged, so a
+restarted worker recovers its evidence). A verdict is counted once: its id is remembered in
+the prompt's gather entry. On every tick round the tallies of the current window, summed
+over the partitions this worker holds, go through `agents.competency.assess`, and the
+blended superiority is what pairing uses from then on. With several rating workers each one
+learns from the verdicts of its own partitions: the same estimate on a share of the evidence.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from karma.agents.competency import Tally, assess, pair_key, score_of_first
 from karma.agents.kinship import KinRule, Profiles, Scored, load_profiles
 from karma.agents.policies import Policy, select_pairs
-from karma.schemas.models import Candidate, KinPair, Response, pair_id_for
+from karma.schemas.models import Candidate, KinPair, Preference, Response, pair_id_for
 from karma.streams.app import Stage
 from karma.streams.codecs import DecodeError, decode, encode
 from karma.streams.metrics import (
+    COMPARISONS,
     DUPLICATES,
     KIN_GAP,
     MESSAGES_IN,
     PAIRS,
     PENDING_PROMPTS,
     STAGE_LATENCY,
+    SUPERIORITY,
 )
 
 STAGE = "rating"
@@ -49,15 +62,30 @@ class Gathered:
     responses: dict[str, dict[str, Any]]  # model -> {response_id, text, simulated}
 
 
+@dataclass
+class LiveCompetency:
+    """The superiority pairing uses now (model -> blended value) and when it was computed."""
+
+    superiority: dict[str, float]
+    refreshed_at: float = 0.0  # ms
+
+
 def make_pairs(
-    gathered: Gathered, profiles: Profiles, rule: KinRule, policy: Policy = "kin", hybrid_weight: float = 0.5
+    gathered: Gathered,
+    profiles: Profiles,
+    rule: KinRule,
+    policy: Policy = "kin",
+    hybrid_weight: float = 0.5,
+    superiority: Mapping[str, float] | None = None,
 ) -> list[KinPair]:
-    """The pairs `policy` picks among one prompt's responses: pure, so it is tested without Kafka."""
+    """The pairs `policy` picks among one prompt's responses: pure, so it is tested without Kafka.
+    `superiority` (model -> value, e.g. the blended online estimate) overrides the profiles'."""
+    superiority = superiority or {}
     scored = [
         Scored(
             response_id=r["response_id"],
             model=model,
-            superiority=profiles.superiority(model),
+            superiority=superiority.get(model, profiles.superiority(model)),
             length=len(r["text"].split()),
         )
         for model, r in gathered.responses.items()
@@ -112,9 +140,15 @@ def register(stage: Stage) -> None:
     model_stats = app.Table("rating-model-stats", default=int, partitions=settings.partitions).hopping(
         settings.window_size_s, settings.window_step_s, expires=settings.window_size_s * 2
     )
+    online = settings.competency.online
+    competency = app.Table("rating-competency", default=float, partitions=settings.partitions).hopping(
+        settings.window_size_s, settings.window_step_s, expires=settings.window_size_s * 2
+    )
+    # What pairing uses; refreshed from the competency table once per tick round.
+    current = LiveCompetency(superiority={m: profiles.superiority(m) for m in expected})
+    inputs = [stage.names.responses, stage.names.ticks] + ([stage.names.preferences] if online else [])
     source = app.topic(
-        stage.names.responses,
-        stage.names.ticks,
+        *inputs,
         key_type=bytes,
         value_type=bytes,
         key_serializer="raw",
@@ -134,15 +168,70 @@ def register(stage: Stage) -> None:
                 value=None,
                 offset=-1,
             )
-        for pair in make_pairs(gathered, profiles, rule, settings.policy, settings.kin.hybrid_weight):
+        chosen = make_pairs(
+            gathered, profiles, rule, settings.policy, settings.kin.hybrid_weight, current.superiority
+        )
+        for pair in chosen:
             PAIRS.labels(pair.policy).inc()
             KIN_GAP.observe(pair.gap)
             await stage.publish(STAGE, "pairs", prompt_id, encode(pair))
         gather[prompt_id] = {**entry, "responses": {}, "done_at": _now_ms()}
 
+    def window_tallies() -> dict[tuple[str, str], Tally]:
+        """The current window's tallies, summed over every partition this worker holds."""
+        window = competency.table.window.earliest(time.time())
+        tallies = {}
+        for a, b in itertools.combinations(sorted(expected), 2):
+            n = score = 0.0
+            for partition in range(settings.partitions):
+                n += competency[f"{a}|{b}@{partition}:n"][window]
+                score += competency[f"{a}|{b}@{partition}:score"][window]
+            if n:
+                tallies[(a, b)] = Tally(n, score)
+        return tallies
+
+    def refresh_competency() -> None:
+        assessed = assess(
+            expected,
+            profiles,
+            window_tallies(),
+            evidence=settings.competency.evidence,
+            scale=settings.competency.scale,
+        )
+        current.superiority = {m: c.blended for m, c in assessed.items()}
+        for m, c in assessed.items():
+            SUPERIORITY.labels(m, "prior").set(c.prior)
+            SUPERIORITY.labels(m, "blended").set(c.blended)
+            SUPERIORITY.labels(m, "online").set(c.online if c.online is not None else float("nan"))
+            COMPARISONS.labels(m).set(c.comparisons)
+
+    async def on_preference(event: Any) -> None:
+        try:
+            preference = decode(event.value, Preference)
+        except DecodeError as exc:
+            await stage.dead_letter(event, stage=STAGE, reason=exc.reason, error_type=exc.kind)
+            return
+        entry = gather.get(preference.prompt_id)
+        if entry is not None:
+            judged = entry.get("judged", [])
+            if preference.preference_id in judged:
+                DUPLICATES.labels(STAGE).inc()  # a replayed verdict: its evidence is already in
+                return
+            gather[preference.prompt_id] = {**entry, "judged": [*judged, preference.preference_id]}
+        a, b = preference.response_a.model, preference.response_b.model
+        if a == b:
+            return
+        key = pair_key(a, b)
+        stem = f"{key[0]}|{key[1]}@{event.message.partition}"
+        competency[f"{stem}:n"] += 1.0
+        competency[f"{stem}:score"] += score_of_first(key, a, preference.winner)
+
     async def on_tick(event: Any) -> None:
         partition = event.message.partition
         now = _now_ms()
+        if online and now - current.refreshed_at >= settings.tick_interval_s * 1000:
+            current.refreshed_at = now
+            refresh_competency()
         pending = 0
         for prompt_id, entry in list(gather.items()):
             if entry is None or entry["partition"] != partition:
@@ -190,6 +279,9 @@ def register(stage: Stage) -> None:
         async for event in stream.events():
             if event.message.topic == stage.names.ticks:
                 await on_tick(event)
+                continue
+            if event.message.topic == stage.names.preferences:
+                await on_preference(event)
                 continue
             with STAGE_LATENCY.labels(STAGE).time():
                 await on_response(event)

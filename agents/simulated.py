@@ -5,9 +5,10 @@ their text starts with "[simulated <model>]", and preferences judged here are si
 
 Assumptions (kept simple and stated, not tuned to favour any pairing policy):
 - each model has a latent quality in [0, 1]; better models write somewhat longer answers;
-- the judge prefers the better response with probability sigmoid(gap / temperature + bias),
-  where bias is a position bonus for the response shown first, so verdicts on close pairs are
-  noisy and sometimes flip with the order.
+- the judge prefers the response shown first with probability
+  sigmoid(gap / temperature + position_bias + length_bias * log(len_first / len_second)):
+  accuracy falls as the quality gap shrinks, the first position gets a bonus (so verdicts on
+  close pairs sometimes flip with the order), and the longer answer gets a bonus too.
 """
 
 from __future__ import annotations
@@ -58,16 +59,28 @@ class SimulatedJudge:
     temperature: float = 0.1
     seed: int = 0
     name: str = "simulated-judge"
+    length_bias: float = 0.0
 
     def quality(self, model: str) -> float:
         if model in self.qualities:
             return self.qualities[model]
         return sum(self.qualities.values()) / max(1, len(self.qualities))
 
-    def judge(self, pair_id: str, first_model: str, second_model: str) -> Verdict:
-        """One pass with `first_model`'s response shown first; seeded per pair and order."""
+    def judge(
+        self,
+        pair_id: str,
+        first_model: str,
+        second_model: str,
+        first_length: int | None = None,
+        second_length: int | None = None,
+    ) -> Verdict:
+        """One pass with `first_model`'s response shown first; seeded per pair and order.
+        Lengths (words) are optional: without both, no length bias applies."""
         gap = self.quality(first_model) - self.quality(second_model)
-        p_first = 1.0 / (1.0 + math.exp(-(gap / self.temperature + self.position_bias)))
+        logit = gap / self.temperature + self.position_bias
+        if first_length and second_length:
+            logit += self.length_bias * math.log(first_length / second_length)
+        p_first = 1.0 / (1.0 + math.exp(-logit))
         draw = seeded_rng(self.seed, pair_id, first_model, second_model).random()
         winner = Winner.A if draw < p_first else Winner.B
         return Verdict(winner=winner, confidence=max(p_first, 1.0 - p_first))

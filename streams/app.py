@@ -26,7 +26,7 @@ from karma.streams.topics import TopicNames
 
 ROLES = ("generate", "rate", "judge")
 # The topics each role reads, for the lag gauge.
-CONSUMES = {"generate": ("prompts",), "rate": ("responses", "ticks"), "judge": ("pairs",)}
+CONSUMES = {"generate": ("prompts",), "rate": ("responses", "ticks", "preferences"), "judge": ("pairs",)}
 
 
 def raw_topic(app: faust.App, *names: str, partitions: int) -> faust.TopicT:
@@ -137,6 +137,8 @@ def create_app(
         judging.register(stage)
     if settings.lag_interval_s:
         consumed = {name for role in roles for name in CONSUMES[role]}
+        if not settings.competency.online:
+            consumed.discard("preferences")  # only the online competency reads the verdicts
         _report_lag(app, settings, [getattr(names, stage) for stage in sorted(consumed)])
     return app
 

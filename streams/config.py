@@ -60,11 +60,36 @@ class KinSettings(BaseModel):
     )
 
 
+class CompetencySettings(BaseModel):
+    """Online competency: a windowed Bradley-Terry fit of the judge's verdicts, blended with
+    the prior profiles by how many comparisons the window holds (see agents/competency.py)."""
+
+    online: bool = Field(
+        default=True,
+        description="Learn superiority from verdicts; False keeps the prior profiles fixed "
+        "(the paper's static setting, and what lets a test predict every pair).",
+    )
+    evidence: float = Field(
+        default=20.0,
+        gt=0,
+        description="Comparisons in the window at which online and prior superiority weigh the same.",
+    )
+    scale: float = Field(
+        default=0.1,
+        gt=0,
+        description="Bradley-Terry scale: a superiority gap of `scale` multiplies the odds of winning by e.",
+    )
+
+
 class JudgeSettings(BaseModel):
     backend: Literal["simulated"] = "simulated"
     name: str = "simulated-judge"
     position_bias: float = Field(
         default=0.3, description="Simulated: log-odds bonus for whichever response is shown first."
+    )
+    length_bias: float = Field(
+        default=0.5,
+        description="Simulated: log-odds bonus per unit of log(length ratio) for the longer response.",
     )
     temperature: float = Field(
         default=0.1, gt=0, description="Simulated: quality gap that moves the log-odds by 1."
@@ -94,6 +119,7 @@ class KarmaSettings(BaseSettings):
     pool: list[ModelSpec] = Field(default_factory=lambda: list(DEFAULT_POOL), min_length=1)
     kin: KinSettings = Field(default_factory=KinSettings)
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    competency: CompetencySettings = Field(default_factory=CompetencySettings)
     policy: Policy = Field(default="kin", description=f"Pairing policy, one of {list(POLICIES)}.")
 
     gather_timeout_s: float = Field(
@@ -105,8 +131,11 @@ class KarmaSettings(BaseSettings):
     done_retention_s: float = Field(
         default=3600.0, gt=0, description="How long a finished prompt is remembered, to drop replays."
     )
-    window_size_s: float = Field(default=600.0, gt=0, description="Hopping window for per-model state.")
-    window_step_s: float = Field(default=60.0, gt=0)
+    # Whole seconds: faust's hopping windows step through integer starts.
+    window_size_s: int = Field(
+        default=600, ge=1, description="Hopping window of per-model state and online competency."
+    )
+    window_step_s: int = Field(default=60, ge=1, description="How far the window hops.")
 
     metrics_port: int = Field(default=9108, ge=0, le=65535, description="0 disables /metrics.")
     metrics_host: str = "127.0.0.1"

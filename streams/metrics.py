@@ -24,6 +24,14 @@ KIN_GAP = Histogram(
 VERDICTS = Counter("karma_judge_verdicts", "Resolved verdicts.", ["winner", "consistent"])
 DUPLICATES = Counter("karma_duplicates_dropped", "Replayed messages recognised and dropped.", ["stage"])
 PENDING_PROMPTS = Gauge("karma_rating_pending_prompts", "Prompts whose responses are still being gathered.")
+SUPERIORITY = Gauge(
+    "karma_model_superiority",
+    "A model's superiority as the rating stage sees it: prior (profiles), online (verdicts) or blended.",
+    ["model", "estimate"],
+)
+COMPARISONS = Gauge(
+    "karma_model_comparisons", "Judged comparisons of a model in the current competency window.", ["model"]
+)
 CONSUMER_LAG = Gauge(
     "karma_consumer_lag_messages",
     "Messages of a consumed partition not yet committed by this worker's group.",

@@ -36,3 +36,12 @@ def test_a_clear_quality_gap_gives_consistent_wins() -> None:
         assert pref.winner is Winner.B and pref.consistent
         assert pref.preference_id == pref.pair_id == f"pair-{i}"
         assert pref.simulated and pref.judge == "simulated-judge"
+
+
+def test_length_bias_favours_the_longer_answer_in_both_orders() -> None:
+    judge = SimulatedJudge({"a": 0.5, "b": 0.5}, position_bias=0.0, length_bias=20.0)
+    long_b = _pair(0).model_copy(
+        update={"response_b": _pair(0).response_b.model_copy(update={"text": "a much longer answer here"})}
+    )
+    pref = judge_pair(judge, long_b)
+    assert pref.winner is Winner.B and pref.consistent

@@ -1,0 +1,128 @@
+"""Online competency: verdict tallies, the Bradley-Terry fit, and its blend with the prior."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from faust.windows import HoppingWindow
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from karma.agents.competency import Tally, assess, fit_bradley_terry, kin_of, tally, window_of
+from karma.agents.kinship import KinRule, Profiles, load_profiles
+from karma.schemas.models import Winner
+
+SCALE = 0.1
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _flat_profiles(models: list[str]) -> Profiles:
+    """Every model at superiority 0.5 and identical direction: the prior knows nothing."""
+    return Profiles(benchmarks=("x", "y"), vectors={m: (0.5, 0.5) for m in models})
+
+
+def _expected_tallies(truth: dict[str, float], n: float) -> dict[tuple[str, str], Tally]:
+    """What a judge following Bradley-Terry with these superiorities scores on average."""
+    models = sorted(truth)
+    return {
+        (a, b): Tally(n, n * _sigmoid((truth[a] - truth[b]) / SCALE))
+        for i, a in enumerate(models)
+        for b in models[i + 1 :]
+    }
+
+
+def test_tally_counts_wins_ties_and_leaves_out_same_model_verdicts() -> None:
+    tallies = tally(
+        [
+            ("b", "a", Winner.A),  # b beat a: stored under (a, b) as a score of 0 for a
+            ("a", "b", Winner.TIE),
+            ("a", "b", Winner.A),
+            ("a", "a", Winner.A),
+        ]
+    )
+    assert tallies == {("a", "b"): Tally(n=3, score_a=1.5)}
+
+
+def test_the_fit_recovers_the_superiorities_that_generated_the_verdicts() -> None:
+    truth = {"m1": 0.2, "m2": 0.4, "m3": 0.6, "m4": 0.8}  # mean 0.5, the flat prior's value
+    fitted = fit_bradley_terry(_expected_tallies(truth, n=10_000), dict.fromkeys(truth, 0.5), SCALE)
+    for model, value in truth.items():
+        assert fitted[model] == pytest.approx(value, abs=1e-3)
+
+
+def test_without_evidence_every_model_keeps_its_prior() -> None:
+    profiles = load_profiles()
+    assessed = assess(["gpt-4", "vicuna-33b"], profiles, {}, evidence=20, scale=SCALE)
+    for model, c in assessed.items():
+        assert c.online is None and c.comparisons == 0 and c.weight == 0
+        assert c.blended == c.prior == profiles.superiority(model)
+
+
+def test_evidence_equal_to_the_setting_weighs_online_and_prior_the_same() -> None:
+    models = ["a", "b"]
+    tallies = {("a", "b"): Tally(n=20, score_a=15)}
+    assessed = assess(models, _flat_profiles(models), tallies, evidence=20, scale=SCALE)
+    a = assessed["a"]
+    assert a.comparisons == 20 and a.weight == pytest.approx(0.5)
+    assert a.online is not None and a.online > 0.5 > assessed["b"].online  # type: ignore[operator]
+    assert a.blended == pytest.approx((a.prior + a.online) / 2)
+
+
+def test_a_model_with_no_profile_starts_at_the_pool_mean_and_climbs_into_new_kin() -> None:
+    profiles = load_profiles()
+    pool = ["gpt-4", "gpt-3.5-turbo", "llama-2-7b-chat", "pythia-12b", "newcomer"]
+    mean = sum(profiles.superiority(m) for m in profiles.vectors) / len(profiles.vectors)
+    rule = KinRule(tau=0.9, delta=0.15)
+
+    before = assess(pool, profiles, {}, evidence=5, scale=SCALE)
+    assert before["newcomer"].prior == pytest.approx(mean)
+    kin_before = kin_of("newcomer", {m: c.blended for m, c in before.items()}, profiles, rule)
+
+    # The newcomer beats gpt-3.5-turbo and ties gpt-4, over and over.
+    tallies = tally([("newcomer", "gpt-3.5-turbo", Winner.A)] * 30 + [("gpt-4", "newcomer", Winner.TIE)] * 30)
+    after = assess(pool, profiles, tallies, evidence=5, scale=SCALE)
+    assert after["newcomer"].blended > profiles.superiority("gpt-3.5-turbo") > mean
+    kin_after = kin_of("newcomer", {m: c.blended for m, c in after.items()}, profiles, rule)
+    assert "gpt-4" in kin_after and "gpt-4" not in kin_before
+    assert kin_after != kin_before
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.tuples(st.sampled_from("abcd"), st.sampled_from("abcd")).filter(lambda k: k[0] < k[1]),
+        st.tuples(st.integers(1, 50), st.floats(0, 1)),
+        max_size=6,
+    ),
+    st.floats(0.1, 100),
+)
+def test_estimates_stay_within_the_superiority_range(raw: dict, evidence: float) -> None:  # type: ignore[type-arg]
+    tallies = {key: Tally(n, n * share) for key, (n, share) in raw.items()}
+    profiles = Profiles(
+        benchmarks=("x", "y"),
+        vectors={"a": (0.0, 0.0), "b": (1.0, 0.2), "c": (0.3, 1.0), "d": (1.0, 1.0)},
+    )
+    for c in assess("abcd", profiles, tallies, evidence=evidence, scale=SCALE).values():
+        assert 0.0 <= c.blended <= 1.0
+        assert c.online is None or 0.0 <= c.online <= 1.0
+        assert 0.0 <= c.weight < 1.0
+        # The blend lies between the prior and the online estimate.
+        if c.online is not None:
+            assert min(c.prior, c.online) - 1e-12 <= c.blended <= max(c.prior, c.online) + 1e-12
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.floats(1e6, 2e9, allow_nan=False),
+    st.integers(1, 600),
+    st.integers(1, 600),
+)
+def test_the_window_is_fausts_oldest_hopping_window_holding_now(now: float, size: int, step: int) -> None:
+    step = min(step, size)
+    start, end = window_of(now, size, step)
+    assert start <= now < end and end - start == size
+    assert (start, start + size - 0.1) == HoppingWindow(size, step).earliest(now)
