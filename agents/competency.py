@@ -157,6 +157,34 @@ def kin_of(model: str, superiority: Mapping[str, float], profiles: Profiles, rul
     )
 
 
+def pool_table(
+    models: Iterable[str],
+    profiles: Profiles,
+    rule: KinRule,
+    comparisons: Mapping[tuple[str, str], Tally],
+    *,
+    evidence: float,
+    scale: float,
+) -> list[dict[str, object]]:
+    """One row per model, most superior first: prior, online and blended superiority,
+    comparisons in the window, the online weight, and the models kin to it now."""
+    assessed = assess(models, profiles, comparisons, evidence=evidence, scale=scale)
+    blended = {m: c.blended for m, c in assessed.items()}
+    return [
+        {
+            "model": c.model,
+            "prior": c.prior,
+            "online": c.online,
+            "blended": c.blended,
+            "comparisons": c.comparisons,
+            "weight": c.weight,
+            "has_profile": c.model in profiles.vectors,
+            "kin": kin_of(c.model, blended, profiles, rule),
+        }
+        for c in sorted(assessed.values(), key=lambda c: (-c.blended, c.model))
+    ]
+
+
 def window_of(now_s: float, size_s: int, step_s: int) -> tuple[float, float]:
     """The oldest hopping window that holds `now_s`, [start, start + size): the one whose tallies
     cover a whole window of history. The same arithmetic as faust's HoppingWindow.earliest."""

@@ -220,6 +220,65 @@ def kin(
 
 
 @app.command()
+def competency(
+    config: ConfigOption = None,
+    bootstrap: BootstrapOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of a table.")] = False,
+) -> None:
+    """The live pool: prior, online and blended superiority, comparisons in the window, kin now.
+
+    Recomputed from the verdicts on karma.preferences in the rating stage's current window."""
+    from karma.agents.competency import pool_table
+    from karma.agents.kinship import ProfileError, load_profiles
+    from karma.streams.client import window_verdicts
+
+    settings = settings_or_exit(config, bootstrap_servers=bootstrap)
+    try:
+        profiles = load_profiles(settings.kin.profiles)
+    except ProfileError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    window = run_or_exit(window_verdicts(settings))
+    rows = pool_table(
+        settings.model_names,
+        profiles,
+        settings.kin.rule(),
+        window.tallies,
+        evidence=settings.competency.evidence,
+        scale=settings.competency.scale,
+    )
+    span = "-".join(time.strftime("%H:%M:%S", time.localtime(t)) for t in (window.start_s, window.end_s))
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "window": {"start_s": window.start_s, "end_s": window.end_s},
+                    "preferences": window.preferences,
+                    "online": settings.competency.online,
+                    "models": rows,
+                },
+                indent=2,
+            )
+        )
+        return
+    table = Table(title=f"competency: {window.preferences} verdicts in the window {span}")
+    for column in ("model", "prior", "online", "blended", "comparisons", "kin now"):
+        table.add_column(column, justify="left" if column in ("model", "kin now") else "right")
+    for row in rows:
+        table.add_row(
+            f"{row['model']}{'' if row['has_profile'] else ' (no profile)'}",
+            f"{row['prior']:.3f}",
+            "-" if row["online"] is None else f"{row['online']:.3f}",
+            f"{row['blended']:.3f}",
+            f"{row['comparisons']:g}",
+            ", ".join(row["kin"]) or "-",  # type: ignore[arg-type]
+        )
+    out.print(table)
+    if not settings.competency.online:
+        out.print("competency.online is false: the rating stage pairs by the prior only")
+
+
+@app.command()
 def tail(
     topic: Annotated[
         str, typer.Argument(help="prompts, responses, pairs, preferences, dlq, or a full name.")
@@ -306,6 +365,11 @@ def demo(
             topic_prefix=f"demo-{stamp}.",
             app_id=f"karma-demo-{stamp}",
             metrics_port=0,
+        )
+        # Prior competency, so the demo can predict (and check) every pair; `karma eval` and
+        # the drift test show the online competency.
+        settings = settings.model_copy(
+            update={"competency": settings.competency.model_copy(update={"online": False})}
         )
         prompt_lines = (
             prompts.read_text()

@@ -19,6 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import ValidationError
 
+from karma.agents.competency import Tally, tally, window_of
 from karma.schemas.models import (
     DeadLetter,
     KinPair,
@@ -92,6 +93,7 @@ class Received:
     key: bytes | None
     record: Record | None
     error: str | None = None
+    timestamp_ms: int | None = None  # the broker's record timestamp (producer create time)
 
 
 def topic_name(settings: KarmaSettings, topic: str) -> tuple[str, type[Record] | None]:
@@ -111,11 +113,13 @@ async def read_topic(
     from_beginning: bool = True,
     until_end: bool = False,
     idle_timeout_s: float | None = None,
+    since_ms: int | None = None,
 ) -> AsyncIterator[Received]:
     """Reads a topic without joining a consumer group (nothing is committed).
 
     until_end stops at the end offsets seen when reading began; idle_timeout_s stops after that
-    long without a new message.
+    long without a new message; since_ms starts each partition at its first message with a
+    timestamp at or after it (the broker's time index, so older messages are not read at all).
     """
     name, model = topic_name(settings, topic)
     if name not in await list_topics(settings):
@@ -132,6 +136,11 @@ async def read_topic(
     try:
         tps = sorted(consumer.assignment())
         ends = await consumer.end_offsets(tps) if until_end else {}
+        if since_ms is not None:
+            found = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
+            for tp in tps:
+                # No message that recent: start at the end, where the next one will be.
+                consumer.seek(tp, found[tp].offset if found[tp] else (await consumer.end_offsets([tp]))[tp])
         last_message = time.monotonic()
         while True:
             if until_end and all([await consumer.position(tp) >= ends[tp] for tp in tps]):
@@ -169,7 +178,7 @@ def _received(msg: Any, model: type[Record] | None) -> Received:
             record = decode(msg.value, model)
         except DecodeError as exc:
             error = exc.reason
-    return Received(msg.topic, msg.partition, msg.offset, msg.key, record, error)
+    return Received(msg.topic, msg.partition, msg.offset, msg.key, record, error, msg.timestamp)
 
 
 def parse_prompt_line(line: str, source: str) -> Prompt:
@@ -211,3 +220,29 @@ def parse_prompt_file(lines: list[str], source: str) -> Iterator[tuple[int, Prom
             yield line_no, parse_prompt_line(line, source), None
         except ValueError as exc:
             yield line_no, None, str(exc)
+
+
+async def window_verdicts(settings: KarmaSettings, now_s: float | None = None) -> WindowVerdicts:
+    """The verdicts on karma.preferences in the current competency window, tallied per model pair,
+    each preference id once: the evidence the rating stage's online competency holds."""
+    now_s = time.time() if now_s is None else now_s
+    start, end = window_of(now_s, settings.window_size_s, settings.window_step_s)
+    seen: set[str] = set()
+    verdicts = []
+    async for received in read_topic(settings, "preferences", until_end=True, since_ms=int(start * 1000)):
+        record = received.record
+        if not isinstance(record, Preference) or record.preference_id in seen:
+            continue
+        if received.timestamp_ms is None or not start * 1000 <= received.timestamp_ms < end * 1000:
+            continue
+        seen.add(record.preference_id)
+        verdicts.append((record.response_a.model, record.response_b.model, record.winner))
+    return WindowVerdicts(start_s=start, end_s=end, preferences=len(seen), tallies=tally(verdicts))
+
+
+@dataclass(frozen=True)
+class WindowVerdicts:
+    start_s: float
+    end_s: float
+    preferences: int
+    tallies: dict[tuple[str, str], Tally]

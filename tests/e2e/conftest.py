@@ -42,6 +42,11 @@ class Pipeline:
         self.workers.append(worker)
         return worker
 
+    def stop_worker(self, worker: subprocess.Popen[bytes]) -> None:
+        """Stops a worker the way an operator does (SIGTERM) and stops watching it."""
+        stop_worker(worker, timeout=20)
+        self.workers.remove(worker)
+
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.settings.metrics_port}/metrics"
         return urllib.request.urlopen(url, timeout=10).read().decode()
