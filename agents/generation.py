@@ -1,12 +1,19 @@
-"""Generation stage: each prompt on karma.prompts becomes one response per model."""
+"""Generation stage: each prompt on karma.prompts becomes one response per model.
+
+Prompts are taken in batches (faust `take_events`: up to `batch_size`, or whatever arrived
+within `batch_wait_s`), and every model of the worker gets the whole batch at once, so a GPU
+engine or a remote server has enough requests in flight to stay busy. A request that fails
+for good (after the backend's retries) goes to the dead-letter topic with the reason; the
+other models' responses to that prompt, and the rest of the batch, go on.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
-from karma.agents.kinship import load_profiles
-from karma.agents.simulated import SimulatedGenerator
+from karma.agents.backends import BackendError, Generation, GenerationRequest, Generator, make_generator
 from karma.schemas.models import Prompt, Response, response_id_for
 from karma.streams.app import Stage
 from karma.streams.codecs import DecodeError, decode, encode
@@ -16,52 +23,55 @@ from karma.streams.metrics import MESSAGES_IN, STAGE_LATENCY
 STAGE = "generation"
 
 
-def build_generators(stage: Stage, models: list[ModelSpec]) -> list[SimulatedGenerator]:
-    profiles = load_profiles(stage.settings.kin.profiles)
-    return [
-        SimulatedGenerator(
-            model=spec.name,
-            latent_quality=spec.latent_quality
-            if spec.latent_quality is not None
-            else profiles.superiority(spec.name),
-            seed=stage.settings.seed,
-            latency_s=spec.simulated_latency_s,
-        )
-        for spec in models
-    ]
-
-
-def respond(generator: SimulatedGenerator, prompt: Prompt) -> Response:
-    started = time.perf_counter()
-    text = generator.generate(prompt.prompt_id, prompt.text)
+def to_response(prompt: Prompt, generator: Generator, generated: Generation) -> Response:
     return Response(
         response_id=response_id_for(prompt.prompt_id, generator.model),
         prompt_id=prompt.prompt_id,
         prompt_text=prompt.text,
         model=generator.model,
-        text=text,
-        backend="simulated",
-        simulated=True,
-        num_tokens=len(text.split()),
-        latency_ms=(time.perf_counter() - started) * 1000,
+        text=generated.text,
+        backend=generator.backend,
+        simulated=generated.simulated,
+        num_tokens=generated.num_tokens,
+        latency_ms=generated.latency_ms,
     )
 
 
 def register(stage: Stage, models: list[ModelSpec]) -> None:
-    generators = build_generators(stage, models)
+    settings = stage.settings
+    generators = [make_generator(spec, settings) for spec in models]
+
+    async def generate_batch(events: list[Any]) -> None:
+        prompts: list[tuple[Any, Prompt]] = []
+        for event in events:
+            MESSAGES_IN.labels(STAGE).inc()
+            try:
+                prompts.append((event, decode(event.value, Prompt)))
+            except DecodeError as exc:
+                await stage.dead_letter(event, stage=STAGE, reason=exc.reason, error_type=exc.kind)
+        if not prompts:
+            return
+        requests = [GenerationRequest(p.prompt_id, p.text, settings.seed) for _, p in prompts]
+        # Every model works on the batch at the same time.
+        outcomes = await asyncio.gather(*(g.generate(requests) for g in generators))
+        for generator, results in zip(generators, outcomes, strict=True):
+            for (event, prompt), result in zip(prompts, results, strict=True):
+                if isinstance(result, BackendError):
+                    await stage.dead_letter(
+                        event,
+                        stage=STAGE,
+                        reason=f"prompt {prompt.prompt_id}, model {generator.model}: {result.reason}",
+                        error_type=result.kind,
+                    )
+                    continue
+                response = to_response(prompt, generator, result)
+                await stage.publish(STAGE, "responses", prompt.prompt_id, encode(response))
 
     @stage.app.agent(stage.topics["prompts"], name="generate")
     async def generate(stream):  # type: ignore[no-untyped-def]
-        async for event in stream.events():
-            MESSAGES_IN.labels(STAGE).inc()
-            with STAGE_LATENCY.labels(STAGE).time():
-                try:
-                    prompt = decode(event.value, Prompt)
-                except DecodeError as exc:
-                    await stage.dead_letter(event, stage=STAGE, reason=exc.reason, error_type=exc.kind)
-                    continue
-                for generator in generators:
-                    if generator.latency_s:
-                        await asyncio.sleep(generator.latency_s)
-                    response = respond(generator, prompt)
-                    await stage.publish(STAGE, "responses", prompt.prompt_id, encode(response))
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
+            started = time.perf_counter()
+            await generate_batch(list(events))
+            elapsed = time.perf_counter() - started
+            for _ in events:  # per message: the batch's time shared out
+                STAGE_LATENCY.labels(STAGE).observe(elapsed / len(events))

@@ -1,11 +1,22 @@
-"""Judging stage: each pair on karma.pairs is judged in both orders and becomes a preference."""
+"""Judging stage: each pair on karma.pairs is judged in both orders and becomes a preference.
+
+Pairs are taken in batches (like generation) and both orders of every pair of the batch go
+to the judge backend at once. A pass that fails for good (a server that keeps failing, or a
+reply that is still not a valid verdict after `verdict_attempts`) sends the pair to the
+dead-letter topic with the reason: recorded as an error, never guessed.
+"""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
+from karma.agents.backends import BackendError, Judge, JudgeReply, JudgeRequest, make_judge
+from karma.agents.judge_prompt import RawVerdict
 from karma.agents.kinship import load_profiles
 from karma.agents.simulated import SimulatedJudge
 from karma.agents.verdicts import resolve, unswap
-from karma.schemas.models import KinPair, Preference
+from karma.schemas.models import KinPair, Preference, Winner
 from karma.streams.app import Stage
 from karma.streams.codecs import DecodeError, decode, encode
 from karma.streams.config import KarmaSettings
@@ -23,53 +34,94 @@ def build_judge(settings: KarmaSettings) -> SimulatedJudge:
     return SimulatedJudge(
         qualities=qualities,
         position_bias=settings.judge.position_bias,
-        temperature=settings.judge.temperature,
+        temperature=settings.judge.quality_scale,
         length_bias=settings.judge.length_bias,
         seed=settings.seed,
         name=settings.judge.name,
     )
 
 
-def judge_pair(judge: SimulatedJudge, pair: KinPair) -> Preference:
-    """Asks the judge twice, swapping the order, and resolves the two verdicts."""
+def requests_for(pair: KinPair, seed: int = 0) -> tuple[JudgeRequest, JudgeRequest]:
+    """Both passes of a pair: A shown first, then B shown first."""
     a, b = pair.response_a, pair.response_b
-    length_a, length_b = len(a.text.split()), len(b.text.split())
-    first = judge.judge(pair.pair_id, a.model, b.model, length_a, length_b)
-    second = judge.judge(pair.pair_id, b.model, a.model, length_b, length_a)
-    verdict_ab, verdict_ba = first.winner, unswap(second.winner)
+    return (
+        JudgeRequest(pair.pair_id, pair.prompt_text, a.text, b.text, a.model, b.model, seed),
+        JudgeRequest(pair.pair_id, pair.prompt_text, b.text, a.text, b.model, a.model, seed),
+    )
+
+
+def _winner(verdict: RawVerdict) -> Winner:
+    return {"A": Winner.A, "B": Winner.B, "tie": Winner.TIE}[verdict.winner]
+
+
+def resolve_pair(pair: KinPair, first: JudgeReply, second: JudgeReply, judge_name: str) -> Preference:
+    """The preference from the two passes (`second` saw B first): pure, tested without Kafka."""
+    verdict_ab, verdict_ba = _winner(first.verdict), unswap(_winner(second.verdict))
     resolution = resolve(verdict_ab, verdict_ba)
+    confidence = (first.verdict.confidence + second.verdict.confidence) / 2 if resolution.consistent else 0.5
     return Preference(
         preference_id=pair.pair_id,
         pair_id=pair.pair_id,
         prompt_id=pair.prompt_id,
         prompt_text=pair.prompt_text,
-        response_a=a,
-        response_b=b,
+        response_a=pair.response_a,
+        response_b=pair.response_b,
         winner=resolution.winner,
         consistent=resolution.consistent,
         verdict_ab=verdict_ab,
         verdict_ba=verdict_ba,
-        confidence=(first.confidence + second.confidence) / 2 if resolution.consistent else 0.5,
-        judge=judge.name,
-        simulated=True,
+        confidence=confidence,
+        judge=judge_name,
+        simulated=first.simulated or second.simulated,
         policy=pair.policy,
         gap=pair.gap,
     )
 
 
+def judge_pair(judge: SimulatedJudge, pair: KinPair) -> Preference:
+    """The simulated judge's preference on one pair, synchronously (for tests and tools)."""
+    import asyncio
+
+    from karma.agents.backends import SimulatedJudgeBackend
+
+    first, second = asyncio.run(SimulatedJudgeBackend(judge).judge(requests_for(pair)))
+    assert not isinstance(first, BackendError) and not isinstance(second, BackendError)
+    return resolve_pair(pair, first, second, judge.name)
+
+
 def register(stage: Stage) -> None:
-    judge = build_judge(stage.settings)
+    settings = stage.settings
+    judge: Judge = make_judge(settings)
+
+    async def judge_batch(events: list[Any]) -> None:
+        pairs: list[tuple[Any, KinPair]] = []
+        for event in events:
+            MESSAGES_IN.labels(STAGE).inc()
+            try:
+                pairs.append((event, decode(event.value, KinPair)))
+            except DecodeError as exc:
+                await stage.dead_letter(event, stage=STAGE, reason=exc.reason, error_type=exc.kind)
+        if not pairs:
+            return
+        replies = await judge.judge([r for _, pair in pairs for r in requests_for(pair, settings.seed)])
+        for i, (event, pair) in enumerate(pairs):
+            first, second = replies[2 * i], replies[2 * i + 1]
+            error = next((r for r in (first, second) if isinstance(r, BackendError)), None)
+            if error is not None:
+                await stage.dead_letter(
+                    event, stage=STAGE, reason=f"pair {pair.pair_id}: {error.reason}", error_type=error.kind
+                )
+                continue
+            assert isinstance(first, JudgeReply) and isinstance(second, JudgeReply)
+            preference = resolve_pair(pair, first, second, judge.name)
+            VERDICTS.labels(preference.winner.value, str(preference.consistent).lower()).inc()
+            await stage.publish(STAGE, "preferences", pair.prompt_id, encode(preference))
 
     @stage.app.agent(stage.topics["pairs"], name="judge")
     async def judge_pairs(stream):  # type: ignore[no-untyped-def]
-        async for event in stream.events():
-            MESSAGES_IN.labels(STAGE).inc()
-            with STAGE_LATENCY.labels(STAGE).time():
-                try:
-                    pair = decode(event.value, KinPair)
-                except DecodeError as exc:
-                    await stage.dead_letter(event, stage=STAGE, reason=exc.reason, error_type=exc.kind)
-                    continue
-                preference = judge_pair(judge, pair)
-                VERDICTS.labels(preference.winner.value, str(preference.consistent).lower()).inc()
-                await stage.publish(STAGE, "preferences", pair.prompt_id, encode(preference))
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
+            started = time.perf_counter()
+            await judge_batch(list(events))
+            elapsed = time.perf_counter() - started
+            for _ in events:  # per message: the batch's time shared out
+                STAGE_LATENCY.labels(STAGE).observe(elapsed / len(events))

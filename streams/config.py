@@ -19,12 +19,56 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from karma.agents.kinship import KinRule
 from karma.agents.policies import POLICIES, Policy
 
+Backend = Literal["simulated", "openai", "vllm", "transformers"]
 
-class ModelSpec(BaseModel):
+
+class BackendSpec(BaseModel):
+    """Where a model runs, for generation or judging; the backend's own settings have defaults.
+
+    - simulated: seeded CPU stand-ins (agents/simulated.py); every record says simulated.
+    - openai: any OpenAI-compatible chat-completions server (`vllm serve`, TGI, SGLang, ...).
+    - vllm: vLLM's V1 `AsyncLLM` inside the worker (continuous batching on the worker's GPU).
+    - transformers: a local checkpoint with Hugging Face transformers (CPU or GPU).
+    """
+
+    backend: Backend = "simulated"
+    model: str | None = Field(
+        default=None,
+        description="The server's model name, or the checkpoint path/id for vllm and transformers; "
+        "defaults to `name`.",
+    )
+    base_url: str | None = Field(
+        default=None, description="openai: the server's base URL, e.g. http://127.0.0.1:8000/v1."
+    )
+    api_key_env: str = Field(
+        default="OPENAI_API_KEY",
+        description="openai: the environment variable holding the API key (unset: the key 'EMPTY', "
+        "which `vllm serve` accepts).",
+    )
+    max_concurrency: int = Field(default=16, ge=1, description="openai: requests in flight at once.")
+    max_retries: int = Field(
+        default=4, ge=0, description="openai: retries of timeouts, 429 and 5xx, with exponential backoff."
+    )
+    timeout_s: float = Field(default=120.0, gt=0, description="openai: seconds per request.")
+    temperature: float = Field(default=0.7, ge=0.0, description="Sampling temperature.")
+    max_tokens: int = Field(default=512, ge=1, description="Longest response, in tokens.")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="vllm: AsyncEngineArgs overrides (tensor_parallel_size, gpu_memory_utilization, "
+        "max_model_len, ...); transformers: from_pretrained keyword arguments.",
+    )
+
+    @model_validator(mode="after")
+    def _openai_needs_a_url(self) -> BackendSpec:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("backend 'openai' needs base_url (e.g. http://127.0.0.1:8000/v1)")
+        return self
+
+
+class ModelSpec(BackendSpec):
     """One generator in the pool."""
 
     name: str = Field(pattern=r"^[\w.:\-/]+$")
-    backend: Literal["simulated"] = "simulated"
     latent_quality: float | None = Field(
         default=None,
         description="Simulated backend only: the model's true quality in [0, 1]; "
@@ -35,6 +79,10 @@ class ModelSpec(BaseModel):
         ge=0.0,
         description="Simulated backend only: seconds to wait per response, like a GPU would.",
     )
+
+    @property
+    def served_model(self) -> str:
+        return self.model or self.name
 
 
 class KinSettings(BaseModel):
@@ -81,9 +129,21 @@ class CompetencySettings(BaseModel):
     )
 
 
-class JudgeSettings(BaseModel):
-    backend: Literal["simulated"] = "simulated"
-    name: str = "simulated-judge"
+class JudgeSettings(BackendSpec):
+    """The pairwise judge: simulated, or an LLM on any backend (asked in both orders)."""
+
+    name: str = Field(default="simulated-judge", description="The judge's name in every preference.")
+    temperature: float = Field(default=0.0, ge=0.0, description="LLM judges: sampling temperature.")
+    max_tokens: int = Field(default=256, ge=1, description="LLM judges: longest verdict, in tokens.")
+    verdict_attempts: int = Field(
+        default=3, ge=1, description="LLM judges: tries for a valid JSON verdict before it is an error."
+    )
+    structured_output: bool = Field(
+        default=True, description="openai/vllm: constrain the verdict to its JSON schema."
+    )
+    logprobs: bool = Field(
+        default=True, description="openai/vllm: ask for log-probabilities, for a soft label when served."
+    )
     position_bias: float = Field(
         default=0.3, description="Simulated: log-odds bonus for whichever response is shown first."
     )
@@ -91,9 +151,13 @@ class JudgeSettings(BaseModel):
         default=0.5,
         description="Simulated: log-odds bonus per unit of log(length ratio) for the longer response.",
     )
-    temperature: float = Field(
+    quality_scale: float = Field(
         default=0.1, gt=0, description="Simulated: quality gap that moves the log-odds by 1."
     )
+
+    @property
+    def served_model(self) -> str:
+        return self.model or self.name
 
 
 DEFAULT_POOL = [
@@ -122,6 +186,18 @@ class KarmaSettings(BaseSettings):
     competency: CompetencySettings = Field(default_factory=CompetencySettings)
     policy: Policy = Field(default="kin", description=f"Pairing policy, one of {list(POLICIES)}.")
 
+    batch_size: int = Field(
+        default=32, ge=1, description="Generation and judging take up to this many messages at a time."
+    )
+    batch_wait_s: float = Field(
+        default=0.1, gt=0, description="...or what arrived within this long, so a GPU engine stays full."
+    )
+    max_poll_interval_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="Longest a batch may take before the group gives the partitions away: above the "
+        "slowest batch (retries and backoff included), so slow models do not cause rebalances.",
+    )
     gather_timeout_s: float = Field(
         default=30.0, gt=0, description="How long the rating stage waits for all models of a prompt."
     )

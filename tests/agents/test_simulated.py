@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from karma.agents.generation import respond
+import asyncio
+
+from karma.agents.backends import GenerationRequest, SimulatedGeneratorBackend
+from karma.agents.generation import to_response
 from karma.agents.simulated import SimulatedGenerator, SimulatedJudge
 from karma.schemas.models import Prompt, Winner
 
 
 def test_generation_is_deterministic_and_marked() -> None:
-    gen = SimulatedGenerator("m1", latent_quality=0.5, seed=3)
+    gen = SimulatedGeneratorBackend(SimulatedGenerator("m1", latent_quality=0.5, seed=3))
     prompt = Prompt(prompt_id="p-1", text="Why?")
-    first, second = respond(gen, prompt), respond(gen, prompt)
+    request = GenerationRequest(prompt.prompt_id, prompt.text)
+    generated = asyncio.run(gen.generate([request, request]))
+    first, second = (to_response(prompt, gen, g) for g in generated)  # type: ignore[arg-type]
     assert first.text == second.text and first.response_id == second.response_id
     assert first.simulated and first.backend == "simulated"
     assert first.text.startswith("[simulated m1]")

@@ -1,0 +1,190 @@
+"""One interface for generation and judging, whatever runs the model.
+
+A `Generator` turns a batch of prompts into responses and a `Judge` a batch of judge requests
+into raw verdicts; both return, per request, either the result or a `BackendError` that says
+why it failed for good (after the backend's own retries), so one bad request never sinks its
+batch and the agent can send it to the dead-letter topic while the stream goes on.
+
+Backends (chosen per model in the pool config, and for the judge):
+- `simulated`: the seeded stand-ins of agents/simulated.py;
+- `openai`: any OpenAI-compatible server (agents/openai_backend.py);
+- `vllm`: vLLM's AsyncLLM in the worker (agents/vllm_backend.py; needs a GPU and `pip install vllm`);
+- `transformers`: a local checkpoint (agents/transformers_backend.py; needs torch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from karma.agents.judge_prompt import RawVerdict
+from karma.agents.simulated import SimulatedGenerator, SimulatedJudge
+
+if TYPE_CHECKING:
+    from karma.streams.config import JudgeSettings, KarmaSettings, ModelSpec
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_id: str
+    prompt_text: str
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    num_tokens: int
+    latency_ms: float
+    simulated: bool
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    """One pass of the judge: `first_text` is shown as answer A."""
+
+    pair_id: str
+    question: str
+    first_text: str
+    second_text: str
+    first_model: str  # only the simulated judge looks at these
+    second_model: str
+    seed: int = 0
+
+    @property
+    def tag(self) -> str:
+        """The fence tag of this pass: not guessable by the answers (it hashes both of them)."""
+        material = "\x1f".join((self.pair_id, self.first_text, self.second_text, str(self.seed)))
+        return hashlib.sha256(material.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class JudgeReply:
+    verdict: RawVerdict
+    raw: str  # the judge's reply as it came, for the record
+    p_first: float | None  # P(answer A wins) from log-probabilities, when the backend serves them
+    simulated: bool
+
+
+class BackendError(Exception):
+    """A request that failed for good; `kind` becomes the dead letter's error_type."""
+
+    def __init__(self, reason: str, kind: str = "backend") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
+
+
+class Generator(Protocol):
+    backend: str
+    model: str
+
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation | BackendError]: ...
+
+    async def close(self) -> None: ...
+
+
+class Judge(Protocol):
+    backend: str
+    name: str
+
+    async def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply | BackendError]: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class SimulatedGeneratorBackend:
+    simulator: SimulatedGenerator
+    backend: str = "simulated"
+
+    @property
+    def model(self) -> str:
+        return self.simulator.model
+
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation | BackendError]:
+        results: list[Generation | BackendError] = []
+        for request in requests:
+            started = time.perf_counter()
+            if self.simulator.latency_s:
+                await asyncio.sleep(self.simulator.latency_s)  # like a GPU would take
+            text = self.simulator.generate(request.prompt_id, request.prompt_text)
+            latency_ms = (time.perf_counter() - started) * 1000
+            results.append(Generation(text, len(text.split()), latency_ms, simulated=True))
+        return results
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass
+class SimulatedJudgeBackend:
+    simulator: SimulatedJudge
+    backend: str = "simulated"
+
+    @property
+    def name(self) -> str:
+        return self.simulator.name
+
+    async def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply | BackendError]:
+        replies: list[JudgeReply | BackendError] = []
+        for r in requests:
+            shown = self.simulator.judge(
+                r.pair_id,
+                r.first_model,
+                r.second_model,
+                len(r.first_text.split()),
+                len(r.second_text.split()),
+            )
+            verdict = RawVerdict(
+                winner=shown.winner.value, confidence=shown.confidence, rationale="simulated verdict"
+            )
+            replies.append(JudgeReply(verdict, verdict.model_dump_json(), None, simulated=True))
+        return replies
+
+    async def close(self) -> None:
+        return None
+
+
+def make_generator(spec: ModelSpec, settings: KarmaSettings) -> Generator:
+    """The backend of one pool model, as its spec says."""
+    if spec.backend == "simulated":
+        from karma.agents.kinship import load_profiles
+
+        quality = spec.latent_quality
+        if quality is None:
+            quality = load_profiles(settings.kin.profiles).superiority(spec.name)
+        return SimulatedGeneratorBackend(
+            SimulatedGenerator(spec.name, quality, seed=settings.seed, latency_s=spec.simulated_latency_s)
+        )
+    if spec.backend == "openai":
+        from karma.agents.openai_backend import OpenAIGenerator
+
+        return OpenAIGenerator(spec)
+    if spec.backend == "vllm":
+        from karma.agents.vllm_backend import VLLMGenerator
+
+        return VLLMGenerator(spec)
+    raise BackendError(f"backend {spec.backend!r} is not available for generation in this build")
+
+
+def make_judge(settings: KarmaSettings) -> Judge:
+    """The configured judge."""
+    judge: JudgeSettings = settings.judge
+    if judge.backend == "simulated":
+        from karma.agents.judging import build_judge
+
+        return SimulatedJudgeBackend(build_judge(settings))
+    if judge.backend == "openai":
+        from karma.agents.openai_backend import OpenAIJudge
+
+        return OpenAIJudge(judge)
+    if judge.backend == "vllm":
+        from karma.agents.vllm_backend import VLLMJudge
+
+        return VLLMJudge(judge)
+    raise BackendError(f"backend {judge.backend!r} is not available for judging in this build")

@@ -1,0 +1,184 @@
+"""The `openai` backend: any OpenAI-compatible chat-completions server (`vllm serve`, TGI, ...).
+
+The official `openai` client does the transport: connection pooling, timeouts, and retries
+with exponential backoff (honouring Retry-After) of timeouts, 429 and 5xx. This module adds
+what a pipeline needs on top: a bound on requests in flight per model (a server has a queue,
+not infinite capacity), one `BackendError` with a readable reason per request that failed for
+good, and for the judge a strict JSON verdict, retried when malformed, with a soft label from
+log-probabilities when the server returns them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import openai
+from openai import AsyncOpenAI
+
+from karma.agents.backends import BackendError, Generation, GenerationRequest, JudgeReply, JudgeRequest
+from karma.agents.judge_prompt import VERDICT_SCHEMA, VerdictError, judge_messages, parse_verdict
+from karma.streams.config import BackendSpec, JudgeSettings, ModelSpec
+
+SIMULATED_FINGERPRINT = "karma-simulated"  # what agents/simulated_server.py answers with
+
+
+def client_for(spec: BackendSpec) -> AsyncOpenAI:
+    return AsyncOpenAI(
+        base_url=spec.base_url,
+        api_key=os.environ.get(spec.api_key_env) or "EMPTY",
+        max_retries=spec.max_retries,
+        timeout=spec.timeout_s,
+    )
+
+
+def describe(exc: openai.APIError, spec: BackendSpec) -> str:
+    """One line for the dead-letter topic: what failed, where, after how many tries."""
+    tries = f"{spec.max_retries + 1} attempt(s)"
+    if isinstance(exc, openai.APITimeoutError):
+        return f"no answer from {spec.base_url} within {spec.timeout_s:g} s ({tries})"
+    if isinstance(exc, openai.APIConnectionError):
+        return f"cannot reach {spec.base_url}: {exc} ({tries})"
+    if isinstance(exc, openai.APIStatusError):
+        return f"{spec.base_url} answered HTTP {exc.status_code}: {_message(exc)} ({tries})"
+    return f"{spec.base_url}: {exc}"
+
+
+def _message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])[:300]
+    return str(exc.message)[:300]
+
+
+def soft_label(tokens: Sequence[tuple[str, Sequence[tuple[str, float]]]]) -> float | None:
+    """P(answer A wins) from the log-probabilities of the verdict's `winner` value.
+
+    `tokens` are (token, [(alternative, logprob), ...]) in reply order. The winner's value is
+    the first token reading A or B once `"winner"` has appeared; its alternatives give the
+    probability of each answer, renormalised over the two. None when that cannot be read."""
+    seen = ""
+    for token, alternatives in tokens:
+        seen += token
+        if '"winner"' not in seen or token.strip().strip('"') not in ("A", "B"):
+            continue
+        probabilities: dict[str, float] = {}
+        for alternative, logprob in alternatives:
+            key = alternative.strip().strip('"')
+            if key in ("A", "B") and key not in probabilities:
+                probabilities[key] = math.exp(logprob)
+        if len(probabilities) < 2 or sum(probabilities.values()) == 0:
+            return None
+        return probabilities["A"] / (probabilities["A"] + probabilities["B"])
+    return None
+
+
+def _logprob_tokens(choice: Any) -> list[tuple[str, list[tuple[str, float]]]]:
+    content = getattr(getattr(choice, "logprobs", None), "content", None) or []
+    return [(t.token, [(a.token, a.logprob) for a in (t.top_logprobs or [])]) for t in content]
+
+
+class OpenAIGenerator:
+    backend = "openai"
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.model = spec.name
+        self._client = client_for(spec)
+        self._in_flight = asyncio.Semaphore(spec.max_concurrency)
+
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation | BackendError]:
+        return list(await asyncio.gather(*(self._one(r) for r in requests)))
+
+    async def _one(self, request: GenerationRequest) -> Generation | BackendError:
+        async with self._in_flight:
+            started = time.perf_counter()
+            try:
+                completion = await self._client.chat.completions.create(
+                    model=self.spec.served_model,
+                    messages=[{"role": "user", "content": request.prompt_text}],
+                    temperature=self.spec.temperature,
+                    max_tokens=self.spec.max_tokens,
+                    seed=request.seed,
+                )
+            except openai.APIError as exc:
+                return BackendError(f"{self.model}: {describe(exc, self.spec)}")
+        latency_ms = (time.perf_counter() - started) * 1000
+        if not completion.choices:
+            return BackendError(f"{self.model}: {self.spec.base_url} returned no choices")
+        text = completion.choices[0].message.content or ""
+        tokens = completion.usage.completion_tokens if completion.usage else len(text.split())
+        simulated = completion.system_fingerprint == SIMULATED_FINGERPRINT
+        return Generation(text, tokens, latency_ms, simulated)
+
+    async def close(self) -> None:
+        await self._client.close()
+
+
+class OpenAIJudge:
+    backend = "openai"
+
+    def __init__(self, spec: JudgeSettings) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self._client = client_for(spec)
+        self._in_flight = asyncio.Semaphore(spec.max_concurrency)
+
+    def request_options(self, request: JudgeRequest, attempt: int) -> dict[str, Any]:
+        """The chat-completions arguments of one judge pass (pure, so it is tested directly)."""
+        r = request
+        options: dict[str, Any] = {
+            "model": self.spec.served_model,
+            "messages": judge_messages(r.question, r.first_text, r.second_text, r.tag),
+            "temperature": self.spec.temperature,
+            "max_tokens": self.spec.max_tokens,
+            "seed": r.seed + attempt,  # a retry is not the same sample
+        }
+        if self.spec.structured_output:
+            options["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "verdict", "schema": VERDICT_SCHEMA},
+            }
+        if self.spec.logprobs:
+            options |= {"logprobs": True, "top_logprobs": 5}
+        return options
+
+    async def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply | BackendError]:
+        return list(await asyncio.gather(*(self._one(r) for r in requests)))
+
+    async def _one(self, request: JudgeRequest) -> JudgeReply | BackendError:
+        problem: VerdictError | None = None
+        for attempt in range(self.spec.verdict_attempts):
+            async with self._in_flight:
+                try:
+                    completion = await self._client.chat.completions.create(
+                        **self.request_options(request, attempt)
+                    )
+                except openai.APIError as exc:
+                    return BackendError(f"judge {self.name}: {describe(exc, self.spec)}")
+            if not completion.choices:
+                problem = VerdictError("the reply has no choices")
+                continue
+            choice = completion.choices[0]
+            raw = choice.message.content or ""
+            try:
+                verdict = parse_verdict(raw)
+            except VerdictError as exc:
+                problem = exc
+                continue
+            simulated = completion.system_fingerprint == SIMULATED_FINGERPRINT
+            return JudgeReply(verdict, raw, soft_label(_logprob_tokens(choice)), simulated)
+        return BackendError(
+            f"judge {self.name}: no valid verdict in {self.spec.verdict_attempts} attempt(s); "
+            f"last: {problem}",
+            kind="verdict",
+        )
+
+    async def close(self) -> None:
+        await self._client.close()
