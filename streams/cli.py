@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -276,6 +277,163 @@ def competency(
     out.print(table)
     if not settings.competency.online:
         out.print("competency.online is false: the rating stage pairs by the prior only")
+
+
+class BackendChoice(StrEnum):
+    simulated = "simulated"
+    openai = "openai"
+    vllm = "vllm"
+    transformers = "transformers"
+
+
+BackendOption = Annotated[
+    BackendChoice, typer.Option("--backend", help="simulated, openai, vllm or transformers.")
+]
+BaseUrlOption = Annotated[
+    str | None, typer.Option("--base-url", help="openai: the server, e.g. http://127.0.0.1:8000/v1.")
+]
+ModelOption = Annotated[str, typer.Option("--model", help="The model: served name or checkpoint.")]
+
+
+def _backend_spec(kind: type[Any], **fields: Any) -> Any:
+    try:
+        return kind(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            ".".join(map(str, e["loc"])) + (": " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        )
+        console.print(f"[red]error:[/] {problems}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str, typer.Argument(help="The prompt text.")],
+    model: ModelOption,
+    backend: BackendOption = BackendChoice.simulated,
+    base_url: BaseUrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The response as one JSON object.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Generate one response with a backend, outside the pipeline: to check a model or server."""
+    from karma.agents.backends import BackendError, GenerationRequest, make_generator
+    from karma.schemas.models import prompt_id_for
+    from karma.streams.config import ModelSpec
+
+    settings = settings_or_exit(config)
+    if not prompt.strip():
+        console.print("[red]error:[/] the prompt is empty")
+        raise typer.Exit(2)
+    spec = _backend_spec(ModelSpec, name=model, model=model, backend=backend.value, base_url=base_url)
+
+    async def _generate() -> Any:
+        generator = make_generator(spec, settings)
+        try:
+            [result] = await generator.generate(
+                [GenerationRequest(prompt_id_for(prompt), prompt, settings.seed)]
+            )
+            return result
+        finally:
+            await generator.close()
+
+    try:
+        result = asyncio.run(_generate())
+    except BackendError as exc:
+        result = exc
+    if isinstance(result, BackendError):
+        console.print(f"[red]error:[/] {result.reason}")
+        raise typer.Exit(1)
+    if as_json:
+        print(json.dumps({"model": model, "backend": backend.value, **dataclasses.asdict(result)}))
+    else:
+        out.print(result.text, markup=False, highlight=False)
+
+
+@app.command()
+def judge(
+    model: ModelOption,
+    prompt: Annotated[str, typer.Option("--prompt", help="The question both answers reply to.")],
+    a: Annotated[str, typer.Option("--a", help="Answer A.")],
+    b: Annotated[str, typer.Option("--b", help="Answer B.")],
+    backend: BackendOption = BackendChoice.simulated,
+    base_url: BaseUrlOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Judge answer A against answer B in both orders, and print the resolved verdict with both
+    orders' raw verdicts (an order-dependent verdict is a tie)."""
+    from karma.agents.backends import BackendError, make_judge
+    from karma.agents.judging import requests_for, resolve_pair
+    from karma.schemas.models import Candidate, KinPair, pair_id_for, prompt_id_for
+
+    settings = settings_or_exit(config)
+    if not prompt.strip():
+        console.print("[red]error:[/] --prompt is empty")
+        raise typer.Exit(2)
+    judge_spec = _backend_spec(
+        type(settings.judge),
+        **{**settings.judge.model_dump(), "backend": backend.value, "base_url": base_url, "model": model},
+    )
+    if backend is not BackendChoice.simulated:
+        judge_spec = judge_spec.model_copy(update={"name": model})
+    settings = settings.model_copy(update={"judge": judge_spec})
+    prompt_id = prompt_id_for(prompt, "cli")
+    candidates = [
+        Candidate(
+            response_id=f"r-{side}", model=f"answer-{side}", text=text, superiority=0.5, simulated=False
+        )
+        for side, text in (("a", a), ("b", b))
+    ]
+    pair = KinPair(
+        pair_id=pair_id_for(prompt_id, "r-a", "r-b"),
+        prompt_id=prompt_id,
+        prompt_text=prompt,
+        response_a=candidates[0],
+        response_b=candidates[1],
+        policy="cli",
+        similarity=1.0,
+        gap=0.0,
+    )
+
+    async def _judge() -> list[Any]:
+        judge_backend = make_judge(settings)
+        try:
+            return await judge_backend.judge(requests_for(pair, settings.seed))
+        finally:
+            await judge_backend.close()
+
+    try:
+        first, second = asyncio.run(_judge())
+    except BackendError as exc:
+        first = second = exc
+    for reply in (first, second):
+        if isinstance(reply, BackendError):
+            console.print(f"[red]error:[/] {reply.reason}")
+            raise typer.Exit(1)
+    preference = resolve_pair(pair, first, second, settings.judge.name)
+    passes = {
+        "verdict_ab": {**first.verdict.model_dump(), "raw": first.raw, "p_first": first.p_first},
+        "verdict_ba": {**second.verdict.model_dump(), "raw": second.raw, "p_first": second.p_first},
+    }
+    if as_json:
+        resolved = {
+            "winner": preference.winner.value,
+            "consistent": preference.consistent,
+            "confidence": preference.confidence,
+            "judge": preference.judge,
+            "simulated": preference.simulated,
+        }
+        print(json.dumps({**resolved, **passes}))
+        return
+    verdict = "tie" if preference.winner.value == "TIE" else f"answer {preference.winner.value} wins"
+    out.print(f"{verdict} (consistent: {str(preference.consistent).lower()}, judge {preference.judge})")
+    out.print(
+        f"A shown first: {first.verdict.winner} ({first.verdict.confidence:.2f}) {first.verdict.rationale}"
+    )
+    out.print(
+        f"B shown first: {second.verdict.winner} ({second.verdict.confidence:.2f}) {second.verdict.rationale}"
+    )
 
 
 @app.command()
