@@ -75,7 +75,15 @@ def resolve_pair(pair: KinPair, first: JudgeReply, second: JudgeReply, judge_nam
         simulated=first.simulated or second.simulated,
         policy=pair.policy,
         gap=pair.gap,
+        soft_label=soft_label_of(first.p_first, second.p_first),
     )
+
+
+def soft_label_of(p_first_ab: float | None, p_first_ba: float | None) -> float | None:
+    """P(A is better) from both passes' log-probabilities: in the second pass A was shown second,
+    so its P(first wins) is P(B); the two orders are averaged, which cancels position bias."""
+    estimates = [p for p in (p_first_ab, None if p_first_ba is None else 1.0 - p_first_ba) if p is not None]
+    return sum(estimates) / len(estimates) if estimates else None
 
 
 def judge_pair(judge: SimulatedJudge, pair: KinPair) -> Preference:

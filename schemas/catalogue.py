@@ -25,6 +25,12 @@ SCHEMA_FILES: dict[str, str] = {
 }
 
 
+# Earlier versions still readable: bytes written with them keep decoding after an upgrade.
+SCHEMA_HISTORY: dict[str, tuple[str, ...]] = {
+    "preference": ("preference.v1.avsc",),  # before soft_label
+}
+
+
 class UnknownSchemaError(KeyError):
     """A schema id that the catalogue has never seen."""
 
@@ -52,6 +58,8 @@ class SchemaCatalogue:
         self._id_by_name: dict[str, int] = {}
         for name in SCHEMA_FILES:
             self._id_by_name[name] = self.register(load_avsc(name))
+        for filename in (f for files in SCHEMA_HISTORY.values() for f in files):
+            self.register(json.loads(resources.files("karma.schemas").joinpath(filename).read_text()))
 
     def register(self, schema: dict[str, Any]) -> int:
         """Adds a schema (e.g. an older version, to read old bytes) and returns its id."""

@@ -138,6 +138,7 @@ class Preference(Record):
     policy: str
     gap: float = Field(ge=0.0)
     created_at_ms: int = Field(default_factory=now_ms, ge=0)
+    soft_label: float | None = Field(default=None, ge=0.0, le=1.0)
 
     @property
     def chosen(self) -> Candidate | None:

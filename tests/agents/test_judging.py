@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from karma.agents.judging import judge_pair
 from karma.agents.simulated import SimulatedJudge
 from karma.schemas.models import Candidate, KinPair, Winner
@@ -45,3 +47,25 @@ def test_length_bias_favours_the_longer_answer_in_both_orders() -> None:
     )
     pref = judge_pair(judge, long_b)
     assert pref.winner is Winner.B and pref.consistent
+
+
+def test_the_soft_label_averages_both_orders_in_a_terms() -> None:
+    from karma.agents.judging import soft_label_of
+
+    assert soft_label_of(0.8, 0.4) == pytest.approx(0.7)  # 0.8 and 1 - 0.4, averaged
+    assert soft_label_of(None, 0.4) == pytest.approx(0.6)
+    assert soft_label_of(None, None) is None
+
+
+def test_resolve_pair_keeps_both_raw_verdicts_and_the_soft_label() -> None:
+    from karma.agents.backends import JudgeReply
+    from karma.agents.judge_prompt import RawVerdict
+    from karma.agents.judging import resolve_pair
+
+    first = JudgeReply(RawVerdict(winner="A", confidence=0.9), "{}", 0.9, simulated=False)
+    second = JudgeReply(RawVerdict(winner="A", confidence=0.7), "{}", 0.6, simulated=False)
+    pref = resolve_pair(_pair(1), first, second, "judge-x")
+    # Each pass picked the answer shown first: order-dependent, so a tie, never a guess.
+    assert (pref.verdict_ab, pref.verdict_ba, pref.winner) == (Winner.A, Winner.B, Winner.TIE)
+    assert not pref.consistent and pref.confidence == 0.5 and not pref.simulated
+    assert pref.soft_label == pytest.approx((0.9 + 0.4) / 2)

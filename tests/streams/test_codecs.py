@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import copy
+import io
+import json
 import struct
+from pathlib import Path
 
 import pytest
+from fastavro import parse_schema, schemaless_writer
 
-from karma.schemas.catalogue import SchemaCatalogue, load_avsc, schema_id
+from karma.schemas.catalogue import SCHEMA_HISTORY, SchemaCatalogue, load_avsc, schema_id
 from karma.schemas.models import Candidate, DeadLetter, KinPair, Preference, Prompt, Response, Winner
 from karma.streams.codecs import DecodeError, decode, decode_raw, encode, encode_raw
 
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 CANDIDATE = Candidate(response_id="r-1", model="m1", text="hello", superiority=0.4, simulated=True)
 RECORDS = [
     Prompt(prompt_id="p-1", text="What is Kafka?", source="test", metadata={"k": "v"}),
@@ -51,6 +56,7 @@ RECORDS = [
         simulated=True,
         policy="kin",
         gap=0.05,
+        soft_label=0.25,
     ),
     DeadLetter(
         reason="bad",
@@ -141,3 +147,17 @@ def test_reader_without_default_cannot_read_old_bytes() -> None:
     new_id = catalogue.register(new)
     with pytest.raises(DecodeError):
         decode_raw(encode(RECORDS[0], catalogue), catalogue.by_id(new_id), catalogue)
+
+
+def test_preferences_written_before_soft_label_still_decode() -> None:
+    """Version 1 of the preference schema is in the catalogue: its bytes read as soft_label None."""
+    v1 = json.loads((SCHEMAS / SCHEMA_HISTORY["preference"][0]).read_text())
+    assert "soft_label" not in {f["name"] for f in v1["fields"]}
+    preference = next(r for r in RECORDS if isinstance(r, Preference))
+    record = preference.model_copy(update={"soft_label": 0.7}).model_dump(mode="python")
+    del record["soft_label"]
+    body = io.BytesIO()
+    schemaless_writer(body, parse_schema(v1), record)
+    data = struct.pack(">bI", 0, schema_id(v1)) + body.getvalue()
+    decoded = decode(data, Preference)
+    assert decoded.soft_label is None and decoded.preference_id == record["preference_id"]
