@@ -72,3 +72,92 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
         return external
     broker: LocalBroker = request.getfixturevalue("kafka_broker")
     return broker.bootstrap
+
+
+# The simulated OpenAI-compatible server (agents/simulated_server.py), as a real process.
+# (Imported here because this part was appended after the broker fixtures.)
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+
+SIMULATED_SERVER_START_TIMEOUT = 30.0
+
+
+def start_simulated_servers(
+    log_dir: Path, *flag_sets: tuple[str, ...]
+) -> list[tuple[subprocess.Popen[bytes], str]]:
+    """Starts one `karma simulated-server FLAGS` process per flag set, all at once (start-up is
+    mostly imports, so they overlap), each on a free loopback port; waits until each has printed
+    its banner and answers /health. Returns (process, base URL ending /v1) per flag set."""
+    launched = []
+    for flags in flag_sets:
+        port = free_ports(1)[0]
+        log = log_dir / f"simulated-server-{port}.log"
+        with log.open("wb") as sink:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "karma.streams.cli", "simulated-server", "--port", str(port), *flags],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        launched.append((process, f"http://127.0.0.1:{port}", log, flags))
+    try:
+        deadline = time.monotonic() + SIMULATED_SERVER_START_TIMEOUT
+        for process, base, log, flags in launched:
+            while not _serving(process, base, log):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"simulated server {flags} not up in {SIMULATED_SERVER_START_TIMEOUT} s: "
+                        f"{log.read_text()}"
+                    )
+                time.sleep(0.05)
+    except BaseException:
+        stop_processes([process for process, *_ in launched])
+        raise
+    return [(process, f"{base}/v1") for process, base, *_ in launched]
+
+
+def _serving(process: subprocess.Popen[bytes], base: str, log: Path) -> bool:
+    if process.poll() is not None:
+        raise RuntimeError(f"simulated server exited with {process.returncode}: {log.read_text()}")
+    # The banner proves that the answering server is this process, not another on the port.
+    if f"server on {base}/v1" not in log.read_text():
+        return False
+    try:
+        with urllib.request.urlopen(f"{base}/health", timeout=2) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def stop_processes(processes: list[subprocess.Popen[bytes]], timeout: float = 10.0) -> None:
+    """SIGTERM to all first (they stop in parallel), then a kill for any still running."""
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def simulated_server(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Factory: ``start(*flags)`` starts a simulated OpenAI-compatible server (a real process,
+    `karma simulated-server FLAGS`) and returns its base URL ``http://127.0.0.1:PORT/v1``.
+    Every server started is stopped at teardown (SIGTERM, then kill)."""
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(*flags: str) -> str:
+        ((process, url),) = start_simulated_servers(tmp_path, flags)
+        processes.append(process)
+        return url
+
+    try:
+        yield start
+    finally:
+        stop_processes(processes)
