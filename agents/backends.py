@@ -169,7 +169,11 @@ def make_generator(spec: ModelSpec, settings: KarmaSettings) -> Generator:
         from karma.agents.vllm_backend import VLLMGenerator
 
         return VLLMGenerator(spec)
-    raise BackendError(f"backend {spec.backend!r} is not available for generation in this build")
+    if spec.backend == "transformers":
+        from karma.agents.transformers_backend import TransformersGenerator
+
+        return TransformersGenerator(spec)
+    raise BackendError(f"backend {spec.backend!r} is not available for generation")
 
 
 def make_judge(settings: KarmaSettings) -> Judge:
@@ -187,4 +191,8 @@ def make_judge(settings: KarmaSettings) -> Judge:
         from karma.agents.vllm_backend import VLLMJudge
 
         return VLLMJudge(judge)
-    raise BackendError(f"backend {judge.backend!r} is not available for judging in this build")
+    if judge.backend == "transformers":
+        from karma.agents.transformers_backend import TransformersJudge
+
+        return TransformersJudge(judge)
+    raise BackendError(f"backend {judge.backend!r} is not available for judging")

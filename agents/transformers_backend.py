@@ -1,0 +1,384 @@
+"""The `transformers` backend: a local checkpoint run with Hugging Face transformers (GPU or CPU).
+
+`AutoTokenizer` / `AutoModelForCausalLM.from_pretrained(spec.served_model, **spec.engine_args)`,
+on CUDA when available, else on the CPU (or wherever `engine_args["device_map"]` puts it); one
+model per process per checkpoint and arguments, shared by the generator and judge that name it.
+A batch is generated in one `model.generate` call (left padding) in a worker thread
+(`asyncio.to_thread`), so the event loop keeps heartbeating to Kafka while the model runs.
+Prompts use the tokenizer's chat template when it has one, else plain text
+(agents/chat_format.py). Sampling is seeded once per batch (`torch.manual_seed` with the first
+request's seed), or greedy when temperature is 0; every request of a batch reports the batch's
+wall time as its latency.
+
+The judge is the same model asked for the JSON verdict, without constrained decoding: each
+reply is parsed with `parse_verdict`, the requests whose reply did not parse are asked again
+(seed+attempt) up to `verdict_attempts` times, then they are `BackendError(kind="verdict")`.
+When `logprobs` is on, a logits processor keeps the top-5 log-probabilities of each step (a few
+numbers per step, not the whole vocabulary), from which `soft_label` reads P(answer A wins);
+they are those of the scores the sampler sees (for the greedy judge: the model's own).
+
+torch and transformers are imported only where the model is loaded and run. The pure helpers
+(`tokenizer_kwargs`, `stop_token_ids`, `trim_generated`, `logprob_tokens`) and the batching and
+retry logic (with an injected fake runner) are unit-tested without them. What was NOT run in this
+project: anything with torch or transformers (neither is installed here);
+deploy/gpu/transformers_smoke.py runs a tiny random Llama through this backend where they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import json
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from karma.agents.backends import BackendError, Generation, GenerationRequest, JudgeReply, JudgeRequest
+from karma.agents.chat_format import Message, render_chat
+from karma.agents.judge_prompt import VerdictError, judge_messages, parse_verdict
+from karma.agents.openai_backend import soft_label
+from karma.streams.config import BackendSpec, JudgeSettings, ModelSpec
+
+INSTALL_HINT = "pip install 'karma-stream[transformers]'"
+TOP_LOGPROBS = 5
+# from_pretrained arguments that concern the tokenizer too; the rest (torch_dtype, device_map,
+# attn_implementation, quantization_config, ...) are the model's alone.
+TOKENIZER_KEYS = ("revision", "trust_remote_code", "cache_dir", "local_files_only", "token", "subfolder")
+
+LogprobTokens = list[tuple[str, list[tuple[str, float]]]]
+
+
+# --- pure helpers: no torch ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LocalOutput:
+    """One generated reply of a batch."""
+
+    text: str
+    num_tokens: int
+    logprobs: LogprobTokens | None = None  # soft_label's form, when asked for
+
+
+def tokenizer_kwargs(engine_args: dict[str, Any]) -> dict[str, Any]:
+    """The subset of `engine_args` that AutoTokenizer.from_pretrained should also get."""
+    return {k: v for k, v in engine_args.items() if k in TOKENIZER_KEYS}
+
+
+def stop_token_ids(*candidates: int | Sequence[int] | None) -> set[int]:
+    """Token ids that end a reply: eos/pad ids, each given as an int, a list of them, or None."""
+    ids: set[int] = set()
+    for candidate in candidates:
+        if candidate is None:
+            continue
+        if isinstance(candidate, int):
+            ids.add(candidate)
+        else:
+            ids.update(int(c) for c in candidate)
+    return ids
+
+
+def trim_generated(token_ids: Sequence[int], stop_ids: set[int]) -> list[int]:
+    """The reply's own tokens: up to (without) the first end-of-sequence or padding token."""
+    for i, token in enumerate(token_ids):
+        if token in stop_ids:
+            return list(token_ids[:i])
+    return list(token_ids)
+
+
+def logprob_tokens(
+    token_ids: Sequence[int],
+    steps: Sequence[tuple[Sequence[float], Sequence[int]]],
+    decode: Any,
+) -> LogprobTokens:
+    """soft_label's (token, [(alternative, logprob), ...]) from the generated ids and, per step,
+    the top-k (logprobs, ids) recorded while generating; `decode(id) -> str` names a token."""
+    tokens: LogprobTokens = []
+    for token, (logprobs, ids) in zip(token_ids, steps, strict=False):
+        alternatives = [(decode(i), float(lp)) for lp, i in zip(logprobs, ids, strict=True)]
+        tokens.append((decode(token), alternatives))
+    return tokens
+
+
+def _named(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class Runner(Protocol):
+    """What the backend needs of a loaded model (the real one below; a fake in the tests)."""
+
+    def generate(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        seed: int,
+        temperature: float,
+        max_tokens: int,
+        top_logprobs: int,
+    ) -> list[LocalOutput]: ...
+
+
+# --- torch and transformers: imported lazily ----------------------------------------------------
+
+
+def _import(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise BackendError(
+            f"the transformers backend needs torch and transformers: {INSTALL_HINT} "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def require_transformers() -> None:
+    """Fails at worker start, not at the first batch, when torch or transformers is missing."""
+    missing = []
+    for name in ("torch", "transformers"):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # ValueError: a module entry without a spec
+            found = False
+        if not found:
+            missing.append(name)
+    if missing:
+        raise BackendError(f"the transformers backend needs {' and '.join(missing)}: {INSTALL_HINT}")
+
+
+class HFRunner:
+    """A tokenizer and causal LM loaded with transformers; `generate` blocks (call it in a thread)."""
+
+    def __init__(self, model_id: str, engine_args: dict[str, Any]) -> None:
+        self.torch = _import("torch")
+        transformers = _import("transformers")
+        self.transformers = transformers
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_id, **tokenizer_kwargs(engine_args))
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(model_id, **engine_args)
+        if "device_map" not in engine_args:  # accelerate has placed it otherwise
+            self.model.to("cuda" if self.torch.cuda.is_available() else "cpu")
+        self.model.eval()
+        tok = self.tokenizer
+        tok.padding_side = "left"  # decoder-only: the replies must start right after every prompt
+        if tok.pad_token is None:
+            if tok.eos_token is None:
+                raise BackendError(f"{model_id}: the tokenizer has neither a pad nor an eos token")
+            tok.pad_token = tok.eos_token
+        self.stop_ids = stop_token_ids(
+            tok.eos_token_id, tok.pad_token_id, getattr(self.model.generation_config, "eos_token_id", None)
+        )
+        self._lock = threading.Lock()  # one batch at a time per model: memory, and the global seed
+
+    def _decode(self, token_id: int) -> str:
+        return str(self.tokenizer.decode([token_id]))
+
+    def _recorder(self, k: int) -> Any:
+        torch = self.torch
+
+        class TopLogprobs(self.transformers.LogitsProcessor):  # type: ignore[misc,name-defined]
+            """Keeps the top-k log-probabilities of each step and leaves the scores as they are."""
+
+            def __init__(self) -> None:
+                self.steps: list[tuple[list[list[float]], list[list[int]]]] = []
+
+            def __call__(self, input_ids: Any, scores: Any) -> Any:
+                top = torch.log_softmax(scores.float(), dim=-1).topk(k, dim=-1)
+                self.steps.append((top.values.tolist(), top.indices.tolist()))
+                return scores
+
+        return TopLogprobs()
+
+    def generate(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        seed: int,
+        temperature: float,
+        max_tokens: int,
+        top_logprobs: int,
+    ) -> list[LocalOutput]:
+        torch, tok = self.torch, self.tokenizer
+        rendered = [render_chat(tok, c) for c in conversations]
+        with self._lock, torch.inference_mode():
+            # A chat template writes BOS itself; only plain text needs the tokenizer's special tokens.
+            batch = tok(
+                [r.text for r in rendered],
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=not rendered[0].templated,
+            ).to(self.model.device)
+            options: dict[str, Any] = {"max_new_tokens": max_tokens, "pad_token_id": tok.pad_token_id}
+            if temperature > 0:
+                options |= {"do_sample": True, "temperature": temperature}
+            else:
+                options["do_sample"] = False
+            recorder = self._recorder(top_logprobs) if top_logprobs else None
+            if recorder is not None:
+                options["logits_processor"] = self.transformers.LogitsProcessorList([recorder])
+            torch.manual_seed(seed)
+            # Only these two: a tokenizer may also return token_type_ids, which causal LMs reject.
+            sequences = self.model.generate(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **options
+            )
+        generated = sequences[:, batch["input_ids"].shape[1] :].tolist()
+        outputs = []
+        for row, ids in enumerate(generated):
+            kept = trim_generated(ids, self.stop_ids)
+            tokens = None
+            if recorder is not None:
+                steps = [(values[row], indices[row]) for values, indices in recorder.steps]
+                tokens = logprob_tokens(kept, steps, self._decode)
+            text = tok.decode(kept, skip_special_tokens=True)
+            outputs.append(LocalOutput(str(text), len(kept), tokens))
+        return outputs
+
+
+@dataclass
+class _Shared:
+    runner: HFRunner
+    users: int = 0
+
+
+_RUNNERS: dict[tuple[str, str], _Shared] = {}
+_RUNNERS_LOCK = threading.Lock()
+
+
+def acquire_runner(model_id: str, engine_args: dict[str, Any]) -> HFRunner:
+    """The process's loaded model for this checkpoint and arguments (blocking: run it in a thread)."""
+    key = (model_id, json.dumps(engine_args, sort_keys=True, default=str))
+    with _RUNNERS_LOCK:
+        shared = _RUNNERS.get(key)
+        if shared is None:
+            shared = _RUNNERS[key] = _Shared(HFRunner(model_id, engine_args))
+        shared.users += 1
+        return shared.runner
+
+
+def release_runner(runner: Any) -> None:
+    """One user fewer; the last one drops the model (the garbage collector frees its memory)."""
+    with _RUNNERS_LOCK:
+        for key, shared in list(_RUNNERS.items()):
+            if shared.runner is runner:
+                shared.users -= 1
+                if shared.users <= 0:
+                    del _RUNNERS[key]
+                return
+
+
+class _TransformersClient:
+    backend = "transformers"
+
+    def __init__(self, spec: BackendSpec, served_model: str, runner: Runner | None) -> None:
+        self.spec = spec
+        self.served_model = served_model
+        if runner is None:
+            require_transformers()
+        self._runner = runner  # injected (tests), or loaded on first use
+        self._owns_runner = runner is None
+        self._starting = asyncio.Lock()
+
+    async def _ready(self, who: str) -> Runner | BackendError:
+        try:
+            async with self._starting:
+                if self._runner is None:
+                    self._runner = await asyncio.to_thread(
+                        acquire_runner, self.served_model, dict(self.spec.engine_args)
+                    )
+            return self._runner
+        except BackendError as exc:
+            return BackendError(f"{who}: {exc.reason}", exc.kind)
+        except Exception as exc:
+            return BackendError(f"{who}: cannot load {self.served_model}: {_named(exc)}")
+
+    async def _run(
+        self, runner: Runner, conversations: list[list[Message]], seed: int, top_logprobs: int
+    ) -> list[LocalOutput]:
+        return await asyncio.to_thread(
+            runner.generate, conversations, seed, self.spec.temperature, self.spec.max_tokens, top_logprobs
+        )
+
+    async def close(self) -> None:
+        if self._owns_runner and self._runner is not None:
+            runner, self._runner = self._runner, None
+            release_runner(runner)
+
+
+class TransformersGenerator(_TransformersClient):
+    """A pool model run locally with transformers, one `generate` call per batch."""
+
+    def __init__(self, spec: ModelSpec, runner: Runner | None = None) -> None:
+        super().__init__(spec, spec.served_model, runner)
+        self.model = spec.name
+
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation | BackendError]:
+        if not requests:
+            return []
+        runner = await self._ready(self.model)
+        if isinstance(runner, BackendError):
+            return [runner] * len(requests)
+        conversations = [[{"role": "user", "content": r.prompt_text}] for r in requests]
+        started = time.perf_counter()
+        try:
+            outputs = await self._run(runner, conversations, requests[0].seed, top_logprobs=0)
+        except Exception as exc:
+            error = BackendError(f"{self.model}: generation failed: {_named(exc)}")
+            return [error] * len(requests)
+        latency_ms = (time.perf_counter() - started) * 1000  # the batch's: every request waited for it
+        return [Generation(o.text, o.num_tokens, latency_ms, simulated=False) for o in outputs]
+
+
+class TransformersJudge(_TransformersClient):
+    """The pairwise judge run locally with transformers; malformed verdicts are asked again."""
+
+    def __init__(self, spec: JudgeSettings, runner: Runner | None = None) -> None:
+        super().__init__(spec, spec.served_model, runner)
+        self.judge_spec = spec
+        self.name = spec.name
+
+    async def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply | BackendError]:
+        if not requests:
+            return []
+        who = f"judge {self.name}"
+        runner = await self._ready(who)
+        if isinstance(runner, BackendError):
+            return [runner] * len(requests)
+        messages = [judge_messages(r.question, r.first_text, r.second_text, r.tag) for r in requests]
+        results: list[JudgeReply | BackendError | None] = [None] * len(requests)
+        problems: dict[int, VerdictError] = {}
+        pending = list(range(len(requests)))
+        top_logprobs = TOP_LOGPROBS if self.judge_spec.logprobs else 0
+        for attempt in range(self.judge_spec.verdict_attempts):
+            if not pending:
+                break
+            seed = requests[pending[0]].seed + attempt  # a retry is not the same sample
+            try:
+                outputs = await self._run(runner, [messages[i] for i in pending], seed, top_logprobs)
+            except Exception as exc:
+                error = BackendError(f"{who}: generation failed: {_named(exc)}")
+                for i in pending:
+                    results[i] = error
+                return _complete(results)
+            still: list[int] = []
+            for i, output in zip(pending, outputs, strict=True):
+                try:
+                    verdict = parse_verdict(output.text)
+                except VerdictError as exc:
+                    problems[i] = exc
+                    still.append(i)
+                    continue
+                p_first = soft_label(output.logprobs) if output.logprobs else None
+                results[i] = JudgeReply(verdict, output.text, p_first, simulated=False)
+            pending = still
+        for i in pending:
+            results[i] = BackendError(
+                f"{who}: no valid verdict in {self.judge_spec.verdict_attempts} attempt(s); "
+                f"last: {problems.get(i)}",
+                kind="verdict",
+            )
+        return _complete(results)
+
+
+def _complete(results: list[JudgeReply | BackendError | None]) -> list[JudgeReply | BackendError]:
+    done = [r for r in results if r is not None]
+    assert len(done) == len(results), "every judge request gets a reply or an error"
+    return done

@@ -1,0 +1,377 @@
+"""The `vllm` backend: vLLM's V1 `AsyncLLM` engine inside the worker process.
+
+One engine per process per model (and engine arguments), built on first use and shared by
+every generator and judge that names the same checkpoint; it is released when the last of them
+closes. All requests of a batch are submitted at once (`asyncio.gather` over
+`engine.generate(...)`), so vLLM's continuous batching schedules them together. Prompts are
+formatted with the engine's own chat template (agents/chat_format.py).
+
+The judge asks for the verdict constrained to `VERDICT_SCHEMA` (`structured_outputs=
+StructuredOutputsParams(json=...)` on current vLLM, `guided_decoding=GuidedDecodingParams(json=...)`
+on older releases), with the top-5 log-probabilities of every token when `logprobs` is on,
+from which `soft_label` reads P(answer A wins). A malformed verdict is retried with seed+attempt,
+then it is a `BackendError(kind="verdict")`; an engine exception is a `BackendError(kind="backend")`.
+
+vLLM (and torch) are imported only where an engine or SamplingParams is built: this module
+imports without them, and the translation below (`sampling_kwargs`, `make_sampling_params` with
+a stand-in module, `generation_from_output`, `judge_reply_from_output`) and the judge's retry
+loop (with an injected fake engine) are unit-tested without vLLM. What was NOT run in this
+project: anything against a real vLLM engine (no GPU and no vLLM install here), in particular
+building AsyncLLM in a worker thread (so weight loading does not stall Kafka heartbeats);
+deploy/gpu/vllm_smoke.py is the script that does, on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import inspect
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from karma.agents.backends import BackendError, Generation, GenerationRequest, JudgeReply, JudgeRequest
+from karma.agents.chat_format import Message, render_chat
+from karma.agents.judge_prompt import VERDICT_SCHEMA, VerdictError, judge_messages, parse_verdict
+from karma.agents.openai_backend import soft_label
+from karma.streams.config import BackendSpec, JudgeSettings, ModelSpec
+
+INSTALL_HINT = "pip install 'karma-stream[vllm]'"
+JSON_SCHEMA = "json_schema"  # the neutral key of `sampling_kwargs`; see make_sampling_params
+TOP_LOGPROBS = 5
+
+ParamsFactory = Callable[[dict[str, Any]], Any]
+
+
+# --- the translation: pure, no vLLM -------------------------------------------------------------
+
+
+def sampling_kwargs(spec: BackendSpec, seed: int, judge: bool) -> dict[str, Any]:
+    """The SamplingParams keyword arguments of one request.
+
+    The verdict's schema sits under the neutral key `json_schema`: which vLLM class carries it
+    depends on the installed release, so `make_sampling_params` maps it."""
+    kwargs: dict[str, Any] = {
+        "n": 1,
+        "seed": seed,
+        "temperature": spec.temperature,
+        "max_tokens": spec.max_tokens,
+    }
+    if judge:
+        if getattr(spec, "structured_output", False):
+            kwargs[JSON_SCHEMA] = VERDICT_SCHEMA
+        if getattr(spec, "logprobs", False):
+            kwargs["logprobs"] = TOP_LOGPROBS
+    return kwargs
+
+
+def make_sampling_params(kwargs: dict[str, Any], module: Any = None) -> Any:
+    """`vllm.SamplingParams` from `sampling_kwargs`, for whichever vLLM is installed.
+
+    `module` is `vllm.sampling_params` (imported here when not given; tests pass a stand-in)."""
+    if module is None:
+        module = _import("vllm.sampling_params")
+    options = dict(kwargs)
+    schema = options.pop(JSON_SCHEMA, None)
+    if schema is not None:
+        if hasattr(module, "StructuredOutputsParams"):  # vLLM >= 0.11; the only way from 0.12 on
+            options["structured_outputs"] = module.StructuredOutputsParams(json=schema)
+        elif hasattr(module, "GuidedDecodingParams"):  # older releases
+            options["guided_decoding"] = module.GuidedDecodingParams(json=schema)
+        else:
+            raise BackendError(
+                "this vLLM has neither StructuredOutputsParams nor GuidedDecodingParams; "
+                "set judge.structured_output: false or upgrade vLLM"
+            )
+    kind = getattr(module, "RequestOutputKind", None)
+    if kind is not None and hasattr(kind, "FINAL_ONLY"):
+        options["output_kind"] = kind.FINAL_ONLY  # the whole reply once, not every step of it
+    return module.SamplingParams(**options)
+
+
+def _named(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def describe_engine_error(exc: BaseException) -> str:
+    """One readable line: vLLM wraps the real failure (EngineGenerateError() has no message)."""
+    text = _named(exc)
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None and cause is not exc:
+        text += f" (caused by {_named(cause)})"
+    return text[:500]
+
+
+def _finished_completion(output: Any) -> tuple[Any, None] | tuple[None, str]:
+    """The first completion of a RequestOutput, or why there is none to use."""
+    if output is None:
+        return None, "the engine returned no output"
+    completions = getattr(output, "outputs", None) or []
+    if not completions:
+        return None, f"request {getattr(output, 'request_id', '?')}: the engine returned no completion"
+    completion = completions[0]
+    if getattr(completion, "finish_reason", None) == "abort":
+        return None, f"request {getattr(output, 'request_id', '?')} was aborted by the engine"
+    return completion, None
+
+
+def generation_from_output(output: Any, latency_ms: float) -> Generation | BackendError:
+    """A Generation from a vLLM RequestOutput (`.outputs[0].text/.token_ids/.finish_reason`).
+
+    A reply cut at max_tokens (finish_reason "length") is still a response; an aborted or empty
+    one is an error."""
+    completion, problem = _finished_completion(output)
+    if problem is not None:
+        return BackendError(problem)
+    text = completion.text or ""
+    token_ids = getattr(completion, "token_ids", None)
+    num_tokens = len(token_ids) if token_ids is not None else len(text.split())
+    return Generation(text, num_tokens, latency_ms, simulated=False)
+
+
+def logprob_tokens(completion: Any) -> list[tuple[str, list[tuple[str, float]]]]:
+    """vLLM's per-token logprobs in `soft_label`'s form: (token, [(alternative, logprob), ...]).
+
+    vLLM gives one dict per generated token, token id -> Logprob(logprob, rank, decoded_token),
+    holding the sampled token and the top-k; alternatives are listed most probable first."""
+    positions = getattr(completion, "logprobs", None) or []
+    token_ids = list(getattr(completion, "token_ids", None) or [])
+    tokens: list[tuple[str, list[tuple[str, float]]]] = []
+    for i, position in enumerate(positions):
+        if not position:
+            tokens.append(("", []))
+            continue
+        ranked = sorted(position.items(), key=lambda item: -item[1].logprob)
+        chosen = position.get(token_ids[i]) if i < len(token_ids) else None
+        if chosen is None:  # no token ids: the most probable entry is the best guess of the text
+            chosen = ranked[0][1]
+        alternatives = [(lp.decoded_token or "", lp.logprob) for _, lp in ranked]
+        tokens.append((chosen.decoded_token or "", alternatives))
+    return tokens
+
+
+def judge_reply_from_output(output: Any) -> JudgeReply | VerdictError:
+    """The verdict in a vLLM RequestOutput, with a soft label when logprobs came back;
+    a VerdictError (to retry) when there is no usable reply or it does not parse."""
+    completion, problem = _finished_completion(output)
+    if problem is not None:
+        return VerdictError(problem)
+    raw = completion.text or ""
+    try:
+        verdict = parse_verdict(raw)
+    except VerdictError as exc:
+        return exc
+    return JudgeReply(verdict, raw, soft_label(logprob_tokens(completion)), simulated=False)
+
+
+# --- vLLM itself: imported lazily ---------------------------------------------------------------
+
+
+def _import(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise BackendError(
+            f"the vllm backend needs vLLM (and a GPU): {INSTALL_HINT} ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def require_vllm() -> None:
+    """Fails at worker start, not at the first batch, when vLLM is not installed (cheap: no import)."""
+    try:
+        found = importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):  # ValueError: a module entry without a spec
+        found = False
+    if not found:
+        raise BackendError(f"the vllm backend needs vLLM (and a GPU): {INSTALL_HINT}")
+
+
+@dataclass
+class _Shared:
+    engine: Any
+    users: int = 0
+
+
+_ENGINES: dict[tuple[str, str], _Shared] = {}
+_ENGINES_LOCK = threading.Lock()  # engines are built in worker threads
+
+
+def _engine_key(model: str, engine_args: dict[str, Any]) -> tuple[str, str]:
+    return model, json.dumps(engine_args, sort_keys=True, default=str)
+
+
+def acquire_engine(model: str, engine_args: dict[str, Any]) -> Any:
+    """The process's engine for this checkpoint and arguments, built the first time.
+
+    Blocking (loading weights takes minutes): callers run it in a thread so the event loop
+    keeps heartbeating to Kafka meanwhile. AsyncLLM starts its output handler on the first
+    request when it is built outside the loop, which vLLM supports."""
+    key = _engine_key(model, engine_args)
+    with _ENGINES_LOCK:  # one build at a time: two models loading at once would fight for memory
+        shared = _ENGINES.get(key)
+        if shared is None:
+            async_llm = _import("vllm.v1.engine.async_llm")
+            arg_utils = _import("vllm.engine.arg_utils")
+            engine_args_obj = arg_utils.AsyncEngineArgs(model=model, **engine_args)
+            shared = _ENGINES[key] = _Shared(async_llm.AsyncLLM.from_engine_args(engine_args_obj))
+        shared.users += 1
+        return shared.engine
+
+
+def release_engine(engine: Any) -> None:
+    """One user fewer; the last one shuts the engine down (its GPU memory and processes)."""
+    with _ENGINES_LOCK:
+        for key, shared in list(_ENGINES.items()):
+            if shared.engine is engine:
+                shared.users -= 1
+                if shared.users <= 0:
+                    del _ENGINES[key]
+                    engine.shutdown()
+                return
+
+
+async def _tokenizer(engine: Any) -> Any:
+    # get_tokenizer() is a coroutine in older releases and a plain method in current ones.
+    tokenizer = engine.get_tokenizer()
+    return await tokenizer if inspect.isawaitable(tokenizer) else tokenizer
+
+
+def _prompt(tokenizer: Any, messages: Sequence[Message]) -> dict[str, Any]:
+    rendered = render_chat(tokenizer, messages)
+    if rendered.templated:
+        # Token ids, so vLLM does not add a second BOS in front of the template's own.
+        return {"prompt_token_ids": list(tokenizer.encode(rendered.text, add_special_tokens=False))}
+    return {"prompt": rendered.text}
+
+
+async def _final_output(engine: Any, prompt: dict[str, Any], params: Any, request_id: str) -> Any:
+    final = None
+    async for output in engine.generate(prompt, params, request_id):
+        final = output  # FINAL_ONLY yields once; older releases stream cumulative outputs
+    return final
+
+
+def _request_id(key: str) -> str:
+    return f"karma-{key}-{uuid.uuid4().hex[:12]}"  # unique even when a request is retried
+
+
+class _VLLMClient:
+    """The engine handling shared by the generator and the judge."""
+
+    backend = "vllm"
+
+    def __init__(
+        self, spec: BackendSpec, served_model: str, engine: Any, params_factory: ParamsFactory | None
+    ) -> None:
+        self.spec = spec
+        self.served_model = served_model
+        if engine is None:
+            require_vllm()
+        self._engine = engine  # injected (tests), or built on first use
+        self._owns_engine = engine is None
+        self._params: ParamsFactory = params_factory or make_sampling_params
+        self._starting = asyncio.Lock()
+
+    async def _ready(self) -> tuple[Any, Any]:
+        """The engine and its tokenizer, building the engine the first time."""
+        async with self._starting:
+            if self._engine is None:
+                self._engine = await asyncio.to_thread(
+                    acquire_engine, self.served_model, dict(self.spec.engine_args)
+                )
+        return self._engine, await _tokenizer(self._engine)
+
+    async def _start(self, who: str) -> tuple[Any, Any] | BackendError:
+        try:
+            return await self._ready()
+        except BackendError as exc:
+            return BackendError(f"{who}: {exc.reason}", exc.kind)
+        except Exception as exc:
+            return BackendError(
+                f"{who}: cannot start the vLLM engine for {self.served_model}: {describe_engine_error(exc)}"
+            )
+
+    async def close(self) -> None:
+        if self._owns_engine and self._engine is not None:
+            engine, self._engine = self._engine, None
+            await asyncio.to_thread(release_engine, engine)
+
+
+class VLLMGenerator(_VLLMClient):
+    """A pool model served by an in-process vLLM engine."""
+
+    def __init__(
+        self, spec: ModelSpec, engine: Any = None, params_factory: ParamsFactory | None = None
+    ) -> None:
+        super().__init__(spec, spec.served_model, engine, params_factory)
+        self.model = spec.name
+
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation | BackendError]:
+        started = await self._start(self.model)
+        if isinstance(started, BackendError):
+            return [started] * len(requests)
+        engine, tokenizer = started
+        return list(await asyncio.gather(*(self._one(engine, tokenizer, r) for r in requests)))
+
+    async def _one(
+        self, engine: Any, tokenizer: Any, request: GenerationRequest
+    ) -> Generation | BackendError:
+        started = time.perf_counter()
+        try:
+            prompt = _prompt(tokenizer, [{"role": "user", "content": request.prompt_text}])
+            params = self._params(sampling_kwargs(self.spec, request.seed, judge=False))
+            output = await _final_output(engine, prompt, params, _request_id(request.prompt_id))
+        except Exception as exc:
+            return BackendError(f"{self.model}: vLLM failed: {describe_engine_error(exc)}")
+        result = generation_from_output(output, (time.perf_counter() - started) * 1000)
+        if isinstance(result, BackendError):
+            return BackendError(f"{self.model}: {result.reason}", result.kind)
+        return result
+
+
+class VLLMJudge(_VLLMClient):
+    """The pairwise judge on an in-process vLLM engine, structured to VERDICT_SCHEMA."""
+
+    def __init__(
+        self, spec: JudgeSettings, engine: Any = None, params_factory: ParamsFactory | None = None
+    ) -> None:
+        super().__init__(spec, spec.served_model, engine, params_factory)
+        self.judge_spec = spec
+        self.name = spec.name
+
+    async def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply | BackendError]:
+        started = await self._start(f"judge {self.name}")
+        if isinstance(started, BackendError):
+            return [started] * len(requests)
+        engine, tokenizer = started
+        return list(await asyncio.gather(*(self._one(engine, tokenizer, r) for r in requests)))
+
+    async def _one(self, engine: Any, tokenizer: Any, request: JudgeRequest) -> JudgeReply | BackendError:
+        r = request
+        attempts = self.judge_spec.verdict_attempts
+        try:
+            prompt = _prompt(tokenizer, judge_messages(r.question, r.first_text, r.second_text, r.tag))
+        except Exception as exc:
+            return BackendError(f"judge {self.name}: cannot format the prompt: {describe_engine_error(exc)}")
+        problem: VerdictError | None = None
+        for attempt in range(attempts):
+            try:
+                # seed+attempt: a retry is not the same sample
+                params = self._params(sampling_kwargs(self.judge_spec, r.seed + attempt, judge=True))
+                output = await _final_output(engine, prompt, params, _request_id(r.pair_id))
+            except BackendError as exc:
+                return BackendError(f"judge {self.name}: {exc.reason}", exc.kind)
+            except Exception as exc:
+                return BackendError(f"judge {self.name}: vLLM failed: {describe_engine_error(exc)}")
+            reply = judge_reply_from_output(output)
+            if isinstance(reply, JudgeReply):
+                return reply
+            problem = reply
+        return BackendError(
+            f"judge {self.name}: no valid verdict in {attempts} attempt(s); last: {problem}", kind="verdict"
+        )
