@@ -119,9 +119,6 @@ def create_app(
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         broker_rebalance_timeout=settings.rebalance_timeout_s,
         broker_commit_interval=1.0,
-        # Heartbeats run in the background; this bounds the time between two polls, i.e. one
-        # batch of generation or judging (see max_poll_interval_s).
-        broker_max_poll_interval=settings.max_poll_interval_s,
         web_enabled=False,
         autodiscover=False,
         TableManager=SeekSafeTableManager,  # see streams/recovery.py

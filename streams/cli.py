@@ -23,6 +23,7 @@ import typer
 from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -303,7 +304,7 @@ def _backend_spec(kind: type[Any], **fields: Any) -> Any:
             ".".join(map(str, e["loc"])) + (": " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
             for e in exc.errors()
         )
-        console.print(f"[red]error:[/] {problems}")
+        console.print(f"[red]error:[/] {escape(problems)}")
         raise typer.Exit(2) from None
 
 
@@ -342,7 +343,7 @@ def generate(
     except BackendError as exc:
         result = exc
     if isinstance(result, BackendError):
-        console.print(f"[red]error:[/] {result.reason}")
+        console.print(f"[red]error:[/] {escape(result.reason)}")
         raise typer.Exit(1)
     if as_json:
         print(json.dumps({"model": model, "backend": backend.value, **dataclasses.asdict(result)}))
@@ -409,7 +410,7 @@ def judge(
         first = second = exc
     for reply in (first, second):
         if isinstance(reply, BackendError):
-            console.print(f"[red]error:[/] {reply.reason}")
+            console.print(f"[red]error:[/] {escape(reply.reason)}")
             raise typer.Exit(1)
     preference = resolve_pair(pair, first, second, settings.judge.name)
     passes = {

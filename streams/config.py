@@ -192,12 +192,6 @@ class KarmaSettings(BaseSettings):
     batch_wait_s: float = Field(
         default=0.1, gt=0, description="...or what arrived within this long, so a GPU engine stays full."
     )
-    max_poll_interval_s: float = Field(
-        default=1800.0,
-        gt=0,
-        description="Longest a batch may take before the group gives the partitions away: above the "
-        "slowest batch (retries and backoff included), so slow models do not cause rebalances.",
-    )
     gather_timeout_s: float = Field(
         default=30.0, gt=0, description="How long the rating stage waits for all models of a prompt."
     )

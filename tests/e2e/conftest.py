@@ -136,15 +136,17 @@ def pipeline_factory(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Callable[
         overrides.setdefault("competency", {"online": False})
         run = uuid.uuid4().hex[:8]
         settings = KarmaSettings(
-            bootstrap_servers=kafka_bootstrap,
-            topic_prefix=f"t{run}.",
-            app_id=f"karma-test-{run}",
-            data_dir=tmp_path / f"faust-{run}",
-            metrics_port=free_ports(1)[0],
-            gather_timeout_s=20.0,
-            tick_interval_s=1.0,
-            lag_interval_s=1.0,
-            **overrides,
+            **{
+                "bootstrap_servers": kafka_bootstrap,
+                "topic_prefix": f"t{run}.",
+                "app_id": f"karma-test-{run}",
+                "data_dir": tmp_path / f"faust-{run}",
+                "metrics_port": free_ports(1)[0],
+                "gather_timeout_s": 20.0,
+                "tick_interval_s": 1.0,
+                "lag_interval_s": 1.0,
+                **overrides,
+            }
         )
         asyncio.run(ensure_topics(settings))
         pipeline = Pipeline(settings=settings, workdir=tmp_path / run)
