@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo demo-openai test lint clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,13 @@ $(INSTALLED): pyproject.toml
 
 demo: $(INSTALLED)  ## broker up, workers up, 50 prompts in, preferences out, summary
 	$(VENV)/bin/karma demo
+
+demo-openai: $(INSTALLED)  ## the demo with every model and the judge behind an OpenAI-compatible server (simulated)
+	@mkdir -p karma-out
+	$(VENV)/bin/karma simulated-server --port 8000 > karma-out/simulated-server.log 2>&1 & \
+	  server=$$!; trap "kill $$server" EXIT; \
+	  for i in $$(seq 100); do curl -sf http://127.0.0.1:8000/health > /dev/null && break; sleep 0.2; done; \
+	  $(VENV)/bin/karma demo --config examples/pool-openai.yaml
 
 test: $(INSTALLED)  ## lint, then the whole suite (it starts its own Kafka broker)
 	$(VENV)/bin/ruff check .
