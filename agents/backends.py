@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from karma.agents.judge_prompt import RawVerdict
 from karma.agents.simulated import SimulatedGenerator, SimulatedJudge
@@ -95,6 +97,40 @@ class Judge(Protocol):
     async def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply | BackendError]: ...
 
     async def close(self) -> None: ...
+
+
+class SharedModels:
+    """Loaded models (a vLLM engine, a transformers checkpoint) shared by every backend of the
+    process that names the same checkpoint and arguments, e.g. a generator and a judge on one
+    model; the last to release one closes it. Thread-safe: loading runs in worker threads."""
+
+    def __init__(self, build: Callable[[str, dict[str, Any]], Any], close: Callable[[Any], None]) -> None:
+        self._build, self._close = build, close
+        self._loaded: dict[tuple[str, str], list[Any]] = {}  # key -> [instance, users]
+        # One load at a time: two models loading at once would fight for memory.
+        self._lock = threading.Lock()
+
+    def acquire(self, model: str, engine_args: dict[str, Any]) -> Any:
+        key = (model, json.dumps(engine_args, sort_keys=True, default=str))
+        with self._lock:
+            entry = self._loaded.get(key)
+            if entry is None:
+                entry = self._loaded[key] = [self._build(model, engine_args), 0]
+            entry[1] += 1
+            return entry[0]
+
+    def release(self, instance: Any) -> None:
+        with self._lock:
+            for key, entry in list(self._loaded.items()):
+                if entry[0] is instance:
+                    entry[1] -= 1
+                    if entry[1] <= 0:
+                        del self._loaded[key]
+                        self._close(instance)
+                    return
+
+    def __len__(self) -> int:
+        return len(self._loaded)
 
 
 @dataclass

@@ -10,15 +10,13 @@ other models' responses to that prompt, and the rest of the batch, go on.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from karma.agents.backends import BackendError, Generation, GenerationRequest, Generator, make_generator
 from karma.schemas.models import Prompt, Response, response_id_for
 from karma.streams.app import Stage
-from karma.streams.codecs import DecodeError, decode, encode
+from karma.streams.codecs import encode
 from karma.streams.config import ModelSpec
-from karma.streams.metrics import MESSAGES_IN, STAGE_LATENCY
 
 STAGE = "generation"
 
@@ -42,13 +40,7 @@ def register(stage: Stage, models: list[ModelSpec]) -> None:
     generators = [make_generator(spec, settings) for spec in models]
 
     async def generate_batch(events: list[Any]) -> None:
-        prompts: list[tuple[Any, Prompt]] = []
-        for event in events:
-            MESSAGES_IN.labels(STAGE).inc()
-            try:
-                prompts.append((event, decode(event.value, Prompt)))
-            except DecodeError as exc:
-                await stage.dead_letter(event, stage=STAGE, reason=exc.reason, error_type=exc.kind)
+        prompts = await stage.decode_batch(events, Prompt, STAGE)
         if not prompts:
             return
         requests = [GenerationRequest(p.prompt_id, p.text, settings.seed) for _, p in prompts]
@@ -69,9 +61,4 @@ def register(stage: Stage, models: list[ModelSpec]) -> None:
 
     @stage.app.agent(stage.topics["prompts"], name="generate")
     async def generate(stream):  # type: ignore[no-untyped-def]
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
-            started = time.perf_counter()
-            await generate_batch(list(events))
-            elapsed = time.perf_counter() - started
-            for _ in events:  # per message: the batch's time shared out
-                STAGE_LATENCY.labels(STAGE).observe(elapsed / len(events))
+        await stage.in_batches(stream, STAGE, generate_batch)

@@ -8,7 +8,6 @@ dead-letter topic with the reason: recorded as an error, never guessed.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from karma.agents.backends import BackendError, Judge, JudgeReply, JudgeRequest, make_judge
@@ -18,9 +17,9 @@ from karma.agents.simulated import SimulatedJudge
 from karma.agents.verdicts import resolve, unswap
 from karma.schemas.models import KinPair, Preference, Winner
 from karma.streams.app import Stage
-from karma.streams.codecs import DecodeError, decode, encode
+from karma.streams.codecs import encode
 from karma.streams.config import KarmaSettings
-from karma.streams.metrics import MESSAGES_IN, STAGE_LATENCY, VERDICTS
+from karma.streams.metrics import VERDICTS
 
 STAGE = "judging"
 
@@ -102,13 +101,7 @@ def register(stage: Stage) -> None:
     judge: Judge = make_judge(settings)
 
     async def judge_batch(events: list[Any]) -> None:
-        pairs: list[tuple[Any, KinPair]] = []
-        for event in events:
-            MESSAGES_IN.labels(STAGE).inc()
-            try:
-                pairs.append((event, decode(event.value, KinPair)))
-            except DecodeError as exc:
-                await stage.dead_letter(event, stage=STAGE, reason=exc.reason, error_type=exc.kind)
+        pairs = await stage.decode_batch(events, KinPair, STAGE)
         if not pairs:
             return
         replies = await judge.judge([r for _, pair in pairs for r in requests_for(pair, settings.seed)])
@@ -127,9 +120,4 @@ def register(stage: Stage) -> None:
 
     @stage.app.agent(stage.topics["pairs"], name="judge")
     async def judge_pairs(stream):  # type: ignore[no-untyped-def]
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
-            started = time.perf_counter()
-            await judge_batch(list(events))
-            elapsed = time.perf_counter() - started
-            for _ in events:  # per message: the batch's time shared out
-                STAGE_LATENCY.labels(STAGE).observe(elapsed / len(events))
+        await stage.in_batches(stream, STAGE, judge_batch)

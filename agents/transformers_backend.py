@@ -29,14 +29,20 @@ from __future__ import annotations
 import asyncio
 import importlib
 import importlib.util
-import json
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from karma.agents.backends import BackendError, Generation, GenerationRequest, JudgeReply, JudgeRequest
+from karma.agents.backends import (
+    BackendError,
+    Generation,
+    GenerationRequest,
+    JudgeReply,
+    JudgeRequest,
+    SharedModels,
+)
 from karma.agents.chat_format import Message, render_chat
 from karma.agents.judge_prompt import VerdictError, judge_messages, parse_verdict
 from karma.agents.openai_backend import soft_label
@@ -233,36 +239,11 @@ class HFRunner:
         return outputs
 
 
-@dataclass
-class _Shared:
-    runner: HFRunner
-    users: int = 0
-
-
-_RUNNERS: dict[tuple[str, str], _Shared] = {}
-_RUNNERS_LOCK = threading.Lock()
-
-
-def acquire_runner(model_id: str, engine_args: dict[str, Any]) -> HFRunner:
-    """The process's loaded model for this checkpoint and arguments (blocking: run it in a thread)."""
-    key = (model_id, json.dumps(engine_args, sort_keys=True, default=str))
-    with _RUNNERS_LOCK:
-        shared = _RUNNERS.get(key)
-        if shared is None:
-            shared = _RUNNERS[key] = _Shared(HFRunner(model_id, engine_args))
-        shared.users += 1
-        return shared.runner
-
-
-def release_runner(runner: Any) -> None:
-    """One user fewer; the last one drops the model (the garbage collector frees its memory)."""
-    with _RUNNERS_LOCK:
-        for key, shared in list(_RUNNERS.items()):
-            if shared.runner is runner:
-                shared.users -= 1
-                if shared.users <= 0:
-                    del _RUNNERS[key]
-                return
+# The process's loaded checkpoints; the last user drops one (the garbage collector frees it).
+# Loading blocks: callers run acquire in a thread.
+_RUNNERS = SharedModels(HFRunner, lambda _runner: None)
+acquire_runner = _RUNNERS.acquire
+release_runner = _RUNNERS.release
 
 
 class _TransformersClient:

@@ -27,15 +27,19 @@ import asyncio
 import importlib
 import importlib.util
 import inspect
-import json
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from karma.agents.backends import BackendError, Generation, GenerationRequest, JudgeReply, JudgeRequest
+from karma.agents.backends import (
+    BackendError,
+    Generation,
+    GenerationRequest,
+    JudgeReply,
+    JudgeRequest,
+    SharedModels,
+)
 from karma.agents.chat_format import Message, render_chat
 from karma.agents.judge_prompt import VERDICT_SCHEMA, VerdictError, judge_messages, parse_verdict
 from karma.agents.openai_backend import soft_label
@@ -191,48 +195,20 @@ def require_vllm() -> None:
         raise BackendError(f"the vllm backend needs vLLM (and a GPU): {INSTALL_HINT}")
 
 
-@dataclass
-class _Shared:
-    engine: Any
-    users: int = 0
-
-
-_ENGINES: dict[tuple[str, str], _Shared] = {}
-_ENGINES_LOCK = threading.Lock()  # engines are built in worker threads
-
-
-def _engine_key(model: str, engine_args: dict[str, Any]) -> tuple[str, str]:
-    return model, json.dumps(engine_args, sort_keys=True, default=str)
-
-
-def acquire_engine(model: str, engine_args: dict[str, Any]) -> Any:
-    """The process's engine for this checkpoint and arguments, built the first time.
-
-    Blocking (loading weights takes minutes): callers run it in a thread so the event loop
+def _build_engine(model: str, engine_args: dict[str, Any]) -> Any:
+    """Blocking (loading weights takes minutes): callers run it in a thread so the event loop
     keeps heartbeating to Kafka meanwhile. AsyncLLM starts its output handler on the first
     request when it is built outside the loop, which vLLM supports."""
-    key = _engine_key(model, engine_args)
-    with _ENGINES_LOCK:  # one build at a time: two models loading at once would fight for memory
-        shared = _ENGINES.get(key)
-        if shared is None:
-            async_llm = _import("vllm.v1.engine.async_llm")
-            arg_utils = _import("vllm.engine.arg_utils")
-            engine_args_obj = arg_utils.AsyncEngineArgs(model=model, **engine_args)
-            shared = _ENGINES[key] = _Shared(async_llm.AsyncLLM.from_engine_args(engine_args_obj))
-        shared.users += 1
-        return shared.engine
+    async_llm = _import("vllm.v1.engine.async_llm")
+    arg_utils = _import("vllm.engine.arg_utils")
+    return async_llm.AsyncLLM.from_engine_args(arg_utils.AsyncEngineArgs(model=model, **engine_args))
 
 
-def release_engine(engine: Any) -> None:
-    """One user fewer; the last one shuts the engine down (its GPU memory and processes)."""
-    with _ENGINES_LOCK:
-        for key, shared in list(_ENGINES.items()):
-            if shared.engine is engine:
-                shared.users -= 1
-                if shared.users <= 0:
-                    del _ENGINES[key]
-                    engine.shutdown()
-                return
+# The process's engines, one per checkpoint and arguments; the last user shuts one down (its
+# GPU memory and processes).
+_ENGINES = SharedModels(_build_engine, lambda engine: engine.shutdown())
+acquire_engine = _ENGINES.acquire
+release_engine = _ENGINES.release
 
 
 async def _tokenizer(engine: Any) -> Any:

@@ -10,21 +10,24 @@ every model sees every prompt; more workers with the same --model share its part
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 
-from karma.schemas.models import DeadLetter
-from karma.streams.codecs import encode
+from karma.schemas.models import DeadLetter, Record
+from karma.streams.codecs import DecodeError, decode, encode
 from karma.streams.config import KarmaSettings, ModelSpec
 from karma.streams.lag import LagMonitor
-from karma.streams.metrics import DEAD_LETTERS, MESSAGES_OUT
+from karma.streams.metrics import DEAD_LETTERS, MESSAGES_IN, MESSAGES_OUT, STAGE_LATENCY
 from karma.streams.recovery import SeekSafeTableManager
 from karma.streams.topics import TopicNames
 
 ROLES = ("generate", "rate", "judge")
+R = TypeVar("R", bound=Record)
+
 # The topics each role reads, for the lag gauge.
 CONSUMES = {"generate": ("prompts",), "rate": ("responses", "ticks", "preferences"), "judge": ("pairs",)}
 
@@ -53,6 +56,30 @@ class Stage:
     async def publish(self, stage: str, topic: str, key: str, value: bytes) -> None:
         await self.topics[topic].send(key=key.encode(), value=value)
         MESSAGES_OUT.labels(stage, topic).inc()
+
+    async def in_batches(
+        self, stream: Any, stage: str, handle: Callable[[list[Any]], Awaitable[None]]
+    ) -> None:
+        """Feeds `handle` the stream's events in batches (`batch_size`, or what arrived within
+        `batch_wait_s`), so a model backend gets many requests at once; each message's latency
+        is its share of its batch's time."""
+        async for events in stream.take_events(self.settings.batch_size, within=self.settings.batch_wait_s):
+            started = time.perf_counter()
+            await handle(list(events))
+            share = (time.perf_counter() - started) / len(events)
+            for _ in events:
+                STAGE_LATENCY.labels(stage).observe(share)
+
+    async def decode_batch(self, events: list[Any], model: type[R], stage: str) -> list[tuple[Any, R]]:
+        """Each event with its record; one that does not decode goes to the DLQ with the reason."""
+        decoded = []
+        for event in events:
+            MESSAGES_IN.labels(stage).inc()
+            try:
+                decoded.append((event, decode(event.value, model)))
+            except DecodeError as exc:
+                await self.dead_letter(event, stage=stage, reason=exc.reason, error_type=exc.kind)
+        return decoded
 
     async def dead_letter(
         self,
