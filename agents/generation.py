@@ -17,6 +17,7 @@ from karma.schemas.models import Prompt, Response, response_id_for
 from karma.streams.app import Stage
 from karma.streams.codecs import encode
 from karma.streams.config import ModelSpec
+from karma.streams.metrics import BACKEND_REQUESTS
 
 STAGE = "generation"
 
@@ -48,6 +49,8 @@ def register(stage: Stage, models: list[ModelSpec]) -> None:
         outcomes = await asyncio.gather(*(g.generate(requests) for g in generators))
         for generator, results in zip(generators, outcomes, strict=True):
             for (event, prompt), result in zip(prompts, results, strict=True):
+                outcome = "ok" if not isinstance(result, BackendError) else result.kind
+                BACKEND_REQUESTS.labels(STAGE, generator.backend, generator.model, outcome).inc()
                 if isinstance(result, BackendError):
                     await stage.dead_letter(
                         event,

@@ -19,7 +19,7 @@ from karma.schemas.models import KinPair, Preference, Winner
 from karma.streams.app import Stage
 from karma.streams.codecs import encode
 from karma.streams.config import KarmaSettings
-from karma.streams.metrics import VERDICTS
+from karma.streams.metrics import BACKEND_REQUESTS, VERDICTS
 
 STAGE = "judging"
 
@@ -107,6 +107,9 @@ def register(stage: Stage) -> None:
         replies = await judge.judge([r for _, pair in pairs for r in requests_for(pair, settings.seed)])
         for i, (event, pair) in enumerate(pairs):
             first, second = replies[2 * i], replies[2 * i + 1]
+            for reply in (first, second):
+                outcome = reply.kind if isinstance(reply, BackendError) else "ok"
+                BACKEND_REQUESTS.labels(STAGE, judge.backend, judge.name, outcome).inc()
             error = next((r for r in (first, second) if isinstance(r, BackendError)), None)
             if error is not None:
                 await stage.dead_letter(

@@ -32,6 +32,11 @@ SUPERIORITY = Gauge(
 COMPARISONS = Gauge(
     "karma_model_comparisons", "Judged comparisons of a model in the current competency window.", ["model"]
 )
+BACKEND_REQUESTS = Counter(
+    "karma_backend_requests",
+    "Requests to model backends that ended for good (after the backend's retries), by outcome.",
+    ["stage", "backend", "model", "outcome"],
+)
 CONSUMER_LAG = Gauge(
     "karma_consumer_lag_messages",
     "Messages of a consumed partition not yet committed by this worker's group.",

@@ -65,6 +65,13 @@ def test_transient_errors_are_retried_and_a_prompt_that_always_fails_goes_to_the
     for letter in dead:
         assert letter.stage == "generation" and poison[0].prompt_id in letter.reason
         assert "answered HTTP 500" in letter.reason and "(4 attempt(s))" in letter.reason
+    # The worker counts each request's final outcome per model: 8 answered, 1 failed for good.
+    outcomes = [
+        f'karma_backend_requests_total{{backend="openai",model="{m}",outcome="{o}",stage="generation"}} {n}'
+        for m in MODELS
+        for o, n in (("ok", "8.0"), ("backend", "1.0"))
+    ]
+    pipeline.wait_for_metrics(lambda text: all(line in text for line in outcomes))
     stats = _stats(url)
     assert stats["outcomes"]["429"] == 6
     # Every poisoned request was tried 4 times (a poisoned try may also take one of the 6 slots).
