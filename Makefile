@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo demo-openai test lint clean
+.PHONY: demo demo-openai test smoke-transformers lint clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,13 @@ test: $(INSTALLED)  ## lint, then the whole suite (it starts its own Kafka broke
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
 
+smoke-transformers:  ## the transformers backend on a tiny random Llama, CPU (a separate venv: torch is ~5.6 GB)
+	test -x .venv-torch/bin/python || $(PYTHON) -m venv .venv-torch
+	.venv-torch/bin/pip install --quiet --editable '.[transformers]'
+	.venv-torch/bin/python deploy/gpu/transformers_smoke.py
+
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 
 clean:  ## removes the virtual environment and caches (Kafka jars, broker data)
-	rm -rf $(VENV) .cache karma-out
+	rm -rf $(VENV) .venv-torch .cache karma-out
