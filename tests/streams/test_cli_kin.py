@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from karma.streams.cli import app
 
-SHARED_TABLE = Path(__file__).resolve().parents[3] / "shared" / "data" / "model_benchmarks.csv"
+# The table bundled with the package (its provenance: streams/data/model_benchmarks.md).
+TABLE = Path(__file__).resolve().parents[2] / "streams" / "data" / "model_benchmarks.csv"
 
 
 def independent_profiles(path: Path) -> dict[str, list[float]]:
@@ -26,15 +27,15 @@ def independent_profiles(path: Path) -> dict[str, list[float]]:
     }
 
 
-def test_kin_json_on_the_shared_table_follows_the_definitions() -> None:
+def test_kin_json_on_the_bundled_table_follows_the_definitions() -> None:
     result = CliRunner().invoke(
-        app, ["kin", "--profiles", str(SHARED_TABLE), "--tau", "0.9", "--delta", "0.2", "--json"]
+        app, ["kin", "--profiles", str(TABLE), "--tau", "0.9", "--delta", "0.2", "--json"]
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert set(report) == {"superiority", "pairs"}
 
-    vectors = independent_profiles(SHARED_TABLE)
+    vectors = independent_profiles(TABLE)
     superiority = {m: sum(v) / len(v) for m, v in vectors.items()}
     assert report["superiority"] == pytest.approx(superiority)
 
@@ -51,9 +52,9 @@ def test_kin_json_on_the_shared_table_follows_the_definitions() -> None:
 
 
 def test_kin_table_and_errors(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["kin", "--profiles", str(SHARED_TABLE)])
+    result = CliRunner().invoke(app, ["kin", "--profiles", str(TABLE)])
     assert result.exit_code == 0, result.output
-    vectors = independent_profiles(SHARED_TABLE)
+    vectors = independent_profiles(TABLE)
     sup = {m: sum(v) / len(v) for m, v in vectors.items()}
     kin = sum(
         sum(x * y for x, y in zip(vectors[a], vectors[b], strict=True))
