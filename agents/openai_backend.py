@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -30,7 +29,7 @@ SIMULATED_FINGERPRINT = "karma-simulated"  # what agents/simulated_server.py ans
 def client_for(spec: BackendSpec) -> AsyncOpenAI:
     return AsyncOpenAI(
         base_url=spec.base_url,
-        api_key=os.environ.get(spec.api_key_env) or "EMPTY",
+        api_key=spec.api_key,
         max_retries=spec.max_retries,
         timeout=spec.timeout_s,
     )

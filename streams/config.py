@@ -8,21 +8,32 @@ configuration, not code.
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from karma.agents.kinship import KinRule
 from karma.agents.policies import POLICIES, Policy
 
 Backend = Literal["simulated", "openai", "vllm", "transformers"]
+# The judge may also be the ZEBRA labeller: no model, the more superior model's response wins.
+JudgeBackend = Literal["simulated", "openai", "vllm", "transformers", "zebra"]
 
 
-class BackendSpec(BaseModel):
+class StrictModel(BaseModel):
+    """A configuration section: an unknown key is an error (a typo must not silently become a
+    default), reported with the closest valid name by `load_settings`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackendSpec(StrictModel):
     """Where a model runs, for generation or judging; the backend's own settings have defaults.
 
     - simulated: seeded CPU stand-ins (agents/simulated.py); every record says simulated.
@@ -40,10 +51,10 @@ class BackendSpec(BaseModel):
     base_url: str | None = Field(
         default=None, description="openai: the server's base URL, e.g. http://127.0.0.1:8000/v1."
     )
-    api_key_env: str = Field(
-        default="OPENAI_API_KEY",
-        description="openai: the environment variable holding the API key (unset: the key 'EMPTY', "
-        "which `vllm serve` accepts).",
+    api_key_env: str | None = Field(
+        default=None,
+        description="openai: the environment variable holding the API key; it must be set. Not named: "
+        "OPENAI_API_KEY if set, else the key 'EMPTY', which `vllm serve` accepts.",
     )
     max_concurrency: int = Field(default=16, ge=1, description="openai: requests in flight at once.")
     max_retries: int = Field(
@@ -59,10 +70,22 @@ class BackendSpec(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _openai_needs_a_url(self) -> BackendSpec:
+    def _openai_needs_a_url_and_its_key(self) -> BackendSpec:
         if self.backend == "openai" and not self.base_url:
             raise ValueError("backend 'openai' needs base_url (e.g. http://127.0.0.1:8000/v1)")
+        if self.backend == "openai" and self.api_key_env and not os.environ.get(self.api_key_env):
+            raise ValueError(
+                f"api_key_env names {self.api_key_env}, which is not set in the environment "
+                "(set it, or leave api_key_env out to send OPENAI_API_KEY or the key 'EMPTY')"
+            )
         return self
+
+    @property
+    def api_key(self) -> str:
+        """The key sent to an OpenAI-compatible server."""
+        if self.api_key_env:
+            return os.environ[self.api_key_env]
+        return os.environ.get("OPENAI_API_KEY") or "EMPTY"
 
 
 class ModelSpec(BackendSpec):
@@ -85,7 +108,7 @@ class ModelSpec(BackendSpec):
         return self.model or self.name
 
 
-class KinSettings(BaseModel):
+class KinSettings(StrictModel):
     """Kin when similarity >= tau, |superiority gap| <= delta and lengths are comparable."""
 
     tau: float = Field(default=0.95, ge=-1.0, le=1.0, description="Minimum profile similarity.")
@@ -108,7 +131,7 @@ class KinSettings(BaseModel):
     )
 
 
-class CompetencySettings(BaseModel):
+class CompetencySettings(StrictModel):
     """Online competency: a windowed Bradley-Terry fit of the judge's verdicts, blended with
     the prior profiles by how many comparisons the window holds (see agents/competency.py)."""
 
@@ -130,8 +153,13 @@ class CompetencySettings(BaseModel):
 
 
 class JudgeSettings(BackendSpec):
-    """The pairwise judge: simulated, or an LLM on any backend (asked in both orders)."""
+    """The pairwise judge: simulated, an LLM on any backend (asked in both orders), or zebra."""
 
+    backend: JudgeBackend = Field(
+        default="simulated",
+        description="simulated, openai, vllm, transformers, or zebra (no model: the response of the "
+        "model with the higher superiority wins; equal superiority is a tie).",
+    )
     name: str = Field(default="simulated-judge", description="The judge's name in every preference.")
     temperature: float = Field(default=0.0, ge=0.0, description="LLM judges: sampling temperature.")
     max_tokens: int = Field(default=256, ge=1, description="LLM judges: longest verdict, in tokens.")
@@ -180,7 +208,7 @@ class KarmaSettings(BaseSettings):
     data_dir: Path = Field(default=Path(".cache/karma/worker"), description="faust's data folder.")
     seed: int = 0
 
-    pool: list[ModelSpec] = Field(default_factory=lambda: list(DEFAULT_POOL), min_length=1)
+    pool: list[ModelSpec] = Field(default_factory=lambda: list(DEFAULT_POOL))
     kin: KinSettings = Field(default_factory=KinSettings)
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     competency: CompetencySettings = Field(default_factory=CompetencySettings)
@@ -213,7 +241,7 @@ class KarmaSettings(BaseSettings):
         default=10.0, ge=0, description="How often karma_consumer_lag_messages is read; 0 disables it."
     )
 
-    # Fast group joins and restarts: see DESIGN.md, "Timing facts".
+    # Fast group joins and restarts: see docs/design.md, "Runtime facts".
     session_timeout_s: float = 6.0
     heartbeat_interval_s: float = 1.5
     rebalance_timeout_s: float = 6.0
@@ -222,15 +250,25 @@ class KarmaSettings(BaseSettings):
     @classmethod
     def _unique_model_names(cls, pool: list[ModelSpec]) -> list[ModelSpec]:
         names = [m.name for m in pool]
+        if len(names) < 2:
+            raise ValueError(
+                "every pairing policy pairs responses of different models, so the pool needs at least "
+                f"two models; it has {len(names)} ({', '.join(names) or 'none'})"
+            )
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"model names must be unique in the pool; repeated: {duplicates}")
         return pool
 
     @model_validator(mode="after")
-    def _window_fits(self) -> KarmaSettings:
+    def _consistent(self) -> KarmaSettings:
         if self.window_step_s > self.window_size_s:
             raise ValueError("window_step_s must not exceed window_size_s")
+        if self.heartbeat_interval_s >= self.session_timeout_s:
+            raise ValueError(
+                f"heartbeat_interval_s ({self.heartbeat_interval_s:g}) must be below session_timeout_s "
+                f"({self.session_timeout_s:g}): the broker would drop the worker between two heartbeats"
+            )
         return self
 
     def topic(self, stage: str) -> str:
@@ -250,11 +288,48 @@ class KarmaSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, _YamlFileSource(settings_cls))
+        return (init_settings, _StrictEnvSource(env_settings), _YamlFileSource(settings_cls))
 
 
 class ConfigError(ValueError):
     """A configuration file or value that cannot be used; the message says what and where."""
+
+
+ENV_PREFIX = "KARMA_"
+# KARMA_* variables that are not settings: the config file, the local broker's home and pom,
+# and the test suite's external broker.
+OTHER_VARIABLES = frozenset({"KARMA_CONFIG", "KARMA_HOME", "KARMA_KAFKA_POM", "KARMA_TEST_BOOTSTRAP"})
+
+
+class _StrictEnvSource(PydanticBaseSettingsSource):
+    """The KARMA_* variables, refusing one that names no setting: pydantic-settings would
+    silently ignore a misspelt top-level variable (nested ones fail as unknown keys)."""
+
+    def __init__(self, env: PydanticBaseSettingsSource) -> None:
+        super().__init__(env.settings_cls)
+        self._env = env
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        fields = set(self.settings_cls.model_fields)
+        for variable in sorted(os.environ):
+            name = variable.upper()
+            if not name.startswith(ENV_PREFIX) or name in OTHER_VARIABLES:
+                continue
+            field = name.removeprefix(ENV_PREFIX).split("__")[0].lower()
+            if field not in fields:
+                raise ConfigError(
+                    f"environment variable {variable}: no setting named {field!r}"
+                    + _did_you_mean(field, fields, lambda n: ENV_PREFIX + n.upper())
+                )
+        return self._env()
+
+
+def _did_you_mean(key: str, valid: Iterable[str], spell: Callable[[str], str] = repr) -> str:
+    close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
+    return f"; did you mean {spell(close[0])}?" if close else f"; valid: {', '.join(sorted(valid))}"
 
 
 class _YamlFileSource(PydanticBaseSettingsSource):
@@ -283,7 +358,68 @@ def read_yaml_config(path: Path) -> dict[str, Any]:
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> KarmaSettings:
-    """Settings from defaults, an optional YAML file, KARMA_* variables and explicit overrides."""
+    """Settings from defaults, an optional YAML file, KARMA_* variables and explicit overrides.
+
+    Raises ConfigError whose lines each say what is wrong and where: the file and key path, or
+    the environment variable, with the closest valid name for an unknown key."""
     if config_file is not None:
         os.environ["KARMA_CONFIG"] = str(config_file)
-    return KarmaSettings(**{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return KarmaSettings(**given)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(describe_errors(exc, given))) from None
+
+
+def describe_errors(exc: ValidationError, overrides: Mapping[str, Any] | None = None) -> list[str]:
+    """One line per problem of a KarmaSettings validation: where the value came from (the
+    environment variable, the file and key path, or the override) and what is wrong."""
+    config_file = os.environ.get("KARMA_CONFIG")
+    from_file = read_yaml_config(Path(config_file)) if config_file else {}
+    lines = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        path = _key_path(loc) or "config"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            section = _section_fields(loc[:-1])
+            key = str(loc[-1])
+            message = f"unknown key {key!r}" + _did_you_mean(key, section)
+        lines.append(f"{_origin(loc, overrides or {}, config_file, from_file)}{path}: {message}")
+    return lines
+
+
+def _origin(loc: tuple[Any, ...], overrides: Mapping[str, Any], config_file: str | None, data: Any) -> str:
+    """Where the value at `loc` came from, in the sources' order of precedence."""
+    if loc and loc[0] in overrides:
+        return ""
+    names = [str(part).upper() for part in loc if not isinstance(part, int)]
+    for depth in range(len(names), 0, -1):
+        variable = ENV_PREFIX + "__".join(names[:depth])
+        if variable in os.environ:
+            return f"environment variable {variable}: "
+    for part in loc:
+        found = part in data if isinstance(data, Mapping) else isinstance(data, list) and part < len(data)
+        if not found:
+            return ""
+        data = data[part]
+    return f"config file {config_file}: " if config_file else ""
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    """pool.0.backnd -> pool[0].backnd"""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc).lstrip(".")
+
+
+def _section_fields(loc: tuple[Any, ...]) -> set[str]:
+    """The valid keys of the configuration section at `loc` (the top level for ())."""
+    model: Any = KarmaSettings
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation
+        candidates = (annotation, *get_args(annotation))  # ModelSpec, list[ModelSpec], X | None
+        model = next((t for t in candidates if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        if model is None:
+            return set()
+    return set(model.model_fields)

@@ -46,6 +46,7 @@ async def ensure_topics(
         ]
         wanted += list(extra)
         existing = set(await admin.list_topics())
+        await _check_partitions(admin, [topic for topic in wanted if topic.name in existing])
         new = [topic for topic in wanted if topic.name not in existing]
         if new:
             # Another process may create them between our list and our create.
@@ -55,6 +56,32 @@ async def ensure_topics(
         return [topic.name for topic in new]
     finally:
         await admin.close()
+
+
+class TopicMismatchError(RuntimeError):
+    """An existing topic whose partition count is not the configured one."""
+
+
+async def _check_partitions(admin: AIOKafkaAdminClient, existing: list[NewTopic]) -> None:
+    """Refuses to run on topics partitioned otherwise than configured: a prompt's responses,
+    its verdicts and the rating stage's ticks must land on the same partition number, and a
+    table's changelog must match its stream, or state is split across workers unseen."""
+    if not existing:
+        return
+    described = {
+        t["topic"]: len(t["partitions"]) for t in await admin.describe_topics([t.name for t in existing])
+    }
+    wrong = [
+        f"{topic.name} has {described[topic.name]} partitions, the configuration {topic.num_partitions}"
+        for topic in existing
+        if described.get(topic.name) and described[topic.name] != topic.num_partitions
+    ]
+    if wrong:
+        raise TopicMismatchError(
+            "; ".join(wrong) + ". The karma topics are co-partitioned (one prompt's responses, pairs, "
+            "preferences and ticks on one partition number): set `partitions` to the topics' count, "
+            "or use a new topic_prefix/app_id"
+        )
 
 
 async def _wait_until_described(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from karma.streams.app import create_app
 from karma.streams.config import KarmaSettings
-from karma.streams.topics import all_topic_names, changelog_topics, ensure_topics
+from karma.streams.topics import TopicMismatchError, all_topic_names, changelog_topics, ensure_topics
 
 
 def test_changelogs_are_declared_as_faust_declares_them() -> None:
@@ -66,3 +67,17 @@ def test_ensure_topics_creates_them_once_and_waits_for_metadata(kafka_bootstrap:
         if name == "cleanup.policy"
     }
     assert sorted(policies.values()) == ["compact", "compact,delete", "compact,delete"]
+
+
+def test_existing_topics_partitioned_otherwise_are_refused(kafka_bootstrap: str) -> None:
+    """Co-partitioning of responses, preferences and ticks depends on one partition count."""
+    run = uuid.uuid4().hex[:8]
+    settings = KarmaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"tm{run}.", partitions=2)
+    asyncio.run(ensure_topics(settings))
+    mismatched = settings.model_copy(update={"partitions": 3})
+    with pytest.raises(TopicMismatchError) as raised:
+        asyncio.run(ensure_topics(mismatched))
+    message = str(raised.value)
+    assert f"tm{run}.responses has 2 partitions, the configuration 3" in message
+    assert "set `partitions`" in message
+    assert asyncio.run(ensure_topics(settings)) == []  # the matching configuration still starts
