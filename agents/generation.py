@@ -39,9 +39,12 @@ def to_response(prompt: Prompt, generator: Generator, generated: Generation) -> 
 def register(stage: Stage, models: list[ModelSpec]) -> None:
     settings = stage.settings
     generators = [make_generator(spec, settings) for spec in models]
+    # With one consumer group per model every group reads a bad prompt; only the group that
+    # serves the pool's first model reports it, so it is dead-lettered once, not once a model.
+    reports_bad_prompts = settings.pool[0].name in {spec.name for spec in models}
 
     async def generate_batch(events: list[Any]) -> None:
-        prompts = await stage.decode_batch(events, Prompt, STAGE)
+        prompts = await stage.decode_batch(events, Prompt, STAGE, report_errors=reports_bad_prompts)
         if not prompts:
             return
         requests = [GenerationRequest(p.prompt_id, p.text, settings.seed) for _, p in prompts]
@@ -57,6 +60,7 @@ def register(stage: Stage, models: list[ModelSpec]) -> None:
                         stage=STAGE,
                         reason=f"prompt {prompt.prompt_id}, model {generator.model}: {result.reason}",
                         error_type=result.kind,
+                        prompt_id=prompt.prompt_id,
                     )
                     continue
                 response = to_response(prompt, generator, result)

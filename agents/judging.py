@@ -113,7 +113,11 @@ def register(stage: Stage) -> None:
             error = next((r for r in (first, second) if isinstance(r, BackendError)), None)
             if error is not None:
                 await stage.dead_letter(
-                    event, stage=STAGE, reason=f"pair {pair.pair_id}: {error.reason}", error_type=error.kind
+                    event,
+                    stage=STAGE,
+                    reason=f"pair {pair.pair_id}: {error.reason}",
+                    error_type=error.kind,
+                    prompt_id=pair.prompt_id,
                 )
                 continue
             assert isinstance(first, JudgeReply) and isinstance(second, JudgeReply)

@@ -155,18 +155,17 @@ def register(stage: Stage) -> None:
         value_serializer="raw",
     )
 
-    async def finish(event: Any, prompt_id: str, entry: dict[str, Any]) -> None:
+    async def finish(prompt_id: str, entry: dict[str, Any]) -> None:
         gathered = Gathered(prompt_id, entry["prompt_text"], entry["responses"])
         if len(gathered.responses) < 2:
             only = next(iter(gathered.responses), "none")
-            await stage.dead_letter(
-                event,
+            await stage.dead_letter_prompt(
+                prompt_id,
+                entry["partition"],
                 stage=STAGE,
                 reason=f"prompt {prompt_id}: only {len(gathered.responses)} of {len(expected)} "
                 f"models answered within {settings.gather_timeout_s:g} s ({only}); nothing to pair",
                 error_type="unpaired",
-                value=None,
-                offset=-1,
             )
         chosen = make_pairs(
             gathered, profiles, rule, settings.policy, settings.kin.hybrid_weight, current.superiority
@@ -241,7 +240,7 @@ def register(stage: Stage) -> None:
                 if now - entry["done_at"] > retention_ms:
                     gather.pop(prompt_id)
             elif now - entry["first_seen"] > timeout_ms:
-                await finish(event, prompt_id, entry)
+                await finish(prompt_id, entry)
             else:
                 pending += 1
         PENDING_PROMPTS.set(pending)
@@ -270,7 +269,7 @@ def register(stage: Stage) -> None:
             "simulated": response.simulated,
         }
         if is_complete(entry["responses"], expected):
-            await finish(event, response.prompt_id, entry)
+            await finish(response.prompt_id, entry)
         else:
             gather[response.prompt_id] = entry
 

@@ -28,6 +28,7 @@ SCHEMA_FILES: dict[str, str] = {
 # Earlier versions still readable: bytes written with them keep decoding after an upgrade.
 SCHEMA_HISTORY: dict[str, tuple[str, ...]] = {
     "preference": ("preference.v1.avsc",),  # before soft_label
+    "dead_letter": ("dead_letter.v1.avsc",),  # before prompt_id
 }
 
 

@@ -9,12 +9,14 @@ that every model has exactly the fields of its schema.
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from enum import StrEnum
 from typing import Annotated, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+_ID_PATTERN = re.compile(r"[\w.:\-/]+")
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[\w.:\-/]+$")]
 
 
@@ -43,6 +45,19 @@ def prompt_id_for(text: str, source: str = "") -> str:
 
 def response_id_for(prompt_id: str, model: str, sample: int = 0) -> str:
     return "r-" + stable_id(prompt_id, model, str(sample))
+
+
+def prompt_id_of_key(key: bytes | None) -> str | None:
+    """The prompt id a message key carries (every karma topic is keyed by prompt_id), or None
+    for a key that is missing or not a valid id: a dead letter can name its prompt even when
+    the value does not decode."""
+    if not key:
+        return None
+    try:
+        text = key.decode()
+    except UnicodeDecodeError:
+        return None
+    return text if _ID_PATTERN.fullmatch(text) and len(text) <= 256 else None
 
 
 def pair_id_for(prompt_id: str, response_id_a: str, response_id_b: str) -> str:
@@ -167,6 +182,7 @@ class DeadLetter(Record):
     reason: str
     error_type: str
     stage: str
+    prompt_id: Id | None = None
     source_topic: str
     source_partition: int
     source_offset: int

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import faust
 
-from karma.schemas.models import DeadLetter, Record
+from karma.schemas.models import DeadLetter, Record, prompt_id_of_key
 from karma.streams.codecs import DecodeError, decode, encode
 from karma.streams.config import KarmaSettings, ModelSpec
 from karma.streams.lag import LagMonitor
@@ -70,15 +70,19 @@ class Stage:
             for _ in events:
                 STAGE_LATENCY.labels(stage).observe(share)
 
-    async def decode_batch(self, events: list[Any], model: type[R], stage: str) -> list[tuple[Any, R]]:
-        """Each event with its record; one that does not decode goes to the DLQ with the reason."""
+    async def decode_batch(
+        self, events: list[Any], model: type[R], stage: str, *, report_errors: bool = True
+    ) -> list[tuple[Any, R]]:
+        """Each event with its record; one that does not decode goes to the DLQ with the reason,
+        unless `report_errors` is False (another consumer group of the same topic reports it)."""
         decoded = []
         for event in events:
             MESSAGES_IN.labels(stage).inc()
             try:
                 decoded.append((event, decode(event.value, model)))
             except DecodeError as exc:
-                await self.dead_letter(event, stage=stage, reason=exc.reason, error_type=exc.kind)
+                if report_errors:
+                    await self.dead_letter(event, stage=stage, reason=exc.reason, error_type=exc.kind)
         return decoded
 
     async def dead_letter(
@@ -88,24 +92,50 @@ class Stage:
         stage: str,
         reason: str,
         error_type: str,
-        value: bytes | None = None,
-        offset: int | None = None,
+        prompt_id: str | None = None,
     ) -> None:
-        """Sends the event's raw bytes (or `value`) to the DLQ with why and where it came from."""
+        """Sends the event's raw bytes to the DLQ with why and where it came from. The letter
+        names its prompt (field and key): `prompt_id`, or else the one the message key carries."""
         message = event.message
-        letter = DeadLetter(
-            reason=reason,
-            error_type=error_type,
-            stage=stage,
-            source_topic=message.topic,
-            source_partition=message.partition,
-            source_offset=message.offset if offset is None else offset,
-            key=event.key if isinstance(event.key, bytes) else None,
-            value=event.value if value is None else value,
+        raw_key = event.key if isinstance(event.key, bytes) else None
+        await self._send_letter(
+            DeadLetter(
+                reason=reason,
+                error_type=error_type,
+                stage=stage,
+                prompt_id=prompt_id or prompt_id_of_key(raw_key),
+                source_topic=message.topic,
+                source_partition=message.partition,
+                source_offset=message.offset,
+                key=raw_key,
+                value=event.value,
+            )
         )
-        await self.topics["dlq"].send(key=event.key, value=encode(letter))
-        DEAD_LETTERS.labels(stage, error_type).inc()
-        MESSAGES_OUT.labels(stage, "dlq").inc()
+
+    async def dead_letter_prompt(
+        self, prompt_id: str, partition: int, *, stage: str, reason: str, error_type: str
+    ) -> None:
+        """A letter about a prompt that no single message caused (raised by the gather timer):
+        it points at the prompt's partition of the responses topic, offset -1, no value."""
+        await self._send_letter(
+            DeadLetter(
+                reason=reason,
+                error_type=error_type,
+                stage=stage,
+                prompt_id=prompt_id,
+                source_topic=self.names.responses,
+                source_partition=partition,
+                source_offset=-1,
+                key=prompt_id.encode(),
+                value=None,
+            )
+        )
+
+    async def _send_letter(self, letter: DeadLetter) -> None:
+        key = letter.prompt_id.encode() if letter.prompt_id else letter.key
+        await self.topics["dlq"].send(key=key, value=encode(letter))
+        DEAD_LETTERS.labels(letter.stage, letter.error_type).inc()
+        MESSAGES_OUT.labels(letter.stage, "dlq").inc()
 
 
 def app_id_for(settings: KarmaSettings, roles: Iterable[str], models: Iterable[str] = ()) -> str:

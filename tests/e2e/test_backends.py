@@ -64,6 +64,7 @@ def test_transient_errors_are_retried_and_a_prompt_that_always_fails_goes_to_the
     assert len(dead) == len(MODELS) == len(letters)
     for letter in dead:
         assert letter.stage == "generation" and poison[0].prompt_id in letter.reason
+        assert letter.prompt_id == poison[0].prompt_id  # the letter names its prompt
         assert "answered HTTP 500" in letter.reason and "(4 attempt(s))" in letter.reason
     # The worker counts each request's final outcome per model: 8 answered, 1 failed for good.
     outcomes = [
@@ -118,6 +119,8 @@ def test_a_judge_that_never_answers_in_json_sends_every_pair_to_the_dlq(
     assert len(dead) == len(expected)
     pair_ids = set(ids(pipeline.read("pairs"), "pair_id"))
     assert pair_ids == expected
+    assert {letter.prompt_id for letter in dead} == {p.prompt_id for p in prompts}
+    assert {r.key for r in letters} == {p.prompt_id.encode() for p in prompts}  # keyed by prompt
     for letter in dead:
         assert letter.stage == "judging" and letter.error_type == "verdict"
         assert "no valid verdict in 3 attempt(s)" in letter.reason

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from karma.schemas.models import DeadLetter, Preference
 from karma.streams.codecs import encode_raw
+from tests.conftest import free_ports
 from tests.e2e.conftest import ids, make_prompts
 
 
@@ -73,6 +74,7 @@ def test_bad_messages_go_to_the_dlq_and_good_ones_still_flow(pipeline_factory) -
     for letter in by_type.values():
         assert letter.stage == "generation"
         assert letter.source_topic == pipeline.settings.topic("prompts")
+        assert letter.prompt_id == "raw"  # undecodable, so named by the message key it came with
     # The DLQ records where each came from: the offsets point back at the raw messages.
     prompts_topic = {(r.partition, r.offset): r for r in pipeline.read("prompts")}
     for letter in by_type.values():
@@ -105,3 +107,40 @@ def test_sigkill_mid_stream_loses_no_prompt(pipeline_factory) -> None:  # type: 
     # Replays after the kill may repeat a message, but never with a new id.
     assert not set(ids(pipeline.read("pairs"), "pair_id")) - expected
     assert pipeline.read("dlq") == []
+
+
+def test_a_model_that_is_down_leaves_letters_that_name_each_prompt(pipeline_factory) -> None:  # type: ignore[no-untyped-def]
+    """One model answers, the other's server is down: each prompt gets a backend letter for the
+    failed model and, once the gather times out, an `unpaired` letter. Both name the prompt in
+    the field and the key; the timer's letter points at the responses partition, not a tick."""
+    down = f"http://127.0.0.1:{free_ports(1)[0]}/v1"  # nothing listens there
+    pipeline = pipeline_factory(
+        pool=[
+            {"name": "llama-2-13b-chat"},
+            {"name": "wizardlm-13b", "backend": "openai", "base_url": down, "max_retries": 0, "timeout_s": 2},
+        ],
+        gather_timeout_s=3.0,
+    )
+    prompts = make_prompts(3, tag="down")
+    pipeline.submit(prompts)
+    pipeline.start_worker()
+
+    letters = pipeline.wait_for("dlq", lambda r: len(r) >= 2 * len(prompts))
+    assert len(letters) == 2 * len(prompts)
+    partition_of = {r.record.prompt_id: r.partition for r in pipeline.read("prompts") if r.record}
+    by_type: dict[str, list[DeadLetter]] = {}
+    for received in letters:
+        letter = received.record
+        assert isinstance(letter, DeadLetter)
+        assert received.key == letter.prompt_id.encode()
+        by_type.setdefault(letter.error_type, []).append(letter)
+    assert sorted(by_type) == ["backend", "unpaired"]
+    expected_ids = sorted(p.prompt_id for p in prompts)
+    assert sorted(x.prompt_id for x in by_type["backend"]) == expected_ids
+    assert sorted(x.prompt_id for x in by_type["unpaired"]) == expected_ids
+    for letter in by_type["unpaired"]:
+        assert letter.stage == "rating" and "only 1 of 2 models answered" in letter.reason
+        assert letter.source_topic == pipeline.settings.topic("responses")
+        assert letter.source_partition == partition_of[letter.prompt_id]  # keyed alike
+        assert letter.source_offset == -1 and letter.value is None
+    assert pipeline.read("preferences") == []

@@ -32,13 +32,21 @@ def test_separate_workers_per_stage_and_model(pipeline_factory) -> None:  # type
     prompts = make_prompts(20, tag="topo")
     expected = pipeline.expected_preference_ids(prompts)
     assert len(expected) == 40
-    pipeline.submit(prompts)
+    pipeline.submit(prompts, raw={0: b"not avro at all"})
 
     received = pipeline.wait_for("preferences", lambda r: set(ids(r)) >= expected, timeout_s=150)
     assert set(ids(received)) == expected
     responses = pipeline.read("responses")
     assert len(ids(responses, "response_id")) == 20 * 3  # each model answered each prompt once
     assert {r.record.model for r in responses} == set(POOL)
+    # Three generation groups read the bad prompt; it is dead-lettered once, not once a group.
+    # (Every group has read past it: good prompts follow it on its partition, all answered.)
+    on_topic = pipeline.read("prompts")
+    bad = next(r for r in on_topic if r.record is None)
+    assert any(r.partition == bad.partition and r.offset > bad.offset for r in on_topic)
+    letters = pipeline.wait_for("dlq", lambda r: len(r) >= 1)
+    assert len(letters) == 1, [r.record for r in letters]
+    assert letters[0].record.error_type == "decode" and letters[0].record.prompt_id == "raw"
 
 
 def test_a_taken_metrics_port_is_a_clear_error(pipeline_factory) -> None:  # type: ignore[no-untyped-def]

@@ -14,6 +14,7 @@ from karma.schemas.models import (
     Prompt,
     Winner,
     pair_id_for,
+    prompt_id_of_key,
     response_id_for,
 )
 
@@ -104,3 +105,11 @@ def test_chosen_and_rejected_follow_the_winner() -> None:
 
 def test_a_tie_has_no_trl_row() -> None:
     assert _preference(Winner.TIE).to_trl() is None
+
+
+def test_a_message_key_names_its_prompt_only_when_it_is_a_valid_id() -> None:
+    assert prompt_id_of_key(b"p-0123abc") == "p-0123abc"
+    assert prompt_id_of_key(None) is None and prompt_id_of_key(b"") is None
+    assert prompt_id_of_key(b"\xff\xfe") is None  # not UTF-8
+    assert prompt_id_of_key(b"two words") is None  # not an id
+    assert prompt_id_of_key(b"x" * 257) is None  # longer than an id may be

@@ -62,6 +62,7 @@ RECORDS = [
         reason="bad",
         error_type="decode",
         stage="generation",
+        prompt_id="p-1",
         source_topic="karma.prompts",
         source_partition=2,
         source_offset=41,
