@@ -57,10 +57,14 @@ class SchemaCatalogue:
     def __init__(self) -> None:
         self._by_id: dict[int, Any] = {}
         self._id_by_name: dict[str, int] = {}
+        self._name_by_id: dict[int, str] = {}  # current and historical ids -> short name
         for name in SCHEMA_FILES:
             self._id_by_name[name] = self.register(load_avsc(name))
-        for filename in (f for files in SCHEMA_HISTORY.values() for f in files):
-            self.register(json.loads(resources.files("karma.schemas").joinpath(filename).read_text()))
+            self._name_by_id[self._id_by_name[name]] = name
+        for name, files in SCHEMA_HISTORY.items():
+            for filename in files:
+                text = resources.files("karma.schemas").joinpath(filename).read_text()
+                self._name_by_id.setdefault(self.register(json.loads(text)), name)
 
     def register(self, schema: dict[str, Any]) -> int:
         """Adds a schema (e.g. an older version, to read old bytes) and returns its id."""
@@ -79,6 +83,18 @@ class SchemaCatalogue:
 
     def current(self, name: str) -> Any:
         return self._by_id[self._id_by_name[name]]
+
+    def name_of(self, sid: int) -> str:
+        """The short name (prompt, preference, ...) of the record type a schema id was written as:
+        lets bytes of an unknown topic be decoded by their own header. A schema added with
+        `register` is named after the current schema of the same Avro full name."""
+        if sid in self._name_by_id:
+            return self._name_by_id[sid]
+        fullname = self.by_id(sid).get("name")  # raises UnknownSchemaError for an unseen id
+        for name, current_id in self._id_by_name.items():
+            if self._by_id[current_id].get("name") == fullname:
+                return name
+        raise UnknownSchemaError(f"schema id {sid} ({fullname}) is no karma record type")
 
 
 @cache

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
@@ -28,8 +28,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from karma.streams.broker import BrokerConfig, BrokerError, LocalBroker, broker_app
-from karma.streams.client import PromptProducer, TopicNotFoundError, parse_prompt_file, read_topic
+from karma.streams.client import (
+    PromptProducer,
+    Received,
+    TopicNotFoundError,
+    parse_prompt_file,
+    read_topic,
+)
 from karma.streams.config import ConfigError, KarmaSettings, load_settings
+from karma.streams.topics import TopicMismatchError
 
 T = TypeVar("T")
 
@@ -58,11 +65,8 @@ def settings_or_exit(config: Path | None, **overrides: Any) -> KarmaSettings:
     try:
         return load_settings(config, **overrides)
     except ConfigError as exc:
-        console.print(f"[red]error:[/] {exc}")
-    except ValidationError as exc:
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "config"
-            console.print(f"[red]error:[/] config {where}: {err['msg']}")
+        for line in str(exc).splitlines():
+            console.print(f"[red]error:[/] {escape(line)}")
     raise typer.Exit(2)
 
 
@@ -119,8 +123,8 @@ def worker(
     )
     try:
         run_worker(settings, roles, models, loglevel=loglevel)
-    except MetricsPortInUse as exc:
-        console.print(f"[red]error:[/] {exc}")
+    except (MetricsPortInUse, TopicMismatchError) as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
 
@@ -440,7 +444,11 @@ def judge(
 @app.command()
 def tail(
     topic: Annotated[
-        str, typer.Argument(help="prompts, responses, pairs, preferences, dlq, or a full name.")
+        str,
+        typer.Argument(
+            help="prompts, responses, pairs, preferences, dlq, ticks, or any full topic name "
+            "(another prefix's, e.g. demo-20261129-101010.preferences, or a changelog)."
+        ),
     ],
     config: ConfigOption = None,
     bootstrap: BootstrapOption = None,
@@ -448,7 +456,14 @@ def tail(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep waiting for new messages.")] = False,
     limit: Annotated[int | None, typer.Option(help="Stop after this many messages.")] = None,
 ) -> None:
-    """Print a topic's messages as JSON lines, decoded (reads without joining a group)."""
+    """Print a topic's messages as JSON lines, decoded (reads without joining a group).
+
+    Each line has topic, partition, offset, the key (text, or key_base64 when it is not UTF-8)
+    and the decoded record as "value". A full name ending in .prompts, .responses, .pairs,
+    .preferences or .dlq is read as that stage, whatever its prefix; a topic of any other name
+    is decoded by the schema id in each message. A message that does not decode shows "error"
+    instead; bytes that are not a karma record show "value_base64" and a "note" saying so.
+    """
     settings = settings_or_exit(config, bootstrap_servers=bootstrap)
 
     async def _tail() -> None:
@@ -465,20 +480,56 @@ def tail(
         run_or_exit(_tail())
 
 
-def _printable(received: Any) -> dict[str, Any]:
+def _printable(received: Received) -> dict[str, Any]:
+    """One message as a JSON-ready row; never a bare offset: the record, why it did not decode,
+    or its raw bytes."""
     row: dict[str, Any] = {
         "topic": received.topic,
         "partition": received.partition,
         "offset": received.offset,
     }
+    try:
+        row["key"] = None if received.key is None else received.key.decode()
+    except UnicodeDecodeError:  # karma keys are prompt ids; another writer's may be binary
+        row["key_base64"] = base64.b64encode(received.key).decode()
     if received.record is not None:
-        row["value"] = received.record.model_dump(mode="json")
-        for field in ("key", "value"):  # dead letters carry raw bytes
-            if isinstance(getattr(received.record, field, None), bytes):
-                row["value"][field] = base64.b64encode(getattr(received.record, field)).decode()
-    else:
+        # Dead letters carry raw bytes: base64, as JSON mode would fail on bytes that are not UTF-8.
+        raw = received.record.model_dump(mode="python")
+        binary = {name for name, value in raw.items() if isinstance(value, bytes)}
+        decoded = received.record.model_dump(mode="json", exclude=binary)
+        row["value"] = {
+            name: base64.b64encode(raw[name]).decode() if name in binary else decoded[name] for name in raw
+        }
+    elif received.typed:
         row["error"] = received.error
+    elif received.value is None:
+        row["value_base64"] = None
+        row["note"] = "the message has no value (a tombstone)"
+    else:
+        row["value_base64"] = base64.b64encode(received.value).decode()
+        row["note"] = f"not a valid karma record ({received.error}); the value is shown as base64"
     return row
+
+
+@contextlib.contextmanager
+def broker_for(bootstrap: str | None, port: int, keep: bool = False) -> Iterator[str]:
+    """The bootstrap servers to use: `bootstrap` as given, or else the local broker on `port`,
+    started if it is not answering (and then stopped afterwards, unless `keep`)."""
+    if bootstrap:
+        yield bootstrap
+        return
+    broker = LocalBroker(BrokerConfig(port=port))
+    started = False
+    if not broker.status().answering:
+        console.print("starting the local Kafka broker (the first run resolves its jars with Maven)…")
+        broker.ensure_jars(progress=lambda line: console.print(f"  {line}"))
+        broker.start(timeout=120)
+        started = True
+    try:
+        yield broker.bootstrap
+    finally:
+        if started and not keep:
+            broker.stop()
 
 
 def _progress() -> Progress:
@@ -500,54 +551,49 @@ def demo(
     output: Annotated[Path, typer.Option("--out", help="Where to write the preferences.")] = Path(
         "karma-out/preferences.jsonl"
     ),
-    port: Annotated[int, typer.Option(help="Port of the local broker.")] = 9092,
+    port: Annotated[int, typer.Option(help="Port of the local broker (without --bootstrap).")] = 9092,
+    bootstrap: BootstrapOption = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the preferences.")] = 240.0,
     keep_broker: Annotated[bool, typer.Option(help="Leave the broker running afterwards.")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """End to end on this machine: broker up, workers up, prompts in, preferences out, summary."""
+    """End to end on this machine: broker up, workers up, prompts in, preferences out, summary.
+
+    Without --bootstrap it starts the local broker on --port if none answers there (and stops it
+    afterwards unless --keep-broker)."""
     from karma.streams.demo import run_demo
 
-    broker = LocalBroker(BrokerConfig(port=port))
-    started_broker = False
     try:
-        if not broker.status().answering:
-            console.print("starting the local Kafka broker (the first run resolves its jars with Maven)…")
-            broker.ensure_jars(progress=lambda line: console.print(f"  {line}"))
-            broker.start(timeout=120)
-            started_broker = True
-        console.print(f"broker answering on {broker.bootstrap}")
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        settings = settings_or_exit(
-            config,
-            bootstrap_servers=broker.bootstrap,
-            topic_prefix=f"demo-{stamp}.",
-            app_id=f"karma-demo-{stamp}",
-            metrics_port=0,
-        )
-        # Prior competency, so the demo can predict (and check) every pair; `karma eval` and
-        # the drift test show the online competency.
-        settings = settings.model_copy(
-            update={"competency": settings.competency.model_copy(update={"online": False})}
-        )
-        prompt_lines = (
-            prompts.read_text()
-            if prompts
-            else resources.files("karma.streams").joinpath("data/sample_prompts.jsonl").read_text()
-        ).splitlines()
-        summary = run_demo(settings, prompt_lines, output, timeout, console, _progress)
-    except BrokerError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        with broker_for(bootstrap, port, keep=keep_broker) as servers:
+            console.print(f"broker answering on {servers}")
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            settings = settings_or_exit(
+                config,
+                bootstrap_servers=servers,
+                topic_prefix=f"demo-{stamp}.",
+                app_id=f"karma-demo-{stamp}",
+                metrics_port=0,
+            )
+            # Prior competency, so the demo can predict (and check) every pair; `karma eval` and
+            # the drift test show the online competency.
+            settings = settings.model_copy(
+                update={"competency": settings.competency.model_copy(update={"online": False})}
+            )
+            prompt_lines = (
+                prompts.read_text()
+                if prompts
+                else resources.files("karma.streams").joinpath("data/sample_prompts.jsonl").read_text()
+            ).splitlines()
+            summary = run_demo(settings, prompt_lines, output, timeout, console, _progress)
+    except (BrokerError, TopicMismatchError) as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
-    finally:
-        if started_broker and not keep_broker:
-            broker.stop()
     table = Table(title="KARMA demo")
     for column in ("prompts", "responses", "pairs", "preferences", "ties", "dlq"):
         table.add_column(column, justify="right")
     table.add_row(*(str(summary[c]) for c in ("prompts", "responses", "pairs", "preferences", "ties", "dlq")))
     out.print(table)
-    out.print(f"preferences written to {output} (simulated models and judge: not training data)")
+    out.print(f"preferences written to {output} (simulated responses: not training data)")
     if summary["missing"]:
         console.print(f"[red]{summary['missing']} expected preference(s) did not arrive in {timeout:g} s[/]")
         raise typer.Exit(1)
@@ -602,47 +648,39 @@ def evaluate(
     if not prompt_set:
         console.print("[red]error:[/] no usable prompt")
         raise typer.Exit(2)
-    broker = None if bootstrap else LocalBroker(BrokerConfig(port=port))
-    started_broker = False
     try:
-        if broker is not None and not broker.status().answering:
-            console.print("starting the local Kafka broker (the first run resolves its jars with Maven)…")
-            broker.ensure_jars(progress=lambda line: console.print(f"  {line}"))
-            broker.start(timeout=120)
-            started_broker = True
-        settings = settings_or_exit(
-            config, bootstrap_servers=bootstrap or (broker.bootstrap if broker else None), metrics_port=0
-        )
-        try:
-            settings = eval_pool(settings, pool.value)
-        except ProfileError as exc:
-            console.print(f"[red]error:[/] {exc}")
-            raise typer.Exit(2) from None
-        console.print(
-            f"karma eval: {len(prompt_set)} prompts x {len(settings.pool)} models ({pool.value}), "
-            f"policies {', '.join(chosen)}, broker {settings.bootstrap_servers}"
-        )
-        info = {"prompt_source": str(prompts or "bundled sample_prompts.jsonl"), "pool_source": pool.value}
-        result = run_eval(
-            settings,
-            chosen,
-            prompt_set,
-            out_dir,
-            timeout_s=timeout,
-            console=console,
-            progress=_progress,
-            info=info,
-        )
-    except (BrokerError, EvalError) as exc:
-        console.print(f"[red]error:[/] {exc}")
+        with broker_for(bootstrap, port) as servers:
+            settings = settings_or_exit(config, bootstrap_servers=servers, metrics_port=0)
+            try:
+                settings = eval_pool(settings, pool.value)
+            except ProfileError as exc:
+                console.print(f"[red]error:[/] {exc}")
+                raise typer.Exit(2) from None
+            console.print(
+                f"karma eval: {len(prompt_set)} prompts x {len(settings.pool)} models ({pool.value}), "
+                f"policies {', '.join(chosen)}, broker {settings.bootstrap_servers}"
+            )
+            info = {
+                "prompt_source": str(prompts or "bundled sample_prompts.jsonl"),
+                "pool_source": pool.value,
+            }
+            result = run_eval(
+                settings,
+                chosen,
+                prompt_set,
+                out_dir,
+                timeout_s=timeout,
+                console=console,
+                progress=_progress,
+                info=info,
+            )
+    except (BrokerError, EvalError, TopicMismatchError) as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     except (KafkaError, TimeoutError) as exc:
         where = bootstrap or f"127.0.0.1:{port}"
         console.print(f"[red]error:[/] Kafka: {exc or 'timed out'} (is the broker at {where} up?)")
         raise typer.Exit(1) from None
-    finally:
-        if started_broker and broker is not None:
-            broker.stop()
     out.print(summary_table(result.summaries, title=f"karma eval ({result.seconds:.0f} s)"))
     out.print(f"report: {result.paths['report_md']} (and report.json, gap_distribution.png, quality.png)")
 
@@ -755,10 +793,110 @@ def settings_env(settings: KarmaSettings) -> dict[str, str]:
     }
 
 
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+    critical = "critical"
+
+
+DEFAULT_LOG_FILE = Path("karma-out/karma.log")
+_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The handlers set_up_logging installed, so that a second call (CliRunner in tests) replaces them.
+_installed_handlers: list[logging.Handler] = []
+
+
+class _LazyFileHandler(logging.FileHandler):
+    """A FileHandler (delay=True) that also makes its folder at the first record, so a run that
+    logs nothing leaves nothing behind; a file it cannot write is one line on stderr, once."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, delay=True, encoding="utf-8")
+        self._failed = False
+
+    def _open(self) -> Any:
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        if not self._failed:
+            self._failed = True
+            reason = sys.exc_info()[1]
+            print(f"karma: cannot write the log file {self.baseFilename}: {reason}", file=sys.stderr)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time (as logging's last resort does), so a handler
+    left from a CliRunner invocation never writes to that runner's closed stream."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def set_up_logging(loglevel: str | None, log_file: Path | None) -> None:
+    """Routes library log records (aiokafka, faust, mode, asyncio, ...) away from the terminal.
+
+    They go to `log_file` at WARNING and above (and at `loglevel` if lower), and to stderr only
+    at `loglevel` and above when it is given. Installed on the root logger, so without it
+    Python's last-resort handler would print aiokafka's retried, harmless errors (e.g.
+    NotLeaderForPartition on a topic created a moment ago) between the CLI's own lines. A faust
+    worker replaces the root handlers with its own at start-up: `worker --loglevel` governs it.
+    """
+    root = logging.getLogger()
+    for handler in _installed_handlers:
+        root.removeHandler(handler)
+        handler.close()
+    _installed_handlers.clear()
+    terminal = logging.getLevelNamesMapping()[loglevel.upper()] if loglevel else None
+    formatter = logging.Formatter(_LOG_FORMAT)
+    levels = []
+    if log_file is not None:
+        file_level = min(logging.WARNING, terminal if terminal is not None else logging.WARNING)
+        _installed_handlers.append(_LazyFileHandler(log_file))
+        _installed_handlers[-1].setLevel(file_level)
+        levels.append(file_level)
+    if terminal is not None:
+        _installed_handlers.append(_StderrHandler())
+        _installed_handlers[-1].setLevel(terminal)
+        levels.append(terminal)
+    if not _installed_handlers:
+        # Neither file nor terminal: a handler that drops everything keeps the last resort quiet.
+        _installed_handlers.append(logging.NullHandler())
+    for handler in _installed_handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(min(levels, default=logging.WARNING))
+
+
+@app.callback()
+def _global_options(
+    loglevel: Annotated[
+        LogLevel | None,
+        typer.Option(
+            "--loglevel",
+            case_sensitive=False,
+            help="Also show library log lines (aiokafka, faust, ...) of this level and above on stderr. "
+            "(`worker`/`run` have their own --loglevel, for the faust worker's log.)",
+        ),
+    ] = None,
+    log_file: Annotated[
+        Path,
+        typer.Option(
+            "--log-file",
+            help="Where library log lines of WARNING and above go (created only when one is logged).",
+        ),
+    ] = DEFAULT_LOG_FILE,
+) -> None:
+    set_up_logging(loglevel.value if loglevel else None, log_file)
+
+
 def main() -> None:
-    # aiokafka logs retried, harmless produce errors (a new topic's leader being elected) as
-    # warnings; the CLI reports real failures itself.
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
     app()
 
 

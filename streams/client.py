@@ -29,9 +29,9 @@ from karma.schemas.models import (
     Response,
     prompt_id_for,
 )
-from karma.streams.codecs import DecodeError, decode, encode
+from karma.streams.codecs import DecodeError, decode, decode_any, encode
 from karma.streams.config import KarmaSettings
-from karma.streams.topics import STAGES
+from karma.streams.topics import STAGES, TICKS
 
 RECORD_OF_STAGE: dict[str, type[Record]] = {
     "prompts": Prompt,
@@ -40,6 +40,9 @@ RECORD_OF_STAGE: dict[str, type[Record]] = {
     "preferences": Preference,
     "dlq": DeadLetter,
 }
+# Short names `read_topic` accepts, and the topic each stands for under the prefix. `ticks` is
+# the rating stage's internal clock: raw bytes, no record type.
+SHORT_NAMES: dict[str, str] = {**{stage: stage for stage in STAGES}, "ticks": TICKS}
 
 
 class PromptProducer:
@@ -85,7 +88,7 @@ class PromptProducer:
 
 @dataclass(frozen=True)
 class Received:
-    """A message read from a karma topic: the decoded record, or why it did not decode."""
+    """A message read from a topic: the decoded record, or why it did not decode."""
 
     topic: str
     partition: int
@@ -94,15 +97,24 @@ class Received:
     record: Record | None
     error: str | None = None
     timestamp_ms: int | None = None  # the broker's record timestamp (producer create time)
+    value: bytes | None = None  # the raw value, for a caller that shows what did not decode
+    # True when the topic's name says which record type it carries; False when the record type
+    # came from the bytes' schema id (or, with `error` set, the bytes are not a karma record).
+    typed: bool = True
 
 
 def topic_name(settings: KarmaSettings, topic: str) -> tuple[str, type[Record] | None]:
-    """Accepts a stage name (prompts, ..., dlq) or a full topic name."""
-    if topic in STAGES:
-        return settings.topic(topic), RECORD_OF_STAGE[topic]
-    for stage in STAGES:
-        if topic == settings.topic(stage):
-            return topic, RECORD_OF_STAGE[stage]
+    """The full name of a topic and the record type its messages should be (None: not known).
+
+    Accepts a short name (prompts, responses, pairs, preferences, dlq, ticks), a full name with
+    the configured prefix, or any full name ending in `.<stage>`: another run's topics, such as
+    `demo-20261129-101010.preferences` from `karma demo` or `eval-<stamp>-kin.pairs`.
+    """
+    if topic in SHORT_NAMES:
+        topic = settings.topic(SHORT_NAMES[topic])
+    for short, stage in SHORT_NAMES.items():
+        if topic == settings.topic(stage) or topic.endswith(f".{stage}"):
+            return topic, RECORD_OF_STAGE.get(short)
     return topic, None
 
 
@@ -116,6 +128,10 @@ async def read_topic(
     since_ms: int | None = None,
 ) -> AsyncIterator[Received]:
     """Reads a topic without joining a consumer group (nothing is committed).
+
+    `topic` is anything `topic_name` accepts. Messages of a topic of no known record type are
+    decoded by their schema id where they are karma Avro; otherwise `record` is None and
+    `value` holds the bytes.
 
     until_end stops at the end offsets seen when reading began; idle_timeout_s stops after that
     long without a new message; since_ms starts each partition at its first message with a
@@ -173,12 +189,22 @@ async def list_topics(settings: KarmaSettings) -> set[str]:
 
 def _received(msg: Any, model: type[Record] | None) -> Received:
     record, error = None, None
-    if model is not None:
-        try:
-            record = decode(msg.value, model)
-        except DecodeError as exc:
-            error = exc.reason
-    return Received(msg.topic, msg.partition, msg.offset, msg.key, record, error, msg.timestamp)
+    try:
+        # No expected type: the bytes may still be karma Avro, which names its schema.
+        record = decode(msg.value, model) if model is not None else decode_any(msg.value)
+    except DecodeError as exc:
+        error = exc.reason
+    return Received(
+        msg.topic,
+        msg.partition,
+        msg.offset,
+        msg.key,
+        record,
+        error,
+        msg.timestamp,
+        value=msg.value,
+        typed=model is not None,
+    )
 
 
 def parse_prompt_line(line: str, source: str) -> Prompt:

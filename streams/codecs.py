@@ -3,8 +3,9 @@ schema id, then the schemaless Avro body (fastavro).
 
 `encode` writes a pydantic record with its current schema; `decode` reads any registered
 writer schema and resolves it to the current reader schema (BACKWARD evolution), then
-validates the result with the pydantic model. Both raise `DecodeError` with a reason that
-is fit for the dead-letter topic.
+validates the result with the pydantic model. `decode_any` does the same for bytes of no
+expected type, choosing the model by the schema id in the header. All raise `DecodeError`
+with a reason that is fit for the dead-letter topic.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from fastavro import schemaless_reader, schemaless_writer
 from pydantic import ValidationError
 
 from karma.schemas.catalogue import SchemaCatalogue, UnknownSchemaError, default_catalogue
-from karma.schemas.models import Record
+from karma.schemas.models import RECORD_TYPES, Record
 
 MAGIC_BYTE = 0
 _HEADER = struct.Struct(">bI")
@@ -46,13 +47,8 @@ def encode(record: Record, catalogue: SchemaCatalogue | None = None) -> bytes:
     return encode_raw(record.model_dump(mode="python"), record.schema_name, catalogue)
 
 
-def decode_raw(
-    data: bytes | None,
-    reader_schema: Any,
-    catalogue: SchemaCatalogue | None = None,
-) -> dict[str, Any]:
-    """Avro-decodes framed bytes written with any catalogued schema into `reader_schema`."""
-    cat = catalogue or default_catalogue()
+def _schema_id_of(data: bytes | None) -> int:
+    """The schema id in the header of framed bytes; DecodeError when there is no such header."""
     if not data:
         raise DecodeError("empty message value")
     if len(data) < _HEADER.size:
@@ -60,6 +56,17 @@ def decode_raw(
     magic, sid = _HEADER.unpack_from(data)
     if magic != MAGIC_BYTE:
         raise DecodeError(f"magic byte is {magic}, expected {MAGIC_BYTE} (not Confluent-framed Avro)")
+    return int(sid)
+
+
+def decode_raw(
+    data: bytes | None,
+    reader_schema: Any,
+    catalogue: SchemaCatalogue | None = None,
+) -> dict[str, Any]:
+    """Avro-decodes framed bytes written with any catalogued schema into `reader_schema`."""
+    cat = catalogue or default_catalogue()
+    sid = _schema_id_of(data)
     try:
         writer_schema = cat.by_id(sid)
     except UnknownSchemaError as exc:
@@ -84,3 +91,19 @@ def decode(data: bytes | None, model: type[R], catalogue: SchemaCatalogue | None
             f"{'.'.join(str(p) for p in err['loc']) or model.__name__}: {err['msg']}" for err in exc.errors()
         )
         raise DecodeError(f"invalid {model.__name__}: {problems}", kind="validation") from None
+
+
+def decode_any(data: bytes | None, catalogue: SchemaCatalogue | None = None) -> Record:
+    """Decodes bytes of any karma record type, found by the schema id in their header (current
+    or historical schema): for a topic whose name says nothing, e.g. another tool's or an
+    internal one. DecodeError when the bytes are not karma Avro, or not a valid record."""
+    cat = catalogue or default_catalogue()
+    sid = _schema_id_of(data)
+    try:
+        name = cat.name_of(sid)
+    except UnknownSchemaError as exc:
+        raise DecodeError(str(exc.args[0])) from None
+    model = RECORD_TYPES.get(name)
+    if model is None:  # a catalogued schema without a pydantic model: nothing to validate with
+        raise DecodeError(f"schema id {sid} is the {name!r} schema, which has no record type")
+    return decode(data, model, cat)

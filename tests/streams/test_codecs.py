@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from fastavro import parse_schema, schemaless_writer
 
-from karma.schemas.catalogue import SCHEMA_HISTORY, SchemaCatalogue, load_avsc, schema_id
+from karma.schemas.catalogue import SCHEMA_HISTORY, SchemaCatalogue, UnknownSchemaError, load_avsc, schema_id
 from karma.schemas.models import Candidate, DeadLetter, KinPair, Preference, Prompt, Response, Winner
-from karma.streams.codecs import DecodeError, decode, decode_raw, encode, encode_raw
+from karma.streams.codecs import DecodeError, decode, decode_any, decode_raw, encode, encode_raw
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 CANDIDATE = Candidate(response_id="r-1", model="m1", text="hello", superiority=0.4, simulated=True)
@@ -162,3 +162,74 @@ def test_preferences_written_before_soft_label_still_decode() -> None:
     data = struct.pack(">bI", 0, schema_id(v1)) + body.getvalue()
     decoded = decode(data, Preference)
     assert decoded.soft_label is None and decoded.preference_id == record["preference_id"]
+
+
+def test_dead_letters_written_before_prompt_id_still_decode() -> None:
+    """Version 1 of the dead-letter schema is in the catalogue: its letters read as prompt_id None."""
+    v1 = json.loads((SCHEMAS / SCHEMA_HISTORY["dead_letter"][0]).read_text())
+    assert "prompt_id" not in {f["name"] for f in v1["fields"]}
+    letter = next(r for r in RECORDS if isinstance(r, DeadLetter))
+    record = letter.model_dump(mode="python")
+    del record["prompt_id"]
+    body = io.BytesIO()
+    schemaless_writer(body, parse_schema(v1), record)
+    decoded = decode(struct.pack(">bI", 0, schema_id(v1)) + body.getvalue(), DeadLetter)
+    assert decoded.prompt_id is None and decoded.value == letter.value and decoded.reason == "bad"
+
+
+@pytest.mark.parametrize("record", RECORDS, ids=lambda r: type(r).__name__)
+def test_decode_any_finds_the_record_type_by_schema_id(record) -> None:  # type: ignore[no-untyped-def]
+    decoded = decode_any(encode(record))
+    assert type(decoded) is type(record) and decoded == record
+
+
+def test_catalogue_names_current_and_historical_schema_ids() -> None:
+    catalogue = SchemaCatalogue()
+    for name in ("prompt", "response", "kin_pair", "preference", "dead_letter"):
+        assert catalogue.name_of(catalogue.id_of(name)) == name
+    for name, files in SCHEMA_HISTORY.items():
+        for filename in files:
+            assert catalogue.name_of(schema_id(json.loads((SCHEMAS / filename).read_text()))) == name
+    # A version registered later is named by its Avro full name.
+    newer = copy.deepcopy(load_avsc("prompt"))
+    newer["fields"].append({"name": "priority", "type": "int", "default": 5})
+    assert catalogue.name_of(catalogue.register(newer)) == "prompt"
+    with pytest.raises(UnknownSchemaError):
+        catalogue.name_of(1)
+
+
+def test_decode_any_reads_bytes_of_a_historical_schema() -> None:
+    v1 = json.loads((SCHEMAS / SCHEMA_HISTORY["preference"][0]).read_text())
+    preference = next(r for r in RECORDS if isinstance(r, Preference))
+    record = preference.model_dump(mode="python")
+    del record["soft_label"]
+    body = io.BytesIO()
+    schemaless_writer(body, parse_schema(v1), record)
+    decoded = decode_any(struct.pack(">bI", 0, schema_id(v1)) + body.getvalue())
+    assert isinstance(decoded, Preference) and decoded.soft_label is None
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (None, "empty"),
+        (b"tick", "shorter than the 5-byte header"),
+        (b'{"json": "text"}', "magic byte is 123"),
+        (b"\x00\x00\x00\x00\x01body", "not in the local catalogue"),
+    ],
+)
+def test_decode_any_of_bytes_that_are_not_karma_avro_is_a_decode_error(
+    data: bytes | None, reason: str
+) -> None:
+    with pytest.raises(DecodeError, match=reason) as info:
+        decode_any(data)
+    assert info.value.kind == "decode"
+
+
+def test_decode_any_validates_like_decode() -> None:
+    data = encode_raw(
+        {"prompt_id": "p-1", "text": " ", "source": "t", "created_at_ms": 1, "metadata": {}}, "prompt"
+    )
+    with pytest.raises(DecodeError, match="invalid Prompt") as info:
+        decode_any(data)
+    assert info.value.kind == "validation"
