@@ -9,7 +9,8 @@ Backends (chosen per model in the pool config, and for the judge):
 - `simulated`: the seeded stand-ins of agents/simulated.py;
 - `openai`: any OpenAI-compatible server (agents/openai_backend.py);
 - `vllm`: vLLM's AsyncLLM in the worker (agents/vllm_backend.py; needs a GPU and `pip install vllm`);
-- `transformers`: a local checkpoint (agents/transformers_backend.py; needs torch).
+- `transformers`: a local checkpoint (agents/transformers_backend.py; needs torch);
+- `zebra` (judge only): no model, the response of the more superior model wins (agents/zebra.py).
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class JudgeRequest:
     first_model: str  # only the simulated judge looks at these
     second_model: str
     seed: int = 0
+    # Only zebra reads these (the models' superiority as the rating stage saw it); they stay out
+    # of `tag`, so an LLM judge's prompt is the same with or without them.
+    first_superiority: float | None = None
+    second_superiority: float | None = None
 
     @property
     def tag(self) -> str:
@@ -231,4 +236,8 @@ def make_judge(settings: KarmaSettings) -> Judge:
         from karma.agents.transformers_backend import TransformersJudge
 
         return TransformersJudge(judge)
+    if judge.backend == "zebra":
+        from karma.agents.zebra import ZebraJudge
+
+        return ZebraJudge()
     raise BackendError(f"backend {judge.backend!r} is not available for judging")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from karma.agents.kinship import KinRule, Profiles
-from karma.schemas.models import Winner
+from karma.schemas.models import Preference, Winner
 
 RIDGE = 0.1  # prior precision per model in log-odds units: a standard deviation of ~3.2 `scale`s
 MAX_ITERATIONS = 100
@@ -48,6 +48,19 @@ def score_of_first(key: tuple[str, str], model_a: str, winner: Winner) -> float:
     """The score of key[0] in a verdict between response A (from `model_a`) and response B."""
     score_a = {Winner.A: 1.0, Winner.B: 0.0, Winner.TIE: 0.5}[winner]
     return score_a if key[0] == model_a else 1.0 - score_a
+
+
+# Labellers that read the models' superiority instead of the answers (agents/zebra.py): their
+# verdicts restate the current order, so counting them as evidence would only widen its gaps.
+RULE_LABELLERS = frozenset({"zebra"})
+
+
+def is_evidence(preference: Preference) -> bool:
+    """Whether a verdict tells anything about the models' competency: it must compare two
+    different models and come from a judge that read the answers."""
+    return (
+        preference.response_a.model != preference.response_b.model and preference.judge not in RULE_LABELLERS
+    )
 
 
 def tally(verdicts: Iterable[tuple[str, str, Winner]]) -> dict[tuple[str, str], Tally]:

@@ -15,7 +15,7 @@ from karma.agents.judge_prompt import RawVerdict
 from karma.agents.kinship import load_profiles
 from karma.agents.simulated import SimulatedJudge
 from karma.agents.verdicts import resolve, unswap
-from karma.schemas.models import KinPair, Preference, Winner
+from karma.schemas.models import Candidate, KinPair, Preference, Winner
 from karma.streams.app import Stage
 from karma.streams.codecs import encode
 from karma.streams.config import KarmaSettings
@@ -41,12 +41,24 @@ def build_judge(settings: KarmaSettings) -> SimulatedJudge:
 
 
 def requests_for(pair: KinPair, seed: int = 0) -> tuple[JudgeRequest, JudgeRequest]:
-    """Both passes of a pair: A shown first, then B shown first."""
+    """Both passes of a pair: A shown first, then B shown first. Each carries the superiority of
+    the model shown first and second (swapped with the answers), for the zebra judge."""
     a, b = pair.response_a, pair.response_b
-    return (
-        JudgeRequest(pair.pair_id, pair.prompt_text, a.text, b.text, a.model, b.model, seed),
-        JudgeRequest(pair.pair_id, pair.prompt_text, b.text, a.text, b.model, a.model, seed),
-    )
+
+    def shown(first: Candidate, second: Candidate) -> JudgeRequest:
+        return JudgeRequest(
+            pair.pair_id,
+            pair.prompt_text,
+            first.text,
+            second.text,
+            first.model,
+            second.model,
+            seed,
+            first_superiority=first.superiority,
+            second_superiority=second.superiority,
+        )
+
+    return shown(a, b), shown(b, a)
 
 
 def _winner(verdict: RawVerdict) -> Winner:
@@ -58,6 +70,9 @@ def resolve_pair(pair: KinPair, first: JudgeReply, second: JudgeReply, judge_nam
     verdict_ab, verdict_ba = _winner(first.verdict), unswap(_winner(second.verdict))
     resolution = resolve(verdict_ab, verdict_ba)
     confidence = (first.verdict.confidence + second.verdict.confidence) / 2 if resolution.consistent else 0.5
+    # Simulated data when the judge or either response is: a real judge (or the zebra rule) on
+    # simulated answers does not make them training data.
+    simulated = any((first.simulated, second.simulated, pair.response_a.simulated, pair.response_b.simulated))
     return Preference(
         preference_id=pair.pair_id,
         pair_id=pair.pair_id,
@@ -71,7 +86,7 @@ def resolve_pair(pair: KinPair, first: JudgeReply, second: JudgeReply, judge_nam
         verdict_ba=verdict_ba,
         confidence=confidence,
         judge=judge_name,
-        simulated=first.simulated or second.simulated,
+        simulated=simulated,
         policy=pair.policy,
         gap=pair.gap,
         soft_label=soft_label_of(first.p_first, second.p_first),

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from karma.agents.competency import Tally, assess, pair_key, score_of_first
+from karma.agents.competency import Tally, assess, is_evidence, pair_key, score_of_first
 from karma.agents.kinship import KinRule, Profiles, Scored, load_profiles
 from karma.agents.policies import Policy, select_pairs
 from karma.schemas.models import Candidate, KinPair, Preference, Response, pair_id_for
@@ -217,9 +217,9 @@ def register(stage: Stage) -> None:
                 DUPLICATES.labels(STAGE).inc()  # a replayed verdict: its evidence is already in
                 return
             gather[preference.prompt_id] = {**entry, "judged": [*judged, preference.preference_id]}
-        a, b = preference.response_a.model, preference.response_b.model
-        if a == b:
+        if not is_evidence(preference):
             return
+        a, b = preference.response_a.model, preference.response_b.model
         key = pair_key(a, b)
         stem = f"{key[0]}|{key[1]}@{event.message.partition}"
         competency[f"{stem}:n"] += 1.0

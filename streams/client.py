@@ -19,7 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import ValidationError
 
-from karma.agents.competency import Tally, tally, window_of
+from karma.agents.competency import Tally, is_evidence, tally, window_of
 from karma.schemas.models import (
     DeadLetter,
     KinPair,
@@ -257,8 +257,8 @@ async def window_verdicts(settings: KarmaSettings, now_s: float | None = None) -
     verdicts = []
     async for received in read_topic(settings, "preferences", until_end=True, since_ms=int(start * 1000)):
         record = received.record
-        if not isinstance(record, Preference) or record.preference_id in seen:
-            continue
+        if not isinstance(record, Preference) or record.preference_id in seen or not is_evidence(record):
+            continue  # as the rating stage: each verdict once, and only one that read the answers
         if received.timestamp_ms is None or not start * 1000 <= received.timestamp_ms < end * 1000:
             continue
         seen.add(record.preference_id)

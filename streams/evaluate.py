@@ -8,6 +8,10 @@ pipeline has *drained*. How many pairs a policy yields cannot be predicted (onli
 moves superiority as verdicts arrive), so draining is measured: every response is on the
 responses topic, the worker's group has committed everything on the responses and pairs topics,
 and every pair has its preference.
+
+Beside the configured judge, every policy's preferences are also labelled by ZEBRA (agents/zebra.py:
+the more superior model's response wins), from the superiorities the preferences already carry,
+so the two labellers are compared on the same pairs without another run.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 
 from karma.agents.policies import POLICIES
+from karma.agents.zebra import zebra_winner
 from karma.schemas.models import Preference, Prompt, Winner
 from karma.streams.client import RECORD_OF_STAGE, PromptProducer, parse_prompt_file, read_topic
 from karma.streams.codecs import DecodeError, decode
@@ -78,6 +83,13 @@ class PolicySummary(BaseModel):
     label_accuracy: float | None  # share of decidable labels that chose the truly better model
     label_accuracy_n: int  # how many labels label_accuracy is computed over
     quality_gap_mean: float | None  # mean |latent quality difference| of the pairs
+    # ZEBRA (the more superior model wins) on the same pairs, from the superiorities they carry:
+    zebra_agreement: float | None = None  # share of zebra's labels that match the judge's...
+    zebra_agreement_n: int = 0  # ...over the pairs both labelled (judge not a tie, zebra not a tie)
+    zebra_ties: int = 0  # pairs of two equally superior models: zebra has no label
+    zebra_tie_rate: float | None = None
+    zebra_accuracy: float | None = None  # as label_accuracy, for zebra's labels
+    zebra_accuracy_n: int = 0
     seconds: float | None = None  # wall time of this policy's run
     dlq: int = 0  # dead letters of this policy's run
     topic_prefix: str | None = None  # where its records stay, for `karma tail`
@@ -100,17 +112,16 @@ def summarise(
     n = len(unique)
     gaps = sorted(p.gap for p in unique)
     labelled = [p for p in unique if p.winner is not Winner.TIE]
+    # The same preferences as zebra labels them; a non-finite superiority gets no zebra label at all.
+    relabelled = [(p, z) for p in unique if (z := zebra_label(p)) is not None]
+    zebra_labelled = [z for _, z in relabelled if z.winner is not Winner.TIE]
+    both = [p.winner is z.winner for p, z in relabelled if Winner.TIE not in (p.winner, z.winner)]
+    zebra_ties = len(relabelled) - len(zebra_labelled)
     accuracy, decidable, quality_gap = None, 0, None
+    zebra_accuracy, zebra_decidable = None, 0
     if quality is not None:
-        right = 0
-        for p in labelled:
-            chosen, rejected = p.chosen, p.rejected
-            assert chosen is not None and rejected is not None  # not a tie
-            difference = quality(chosen.model) - quality(rejected.model)
-            if abs(difference) > QUALITY_EPSILON:
-                decidable += 1
-                right += difference > 0
-        accuracy = right / decidable if decidable else None
+        accuracy, decidable = label_accuracy(labelled, quality)
+        zebra_accuracy, zebra_decidable = label_accuracy(zebra_labelled, quality)
         if unique:
             quality_gap = statistics.fmean(
                 abs(quality(p.response_a.model) - quality(p.response_b.model)) for p in unique
@@ -133,9 +144,42 @@ def summarise(
         label_accuracy=accuracy,
         label_accuracy_n=decidable,
         quality_gap_mean=quality_gap,
+        zebra_agreement=sum(both) / len(both) if both else None,
+        zebra_agreement_n=len(both),
+        zebra_ties=zebra_ties,
+        zebra_tie_rate=zebra_ties / len(relabelled) if relabelled else None,
+        zebra_accuracy=zebra_accuracy,
+        zebra_accuracy_n=zebra_decidable,
         gaps=gaps,
         **extra,
     )
+
+
+def label_accuracy(
+    labelled: Iterable[Preference], quality: Callable[[str], float]
+) -> tuple[float | None, int]:
+    """Among non-tie preferences of two models of different latent quality, the share that chose
+    the better model, and how many there were (None when there were none)."""
+    right = decidable = 0
+    for p in labelled:
+        chosen, rejected = p.chosen, p.rejected
+        assert chosen is not None and rejected is not None  # not a tie
+        difference = quality(chosen.model) - quality(rejected.model)
+        if abs(difference) > QUALITY_EPSILON:
+            decidable += 1
+            right += difference > 0
+    return (right / decidable if decidable else None), decidable
+
+
+def zebra_label(p: Preference) -> Preference | None:
+    """The preference as ZEBRA would have labelled it, from the superiority each candidate carries
+    (what the rating stage used when pairing); None when a superiority is not a finite number."""
+    try:
+        shown = zebra_winner(p.response_a.superiority, p.response_b.superiority)
+    except ValueError:
+        return None
+    winner = {"A": Winner.A, "B": Winner.B, "tie": Winner.TIE}[shown]
+    return p.model_copy(update={"winner": winner, "judge": "zebra"})
 
 
 def percentile(ordered: Sequence[float], q: float) -> float | None:
@@ -214,12 +258,17 @@ COLUMNS = (
     "tie rate",
     "label accuracy (n)",
     "quality gap",
+    "zebra agreement (n)",
+    "zebra ties",
+    "zebra accuracy (n)",
 )
 
 
 def summary_row(s: PolicySummary) -> list[str]:
     """One policy's figures as the strings of the Markdown and terminal tables."""
     accuracy = "n/a" if s.label_accuracy is None else f"{_pct(s.label_accuracy)} ({s.label_accuracy_n})"
+    agreement = "n/a" if s.zebra_agreement is None else f"{_pct(s.zebra_agreement)} ({s.zebra_agreement_n})"
+    zebra_accuracy = "n/a" if s.zebra_accuracy is None else f"{_pct(s.zebra_accuracy)} ({s.zebra_accuracy_n})"
     spread = "n/a" if s.gap_p10 is None else f"{s.gap_p10:.3f}-{_fmt(s.gap_p90)}"
     return [
         s.policy,
@@ -233,20 +282,34 @@ def summary_row(s: PolicySummary) -> list[str]:
         _pct(s.tie_rate),
         accuracy,
         _fmt(s.quality_gap_mean),
+        agreement,
+        "n/a" if s.zebra_tie_rate is None else f"{s.zebra_ties} ({_pct(s.zebra_tie_rate)})",
+        zebra_accuracy,
     ]
 
 
 def summary_table(summaries: Sequence[PolicySummary], title: str = "karma eval") -> Table:
-    """The headline figures, narrow enough for an 80-column terminal (report.md has them all)."""
+    """The headline figures (report.md has them all); below about 92 columns, rich wraps cells."""
     table = Table(
-        title=title, caption="pairs and labelled (non-tie) pairs per prompt; all figures: report.md"
+        title=title,
+        caption="pairs and labelled (non-tie) pairs per prompt; zebra: how often zebra (the more "
+        "superior model wins) agrees with the judge, where both give a label; all figures: report.md",
     )
-    columns = ("policy", "pairs", "labelled", "gap median", "consistent", "ties", "accuracy (n)")
+    columns = (
+        "policy",
+        "pairs",
+        "labelled",
+        "gap median",
+        "consistent",
+        "ties",
+        "accuracy (n)",
+        "zebra (n)",
+    )
     for i, column in enumerate(columns):
         table.add_column(column, justify="left" if i == 0 else "right")
     for s in summaries:
         row = summary_row(s)
-        table.add_row(s.policy, row[1], row[3], row[5], row[7], row[8], row[9])
+        table.add_row(s.policy, row[1], row[3], row[5], row[7], row[8], row[9], row[11])
     return table
 
 
@@ -286,6 +349,17 @@ def _markdown(
         "- **label accuracy**: among non-tie labels of two models of different latent quality, "
         "the share that chose the model of higher latent quality (n labels); **quality gap**: "
         "mean latent-quality difference of the pairs. Only the simulator has a ground truth.",
+        "- **zebra**: the same pairs labelled by ZEBRA (the response of the model with the higher "
+        "superiority, as the pair carries it, wins; equal superiority is a tie). **zebra agreement**: "
+        "among pairs that both the judge and zebra labelled (neither a tie), the share where they "
+        "chose the same response (n pairs); **zebra ties**: pairs zebra cannot label (count and "
+        "share); **zebra accuracy**: as label accuracy, for zebra's labels. High agreement means the "
+        "judge mostly reproduces the competency ranking on these pairs (zebra would have given "
+        "nearly the same labels for free); low agreement means it often prefers the weaker model's "
+        "answer, a per-prompt judgement zebra cannot make, or noise: only accuracy against a ground "
+        "truth tells which. Where latent quality is the prior superiority (the simulator's default), "
+        "zebra reads the ground truth itself: its accuracy is 100% unless online competency has "
+        "reordered the models, which is no evidence for zebra.",
         "",
         *(
             [

@@ -9,9 +9,10 @@ from faust.windows import HoppingWindow
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from karma.agents.competency import Tally, assess, fit_bradley_terry, kin_of, tally, window_of
+from karma.agents.competency import Tally, assess, fit_bradley_terry, is_evidence, kin_of, tally, window_of
 from karma.agents.kinship import KinRule, Profiles, load_profiles
-from karma.schemas.models import Winner
+from karma.agents.zebra import ZebraJudge
+from karma.schemas.models import Candidate, Preference, Winner
 
 SCALE = 0.1
 
@@ -126,3 +127,35 @@ def test_the_window_is_fausts_oldest_hopping_window_holding_now(now: float, size
     start, end = window_of(now, size, step)
     assert start <= now < end and end - start == size
     assert (start, start + size - 0.1) == HoppingWindow(size, step).earliest(now)
+
+
+def _verdict(model_a: str, model_b: str, judge: str) -> Preference:
+    def candidate(model: str, superiority: float) -> Candidate:
+        return Candidate(
+            response_id=f"r-{model}", model=model, text="x", superiority=superiority, simulated=True
+        )
+
+    return Preference(
+        preference_id="pair-1",
+        pair_id="pair-1",
+        prompt_id="p-1",
+        prompt_text="q",
+        response_a=candidate(model_a, 0.4),
+        response_b=candidate(model_b, 0.6),
+        winner=Winner.B,
+        consistent=True,
+        verdict_ab=Winner.B,
+        verdict_ba=Winner.B,
+        confidence=1.0,
+        judge=judge,
+        simulated=True,
+        policy="kin",
+        gap=0.2,
+    )
+
+
+def test_only_verdicts_of_a_judge_that_read_the_answers_are_evidence() -> None:
+    assert is_evidence(_verdict("a", "b", "simulated-judge"))
+    assert not is_evidence(_verdict("a", "a", "simulated-judge"))  # one model against itself
+    # zebra reads the superiority it would be evidence for: counting it would be circular.
+    assert not is_evidence(_verdict("a", "b", ZebraJudge.name))

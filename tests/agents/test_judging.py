@@ -9,13 +9,17 @@ from karma.agents.simulated import SimulatedJudge
 from karma.schemas.models import Candidate, KinPair, Winner
 
 
-def _pair(i: int) -> KinPair:
+def _pair(i: int, sup_a: float = 0.5, sup_b: float = 0.5, simulated: bool = True) -> KinPair:
     return KinPair(
         pair_id=f"pair-{i}",
         prompt_id=f"p-{i}",
         prompt_text="q",
-        response_a=Candidate(response_id=f"r-a{i}", model="a", text="x", superiority=0.5, simulated=True),
-        response_b=Candidate(response_id=f"r-b{i}", model="b", text="y", superiority=0.5, simulated=True),
+        response_a=Candidate(
+            response_id=f"r-a{i}", model="a", text="x", superiority=sup_a, simulated=simulated
+        ),
+        response_b=Candidate(
+            response_id=f"r-b{i}", model="b", text="y", superiority=sup_b, simulated=simulated
+        ),
         policy="kin",
         similarity=0.99,
         gap=0.0,
@@ -64,8 +68,48 @@ def test_resolve_pair_keeps_both_raw_verdicts_and_the_soft_label() -> None:
 
     first = JudgeReply(RawVerdict(winner="A", confidence=0.9), "{}", 0.9, simulated=False)
     second = JudgeReply(RawVerdict(winner="A", confidence=0.7), "{}", 0.6, simulated=False)
-    pref = resolve_pair(_pair(1), first, second, "judge-x")
+    pref = resolve_pair(_pair(1, simulated=False), first, second, "judge-x")
     # Each pass picked the answer shown first: order-dependent, so a tie, never a guess.
     assert (pref.verdict_ab, pref.verdict_ba, pref.winner) == (Winner.A, Winner.B, Winner.TIE)
     assert not pref.consistent and pref.confidence == 0.5 and not pref.simulated
     assert pref.soft_label == pytest.approx((0.9 + 0.4) / 2)
+
+
+def test_a_real_judge_on_simulated_responses_still_makes_simulated_data() -> None:
+    from karma.agents.backends import JudgeReply
+    from karma.agents.judge_prompt import RawVerdict
+    from karma.agents.judging import resolve_pair
+
+    real = JudgeReply(RawVerdict(winner="A", confidence=0.9), "{}", None, simulated=False)
+    assert resolve_pair(_pair(2, simulated=True), real, real, "judge-x").simulated
+    one_simulated = _pair(2, simulated=False)
+    one_simulated = one_simulated.model_copy(
+        update={"response_b": one_simulated.response_b.model_copy(update={"simulated": True})}
+    )
+    assert resolve_pair(one_simulated, real, real, "judge-x").simulated
+    simulated_judge = JudgeReply(RawVerdict(winner="A", confidence=0.9), "{}", None, simulated=True)
+    assert resolve_pair(_pair(2, simulated=False), real, simulated_judge, "judge-x").simulated
+
+
+def test_both_passes_carry_the_superiority_of_the_model_shown_first_and_second() -> None:
+    from dataclasses import replace
+
+    from karma.agents.judging import requests_for
+
+    ab, ba = requests_for(_pair(3, sup_a=0.612, sup_b=0.548), seed=7)
+    assert (ab.first_model, ab.first_superiority, ab.second_model, ab.second_superiority) == (
+        "a",
+        0.612,
+        "b",
+        0.548,
+    )
+    assert (ba.first_model, ba.first_superiority, ba.second_model, ba.second_superiority) == (
+        "b",
+        0.548,
+        "a",
+        0.612,
+    )
+    assert (ab.first_text, ba.first_text) == ("x", "y") and ab.seed == ba.seed == 7
+    # LLM judges never see them: the fence tag (and so the prompt) is what it was without them.
+    for request in (ab, ba):
+        assert request.tag == replace(request, first_superiority=None, second_superiority=None).tag

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -29,14 +30,21 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def pref(
-    pid: str, prompt: str, model_a: str, model_b: str, winner: Winner, consistent: bool, gap: float
+    pid: str,
+    prompt: str,
+    model_a: str,
+    model_b: str,
+    winner: Winner,
+    consistent: bool,
+    gap: float,
+    superiority: dict[str, float] | None = None,
 ) -> Preference:
     def candidate(model: str) -> Candidate:
         return Candidate(
             response_id=f"r-{prompt}-{model}",
             model=model,
             text=f"{model} says",
-            superiority=0.5,
+            superiority=0.5 if superiority is None else superiority[model],
             simulated=True,
         )
 
@@ -98,6 +106,55 @@ def test_summarise_counts_what_the_hand_count_says() -> None:
     assert {i: c for i, c in enumerate(counts) if c} == {0: 1, 2: 1, 6: 1, 8: 1, 16: 1}
 
 
+# The same kind of pairs with superiorities that disagree with latent quality about d
+# (d looks better than b and c on the benchmarks but is the worst model). By hand:
+#   pair  judge        zebra (superiority)       judge = zebra?    zebra right (quality)?
+#   z1    a            a   (0.70 > 0.60)         agree             yes (0.9 > 0.5)
+#   z2    d (B)        d   (0.65 > 0.60)         agree             no  (0.1 < 0.5)
+#   z3    b (A)        tie (0.60 = 0.60)         - zebra tie       - no label
+#   z4    tie          a   (0.70 > 0.65)         - judge tie       yes (0.9 > 0.1)
+#   z5    a (B)        a   (0.70 > 0.65)         agree             yes
+#   z6    c (B)        a   (0.70 > 0.60)         disagree          yes (0.9 > 0.5)
+#   z7    c (A)        b   (0.60 < 0.61)         disagree          no label: b, c equal in quality
+# zebra agreement 3/5, zebra ties 1/7, zebra accuracy 4/5 (six labels, z7 undecidable);
+# judge accuracy: z1 right, z2 wrong, z5 right, z6 wrong (z3, z7 undecidable) = 2/4.
+SUPERIORITY = {"a": 0.70, "b": 0.60, "c": 0.60, "d": 0.65}
+ZEBRA_PREFERENCES = [
+    pref("z1", "p1", "a", "b", Winner.A, True, 0.1, SUPERIORITY),
+    pref("z2", "p1", "b", "d", Winner.B, True, 0.05, SUPERIORITY),
+    pref("z3", "p2", "b", "c", Winner.A, True, 0.0, SUPERIORITY),
+    pref("z4", "p2", "a", "d", Winner.TIE, False, 0.05, SUPERIORITY),
+    pref("z5", "p3", "d", "a", Winner.B, True, 0.05, SUPERIORITY),
+    pref("z6", "p3", "a", "c", Winner.B, True, 0.1, SUPERIORITY),
+    pref("z7", "p3", "c", "b", Winner.A, True, 0.01, {**SUPERIORITY, "b": 0.61}),
+    pref("z1", "p1", "a", "b", Winner.A, True, 0.1, SUPERIORITY),  # a replay: counted once
+]
+
+
+def test_zebra_is_compared_with_the_judge_on_the_same_pairs() -> None:
+    s = summarise("kin", 3, ZEBRA_PREFERENCES, QUALITY.__getitem__)
+    assert s.pairs == 7
+    assert s.zebra_agreement == pytest.approx(3 / 5) and s.zebra_agreement_n == 5
+    assert s.zebra_ties == 1 and s.zebra_tie_rate == pytest.approx(1 / 7)
+    assert s.zebra_accuracy == pytest.approx(4 / 5) and s.zebra_accuracy_n == 5
+    assert s.label_accuracy == pytest.approx(2 / 4) and s.label_accuracy_n == 4  # the judge, as before
+    # Without a ground truth, agreement and ties are still reported; accuracy is not.
+    blind = summarise("kin", 3, ZEBRA_PREFERENCES, None)
+    assert (blind.zebra_agreement, blind.zebra_ties) == (s.zebra_agreement, 1)
+    assert blind.zebra_accuracy is None and blind.zebra_accuracy_n == 0
+
+
+def test_zebra_has_no_label_where_every_superiority_is_equal_or_not_a_number() -> None:
+    s = summarise("kin", 4, PREFERENCES, QUALITY.__getitem__)  # every candidate at 0.5
+    assert s.zebra_ties == 5 and s.zebra_tie_rate == 1.0
+    assert s.zebra_agreement is None and s.zebra_agreement_n == 0
+    assert s.zebra_accuracy is None and s.zebra_accuracy_n == 0
+    broken = pref("n1", "p1", "a", "b", Winner.A, True, 0.1, {"a": math.nan, "b": 0.5})
+    s = summarise("kin", 1, [broken, ZEBRA_PREFERENCES[0]], QUALITY.__getitem__)
+    # The NaN pair gets no zebra verdict at all (neither a label nor a tie); the other one agrees.
+    assert (s.zebra_agreement, s.zebra_agreement_n, s.zebra_ties, s.zebra_tie_rate) == (1.0, 1, 0, 0.0)
+
+
 def test_without_ground_truth_there_is_no_accuracy() -> None:
     s = summarise("kin", 4, PREFERENCES, None)
     assert s.label_accuracy is None and s.label_accuracy_n == 0 and s.quality_gap_mean is None
@@ -133,6 +190,9 @@ def test_report_files_hold_the_same_numbers(tmp_path: Path) -> None:
     summaries = [
         summarise("kin", 4, PREFERENCES, QUALITY.__getitem__, seconds=1.5, dlq=0, topic_prefix="e-kin."),
         summarise("sup", 4, [], QUALITY.__getitem__, seconds=2.0, dlq=1, topic_prefix="e-sup."),
+        summarise(
+            "all", 3, ZEBRA_PREFERENCES, QUALITY.__getitem__, seconds=1.0, dlq=0, topic_prefix="e-all."
+        ),
     ]
     settings = KarmaSettings(pool=[ModelSpec(name=m) for m in ("gpt-4", "gpt-3.5-turbo")])
     assumptions = simulator_assumptions(settings, {"gpt-4": 50.0, "gpt-3.5-turbo": 40.0})
@@ -143,6 +203,10 @@ def test_report_files_hold_the_same_numbers(tmp_path: Path) -> None:
     assert "gaps" not in document["policies"][0]  # raw values stay out of the JSON
     assert document["policies"][0]["label_accuracy"] == pytest.approx(2 / 3)
     assert document["policies"][1]["tie_rate"] is None
+    zebra = document["policies"][2]
+    assert (zebra["zebra_agreement"], zebra["zebra_agreement_n"]) == (pytest.approx(0.6), 5)
+    assert (zebra["zebra_ties"], zebra["zebra_tie_rate"]) == (1, pytest.approx(1 / 7))
+    assert (zebra["zebra_accuracy"], zebra["zebra_accuracy_n"]) == (pytest.approx(0.8), 5)
     assert document["simulator"]["judge"] == {"quality_scale": 0.1, "position_bias": 0.3, "length_bias": 0.5}
     assert document["run"] == {"prompts": 4, "pool": ["gpt-4"]}
     for key in ("gap_plot", "quality_plot"):
@@ -151,9 +215,12 @@ def test_report_files_hold_the_same_numbers(tmp_path: Path) -> None:
 
     md = paths["report_md"].read_text()
     assert (
-        "| kin | 1.25 | 75.0% | 1.00 | 0.320 | 0.300 | 0.040-0.640 | 80.0% | 20.0% | 66.7% (3) | 0.480 |"
-        in md
+        "| kin | 1.25 | 75.0% | 1.00 | 0.320 | 0.300 | 0.040-0.640 | 80.0% | 20.0% | 66.7% (3) | 0.480 "
+        "| n/a | 5 (100.0%) | n/a |" in md
     )
+    assert "| 50.0% (4) | 0.400 | 60.0% (5) | 1 (14.3%) | 80.0% (5) |" in md  # `all`: quality gap 2.8 / 7
+    assert "| zebra agreement (n) | zebra ties | zebra accuracy (n) |" in md
+    assert "**zebra agreement**" in md and "only accuracy against a ground truth tells which" in md
     assert "| sup | 0.00 | 0.0% | 0.00 | n/a |" in md
     assert "position_bias = 0.3" in md and "quality_scale = 0.1" in md
     assert "not tuned towards any policy" in md
@@ -191,7 +258,12 @@ def test_the_default_pool_is_the_whole_profile_table_and_keeps_configured_entrie
     assert len(pooled.pool) == 16
     assert pooled.pool[pooled.model_names.index("gpt-4")] == configured
     assert with_pool(settings, "config") is settings
-    served = KarmaSettings(pool=[ModelSpec(name="gpt-4", backend="openai", base_url="http://127.0.0.1:1/v1")])
+    served = KarmaSettings(  # a pool needs two models
+        pool=[
+            ModelSpec(name="gpt-4", backend="openai", base_url="http://127.0.0.1:1/v1"),
+            ModelSpec(name="wizardlm-13b"),
+        ]
+    )
     assert ground_truth(served) is None  # a real backend has no latent quality
     assert all(spec.backend == "simulated" for spec in with_pool(served, "profiles").pool)
 
