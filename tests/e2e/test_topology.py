@@ -57,3 +57,11 @@ def test_a_taken_metrics_port_is_a_clear_error(pipeline_factory) -> None:  # typ
     assert second.wait(timeout=60) == 2
     assert "give each worker on a host its own --metrics-port" in pipeline.log()
     assert first.poll() is None
+
+
+def test_a_worker_refuses_topics_partitioned_otherwise(pipeline_factory) -> None:  # type: ignore[no-untyped-def]
+    pipeline = pipeline_factory()  # its topics exist with 4 partitions
+    pipeline.settings = pipeline.settings.model_copy(update={"partitions": 2})
+    worker = pipeline.start_worker("worker", "rate")
+    assert worker.wait(timeout=60) == 2
+    assert f"{pipeline.settings.topic('responses')} has 4 partitions, the configuration 2" in pipeline.log()
