@@ -200,7 +200,13 @@ def make_generator(spec: ModelSpec, settings: KarmaSettings) -> Generator:
         if quality is None:
             quality = load_profiles(settings.kin.profiles).superiority(spec.name)
         return SimulatedGeneratorBackend(
-            SimulatedGenerator(spec.name, quality, seed=settings.seed, latency_s=spec.simulated_latency_s)
+            SimulatedGenerator(
+                spec.name,
+                quality,
+                seed=settings.seed,
+                latency_s=spec.simulated_latency_s,
+                crash_on=spec.simulated_crash_on,
+            )
         )
     if spec.backend == "openai":
         from karma.agents.openai_backend import OpenAIGenerator

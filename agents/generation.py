@@ -3,8 +3,9 @@
 Prompts are taken in batches (faust `take_events`: up to `batch_size`, or whatever arrived
 within `batch_wait_s`), and every model of the worker gets the whole batch at once, so a GPU
 engine or a remote server has enough requests in flight to stay busy. A request that fails
-for good (after the backend's retries) goes to the dead-letter topic with the reason; the
-other models' responses to that prompt, and the rest of the batch, go on.
+for good (after the backend's retries) goes to the dead-letter topic with the reason and, as a
+failure record (a Response with `error`), to the responses topic, so the rating stage knows the
+model is accounted for; the other models' responses, and the rest of the batch, go on.
 """
 
 from __future__ import annotations
@@ -22,17 +23,20 @@ from karma.streams.metrics import BACKEND_REQUESTS
 STAGE = "generation"
 
 
-def to_response(prompt: Prompt, generator: Generator, generated: Generation) -> Response:
+def to_response(prompt: Prompt, generator: Generator, generated: Generation | BackendError) -> Response:
+    """The answer, or the failure record that accounts for this model on this prompt."""
+    failed = isinstance(generated, BackendError)
     return Response(
         response_id=response_id_for(prompt.prompt_id, generator.model),
         prompt_id=prompt.prompt_id,
         prompt_text=prompt.text,
         model=generator.model,
-        text=generated.text,
+        text="" if failed else generated.text,
         backend=generator.backend,
-        simulated=generated.simulated,
-        num_tokens=generated.num_tokens,
-        latency_ms=generated.latency_ms,
+        simulated=False if failed else generated.simulated,
+        num_tokens=0 if failed else generated.num_tokens,
+        latency_ms=0.0 if failed else generated.latency_ms,
+        error=generated.reason if failed else None,
     )
 
 
@@ -62,7 +66,8 @@ def register(stage: Stage, models: list[ModelSpec]) -> None:
                         error_type=result.kind,
                         prompt_id=prompt.prompt_id,
                     )
-                    continue
+                # The answer or the failure record: the rating stage completes a prompt when
+                # every model is accounted for, instead of waiting out a clock.
                 response = to_response(prompt, generator, result)
                 await stage.publish(STAGE, "responses", prompt.prompt_id, encode(response))
 

@@ -1,65 +1,57 @@
-"""Competency-rating stage: gathers each prompt's responses and picks kin pairs.
+"""Competency-rating stage: gathers each prompt's answers and picks kin pairs.
 
-A prompt's responses are gathered in the `rating-gather` table (changelogged, so a restarted
-worker carries on where it stopped) until every model of the pool has answered or
-`gather_timeout_s` has passed; then the kin rule picks pairs and they go to karma.pairs.
-A finished prompt is remembered for `done_retention_s`, so a replayed response after a crash
-is recognised and dropped instead of opening a second gather.
+The decisions are made by `agents/gathering.py` (a pure state machine: complete by
+accounting, backstop, late answers, retention); this module is its faust adapter: it feeds
+the machine the events of its topics in batches, keeps its state in changelogged tables (so a
+restarted worker carries on where it stopped), and publishes the pairs and letters it decides.
+
+Tables, co-partitioned with karma.responses:
+- `rating-prompts`: one small entry per prompt (models accounted, pairs emitted, verdicts
+  counted), written at most once per batch;
+- `rating-answers`: one entry per answer (and one per prompt text), written once;
+- `rating-competency`: hopping-windowed verdict tallies per model pair (online competency).
 
 Timeouts need a clock inside the stream: faust only lets a table change while an event of
 its partition is being processed. A timer therefore sends one tick per partition to the
-internal `rating.ticks` topic (partitioned like karma.responses), and the agent expires the
-gathers of that partition when the tick arrives.
+internal `rating.ticks` topic, and the tick expires what is due on that partition.
 
-Per-model state over time (responses and tokens in a hopping window) is kept in the
-windowed `rating-model-stats` table, keyed `model@partition` because the stream is keyed by
-prompt and each partition writes its own changelog partition.
-
-Online competency (`competency.online`, on by default): the agent also reads the judge's
+Online competency (`competency.online`, on by default): the stage also reads the judge's
 verdicts from karma.preferences (keyed by prompt, so co-partitioned with the responses) and
 tallies them per model pair in the hopping `rating-competency` table (changelogged, so a
 restarted worker recovers its evidence). A verdict is counted once: its id is remembered in
-the prompt's gather entry. On every tick round the tallies of the current window, summed
-over the partitions this worker holds, go through `agents.competency.assess`, and the
-blended superiority is what pairing uses from then on. With several rating workers each one
-learns from the verdicts of its own partitions: the same estimate on a share of the evidence.
+the prompt's entry. Once per tick interval the tallies of the current window, summed over the
+partitions this worker holds, go through `agents.competency.assess`, and the blended
+superiority is what pairing uses from then on. With several rating workers each one learns
+from the verdicts of its own partitions: the same estimate on a share of the evidence.
 """
 
 from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from karma.agents.competency import Tally, assess, is_evidence, pair_key, score_of_first
+from karma.agents.gathering import Gathered, Gatherer, Outcome
 from karma.agents.kinship import KinRule, Profiles, Scored, load_profiles
 from karma.agents.policies import Policy, select_pairs
 from karma.schemas.models import Candidate, KinPair, Preference, Response, pair_id_for
-from karma.streams.app import Stage
+from karma.streams.app import Stage, raw_topic
 from karma.streams.codecs import DecodeError, decode, encode
 from karma.streams.metrics import (
     COMPARISONS,
     DUPLICATES,
     KIN_GAP,
+    LATE_ANSWERS,
     MESSAGES_IN,
     PAIRS,
     PENDING_PROMPTS,
-    STAGE_LATENCY,
     SUPERIORITY,
 )
 
 STAGE = "rating"
-
-
-@dataclass(frozen=True)
-class Gathered:
-    """The responses of one prompt, as kept in the gather table (plain JSON)."""
-
-    prompt_id: str
-    prompt_text: str
-    responses: dict[str, dict[str, Any]]  # model -> {response_id, text, simulated}
 
 
 @dataclass
@@ -123,58 +115,54 @@ def make_pairs(
     return pairs
 
 
-def is_complete(responses: Iterable[str], expected: Iterable[str]) -> bool:
-    return set(expected) <= set(responses)
-
-
 def register(stage: Stage) -> None:
     settings = stage.settings
     app = stage.app
     profiles = load_profiles(settings.kin.profiles)
     rule = settings.kin.rule()
     expected = settings.model_names
-    timeout_ms = settings.gather_timeout_s * 1000
-    retention_ms = settings.done_retention_s * 1000
 
-    gather = app.Table("rating-gather", default=None, partitions=settings.partitions)
-    model_stats = app.Table("rating-model-stats", default=int, partitions=settings.partitions).hopping(
-        settings.window_size_s, settings.window_step_s, expires=settings.window_size_s * 2
-    )
+    prompts = app.Table("rating-prompts", default=None, partitions=settings.partitions)
+    answers = app.Table("rating-answers", default=None, partitions=settings.partitions)
     online = settings.competency.online
     competency = app.Table("rating-competency", default=float, partitions=settings.partitions).hopping(
         settings.window_size_s, settings.window_step_s, expires=settings.window_size_s * 2
     )
-    # What pairing uses; refreshed from the competency table once per tick round.
+    # What pairing uses; refreshed from the competency table once per tick interval.
     current = LiveCompetency(superiority={m: profiles.superiority(m) for m in expected})
-    inputs = [stage.names.responses, stage.names.ticks] + ([stage.names.preferences] if online else [])
-    source = app.topic(
-        *inputs,
-        key_type=bytes,
-        value_type=bytes,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
-
-    async def finish(prompt_id: str, entry: dict[str, Any]) -> None:
-        gathered = Gathered(prompt_id, entry["prompt_text"], entry["responses"])
-        if len(gathered.responses) < 2:
-            only = next(iter(gathered.responses), "none")
-            await stage.dead_letter_prompt(
-                prompt_id,
-                entry["partition"],
-                stage=STAGE,
-                reason=f"prompt {prompt_id}: only {len(gathered.responses)} of {len(expected)} "
-                f"models answered within {settings.gather_timeout_s:g} s ({only}); nothing to pair",
-                error_type="unpaired",
-            )
-        chosen = make_pairs(
+    gatherer = Gatherer(
+        expected,
+        prompts,
+        answers,
+        lambda gathered: make_pairs(
             gathered, profiles, rule, settings.policy, settings.kin.hybrid_weight, current.superiority
-        )
-        for pair in chosen:
+        ),
+        backstop_ms=settings.gather_timeout_s * 1000,
+        retention_ms=settings.done_retention_s * 1000,
+        retention_max=settings.done_retention_max,
+    )
+    inputs = [stage.names.responses, stage.names.ticks] + ([stage.names.preferences] if online else [])
+    source = raw_topic(app, *inputs, partitions=settings.partitions)
+
+    @prompts.on_recover
+    async def rebuild_time_queues() -> None:
+        # After every rebalance's recovery: the queues of the partitions this worker holds now.
+        gatherer.rebuild(prompts.items())
+        PENDING_PROMPTS.set(gatherer.open_prompts)
+
+    async def publish(outcome: Outcome) -> None:
+        for pair in outcome.pairs:
             PAIRS.labels(pair.policy).inc()
             KIN_GAP.observe(pair.gap)
-            await stage.publish(STAGE, "pairs", prompt_id, encode(pair))
-        gather[prompt_id] = {**entry, "responses": {}, "done_at": _now_ms()}
+            await stage.publish(STAGE, "pairs", pair.prompt_id, encode(pair))
+        for letter in outcome.letters:
+            await stage.dead_letter_prompt(
+                letter.prompt_id,
+                letter.partition,
+                stage=STAGE,
+                reason=letter.reason,
+                error_type=letter.error_type,
+            )
 
     def window_tallies() -> dict[tuple[str, str], Tally]:
         """The current window's tallies, summed over every partition this worker holds."""
@@ -210,13 +198,9 @@ def register(stage: Stage) -> None:
         except DecodeError as exc:
             await stage.dead_letter(event, stage=STAGE, reason=exc.reason, error_type=exc.kind)
             return
-        entry = gather.get(preference.prompt_id)
-        if entry is not None:
-            judged = entry.get("judged", [])
-            if preference.preference_id in judged:
-                DUPLICATES.labels(STAGE).inc()  # a replayed verdict: its evidence is already in
-                return
-            gather[preference.prompt_id] = {**entry, "judged": [*judged, preference.preference_id]}
+        if not gatherer.counted_verdict(preference.prompt_id, preference.preference_id):
+            DUPLICATES.labels(STAGE).inc()  # a replayed verdict: its evidence is already in
+            return
         if not is_evidence(preference):
             return
         a, b = preference.response_a.model, preference.response_b.model
@@ -225,65 +209,45 @@ def register(stage: Stage) -> None:
         competency[f"{stem}:n"] += 1.0
         competency[f"{stem}:score"] += score_of_first(key, a, preference.winner)
 
-    async def on_tick(event: Any) -> None:
-        partition = event.message.partition
-        now = _now_ms()
-        if online and now - current.refreshed_at >= settings.tick_interval_s * 1000:
-            current.refreshed_at = now
-            refresh_competency()
-        pending = 0
-        for prompt_id, entry in list(gather.items()):
-            if entry is None or entry["partition"] != partition:
-                pending += entry is not None and entry.get("done_at") is None
-                continue
-            if entry.get("done_at") is not None:
-                if now - entry["done_at"] > retention_ms:
-                    gather.pop(prompt_id)
-            elif now - entry["first_seen"] > timeout_ms:
-                await finish(prompt_id, entry)
-            else:
-                pending += 1
-        PENDING_PROMPTS.set(pending)
-
-    async def on_response(event: Any) -> None:
+    async def on_response(event: Any, now_ms: float) -> None:
         MESSAGES_IN.labels(STAGE).inc()
         try:
             response = decode(event.value, Response)
         except DecodeError as exc:
             await stage.dead_letter(event, stage=STAGE, reason=exc.reason, error_type=exc.kind)
             return
-        entry = gather.get(response.prompt_id) or {
-            "prompt_text": response.prompt_text,
-            "partition": event.message.partition,
-            "first_seen": _now_ms(),
-            "responses": {},
-            "done_at": None,
-        }
-        if entry.get("done_at") is not None or response.model in entry["responses"]:
+        outcome = gatherer.on_response(response, event.message.partition, now_ms)
+        if outcome.duplicate:
             DUPLICATES.labels(STAGE).inc()  # a replay after a restart: already counted
-            return
-        model_stats[f"{response.model}@{event.message.partition}"] += 1
-        entry["responses"][response.model] = {
-            "response_id": response.response_id,
-            "text": response.text,
-            "simulated": response.simulated,
-        }
-        if is_complete(entry["responses"], expected):
-            await finish(response.prompt_id, entry)
-        else:
-            gather[response.prompt_id] = entry
+        if outcome.late:
+            LATE_ANSWERS.inc()
+        await publish(outcome)
+
+    async def rate_batch(stream: Any, events: list[Any]) -> None:
+        now = _now_ms()
+        by_partition = {}
+        for event in events:
+            # faust writes a table change to the changelog partition of the current event.
+            stream._set_current_event(event)
+            by_partition[event.message.partition] = event
+            topic = event.message.topic
+            if topic == stage.names.ticks:
+                if online and now - current.refreshed_at >= settings.tick_interval_s * 1000:
+                    current.refreshed_at = now
+                    refresh_competency()
+                await publish(gatherer.on_tick(event.message.partition, now))
+            elif topic == stage.names.preferences:
+                await on_preference(event)
+            else:
+                await on_response(event, now)
+        gatherer.flush(lambda partition: stream._set_current_event(by_partition[partition]))
+        PENDING_PROMPTS.set(gatherer.open_prompts)
 
     @app.agent(source, name="rate")
     async def rate(stream):  # type: ignore[no-untyped-def]
-        async for event in stream.events():
-            if event.message.topic == stage.names.ticks:
-                await on_tick(event)
-                continue
-            if event.message.topic == stage.names.preferences:
-                await on_preference(event)
-                continue
-            with STAGE_LATENCY.labels(STAGE).time():
-                await on_response(event)
+        await stage.in_batches(
+            stream, STAGE, lambda events: rate_batch(stream, events), on_retry=gatherer.discard
+        )
 
     @app.timer(interval=settings.tick_interval_s)
     async def send_ticks() -> None:

@@ -38,8 +38,11 @@ class SimulatedGenerator:
     latent_quality: float
     seed: int = 0
     latency_s: float = 0.0  # waited by the agent per response, to mimic a real model's pace
+    crash_on: str | None = None  # fault injection: a prompt containing this raises, like a bug
 
     def generate(self, prompt_id: str, prompt_text: str) -> str:
+        if self.crash_on and self.crash_on in prompt_text:
+            raise RuntimeError(f"simulated crash of {self.model} on prompt {prompt_id}")
         rng = seeded_rng(self.seed, self.model, prompt_id)
         length = max(5, int(rng.gauss(20 + 40 * self.latent_quality, 6)))
         body = " ".join(rng.choice(_WORDS) for _ in range(length))

@@ -67,6 +67,7 @@ class ServerOptions:
     fail_first: int = 0
     rate_limit_first: int = 0  # counted after the --fail-first requests when both are set
     fail_when: tuple[str, ...] = ()
+    fail_model_after: dict[str, int] = field(default_factory=dict)  # model -> requests served, then 500s
     malformed_first: int = 0  # counted over judge replies only
     malformed_always: bool = False
     first_always_wins: bool = False
@@ -102,6 +103,17 @@ def parse_qualities(values: list[str]) -> dict[str, float]:
             raise ValueError(f"--quality {value!r}: expected MODEL=Q with Q a number in [0, 1]")
         qualities[model.strip()] = quality
     return qualities
+
+
+def parse_fail_after(values: list[str]) -> dict[str, int]:
+    """`MODEL=N` strings -> {model: N}; a ValueError names the first bad value."""
+    limits: dict[str, int] = {}
+    for value in values:
+        model, sep, number = value.rpartition("=")
+        if not (sep and model.strip() and number.strip().isdigit()):
+            raise ValueError(f"--fail-model-after {value!r}: expected MODEL=N with N a whole number >= 0")
+        limits[model.strip()] = int(number)
+    return limits
 
 
 def prompt_key(text: str) -> str:
@@ -291,9 +303,15 @@ class Stats:
         default_factory=lambda: {"ok": 0, "400": 0, "429": 0, "500": 0, "malformed": 0}
     )
     kinds: dict[str, int] = field(default_factory=lambda: {"judge": 0, "generation": 0})
+    by_model: dict[str, int] = field(default_factory=dict)  # chat requests per model name
 
     def as_json(self) -> dict[str, Any]:
-        return {"requests": self.requests, "outcomes": dict(self.outcomes), "kinds": dict(self.kinds)}
+        return {
+            "requests": self.requests,
+            "outcomes": dict(self.outcomes),
+            "kinds": dict(self.kinds),
+            "by_model": dict(self.by_model),
+        }
 
 
 class SimulatedServer:
@@ -354,6 +372,12 @@ class SimulatedServer:
             chat = parse_chat_request(await request.read())
         except RequestError as exc:
             return self._error(400, exc.message, "invalid_request_error", param=exc.param)
+        self.stats.by_model[chat.model] = served = self.stats.by_model.get(chat.model, 0) + 1
+        limit = options.fail_model_after.get(chat.model)
+        if limit is not None and served > limit:
+            return self._error(
+                500, f"simulated server error: {chat.model} failed after {limit} request(s)", "server_error"
+            )
         every_text = "\n".join(text for _role, text in chat.messages)
         for poison in options.fail_when:
             if poison in every_text:

@@ -29,6 +29,7 @@ SCHEMA_FILES: dict[str, str] = {
 SCHEMA_HISTORY: dict[str, tuple[str, ...]] = {
     "preference": ("preference.v1.avsc",),  # before soft_label
     "dead_letter": ("dead_letter.v1.avsc",),  # before prompt_id
+    "response": ("response.v1.avsc",),  # before error (failure records)
 }
 
 

@@ -96,6 +96,11 @@ class Response(Record):
     num_tokens: int = Field(ge=0)
     latency_ms: float = Field(ge=0)
     created_at_ms: int = Field(default_factory=now_ms, ge=0)
+    error: str | None = None  # set: the model failed for good on this prompt (a failure record)
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
 
 
 class Candidate(Record):

@@ -9,6 +9,9 @@ every model sees every prompt; more workers with the same --model share its part
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -21,11 +24,12 @@ from karma.schemas.models import DeadLetter, Record, prompt_id_of_key
 from karma.streams.codecs import DecodeError, decode, encode
 from karma.streams.config import KarmaSettings, ModelSpec
 from karma.streams.lag import LagMonitor
-from karma.streams.metrics import DEAD_LETTERS, MESSAGES_IN, MESSAGES_OUT, STAGE_LATENCY
+from karma.streams.metrics import DEAD_LETTERS, HANDLER_FAILURES, MESSAGES_IN, MESSAGES_OUT, STAGE_LATENCY
 from karma.streams.recovery import SeekSafeTableManager
 from karma.streams.topics import TopicNames
 
 ROLES = ("generate", "rate", "judge")
+log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Record)
 
 # The topics each role reads, for the lag gauge.
@@ -58,17 +62,63 @@ class Stage:
         MESSAGES_OUT.labels(stage, topic).inc()
 
     async def in_batches(
-        self, stream: Any, stage: str, handle: Callable[[list[Any]], Awaitable[None]]
+        self,
+        stream: Any,
+        stage: str,
+        handle: Callable[[list[Any]], Awaitable[None]],
+        on_retry: Callable[[], None] = lambda: None,
     ) -> None:
         """Feeds `handle` the stream's events in batches (`batch_size`, or what arrived within
         `batch_wait_s`), so a model backend gets many requests at once; each message's latency
-        is its share of its batch's time."""
+        is its share of its batch's time. faust acks a batch when `handle` returns, so
+        `handle_safely` makes sure that only happens once every message has its output or its
+        dead letter."""
         async for events in stream.take_events(self.settings.batch_size, within=self.settings.batch_wait_s):
             started = time.perf_counter()
-            await handle(list(events))
+            await self.handle_safely(list(events), stage, handle, on_retry)
             share = (time.perf_counter() - started) / len(events)
             for _ in events:
                 STAGE_LATENCY.labels(stage).observe(share)
+
+    async def handle_safely(
+        self,
+        events: list[Any],
+        stage: str,
+        handle: Callable[[list[Any]], Awaitable[None]],
+        on_retry: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Runs `handle(events)`. An unexpected exception is retried with backoff
+        (`handler_retries` times, from 0.5 s, doubling): a broker blip or a model hiccup must not
+        cost a message. If the batch still fails, each message is handled alone, and one that
+        still fails goes to the DLQ with the exception (error_type `exception`). `on_retry`
+        forgets the failed attempt's unsaved state. If even the dead letter cannot be sent,
+        the process exits at once, before faust acks anything, so the group redelivers."""
+        delay = 0.5
+        for attempt in range(1, self.settings.handler_retries + 1):
+            try:
+                await handle(events)
+                return
+            except Exception as exc:
+                on_retry()
+                HANDLER_FAILURES.labels(stage).inc()
+                log.warning("%s: batch of %d failed (attempt %d): %r", stage, len(events), attempt, exc)
+                await asyncio.sleep(delay)
+                delay *= 2
+        for event in events:
+            try:
+                await handle([event])
+            except Exception as exc:
+                on_retry()
+                reason = (
+                    f"unexpected {type(exc).__name__}: {exc} (its batch failed "
+                    f"{self.settings.handler_retries} time(s), then it failed alone)"
+                )
+                try:
+                    await self.dead_letter(event, stage=stage, reason=reason, error_type="exception")
+                except Exception:
+                    log.critical("%s: cannot dead-letter a failing message; exiting uncommitted", stage)
+                    logging.shutdown()
+                    os._exit(70)  # no finally blocks: faust must not ack the batch
 
     async def decode_batch(
         self, events: list[Any], model: type[R], stage: str, *, report_errors: bool = True

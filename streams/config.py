@@ -102,6 +102,11 @@ class ModelSpec(BackendSpec):
         ge=0.0,
         description="Simulated backend only: seconds to wait per response, like a GPU would.",
     )
+    simulated_crash_on: str | None = Field(
+        default=None,
+        description="Simulated backend only, fault injection: raise an unexpected exception (a bug, not a "
+        "backend failure) on any prompt containing this text.",
+    )
 
     @property
     def served_model(self) -> str:
@@ -221,13 +226,30 @@ class KarmaSettings(BaseSettings):
         default=0.1, gt=0, description="...or what arrived within this long, so a GPU engine stays full."
     )
     gather_timeout_s: float = Field(
-        default=30.0, gt=0, description="How long the rating stage waits for all models of a prompt."
+        default=300.0,
+        gt=0,
+        description="Backstop: how long the rating stage waits for a model that says nothing at all "
+        "(a prompt completes as soon as every model answered or failed); long enough to ride out a "
+        "broker restart. Answers that come later are still paired.",
     )
     tick_interval_s: float = Field(
         default=2.0, gt=0, description="How often gathers are checked for timeouts."
     )
     done_retention_s: float = Field(
-        default=3600.0, gt=0, description="How long a finished prompt is remembered, to drop replays."
+        default=3600.0,
+        gt=0,
+        description="How long a finished prompt is remembered, to recognise replays and pair late answers.",
+    )
+    done_retention_max: int = Field(
+        default=100_000,
+        ge=1,
+        description="At most this many finished prompts are remembered per partition (oldest first out).",
+    )
+    handler_retries: int = Field(
+        default=3,
+        ge=1,
+        description="Tries of a batch whose handler raises unexpectedly, with backoff, before each of its "
+        "messages is handled alone and dead-lettered if it still fails.",
     )
     # Whole seconds: faust's hopping windows step through integer starts.
     window_size_s: int = Field(

@@ -23,6 +23,12 @@ KIN_GAP = Histogram(
 )
 VERDICTS = Counter("karma_judge_verdicts", "Resolved verdicts.", ["winner", "consistent"])
 DUPLICATES = Counter("karma_duplicates_dropped", "Replayed messages recognised and dropped.", ["stage"])
+LATE_ANSWERS = Counter(
+    "karma_rating_late_answers", "Answers that came after their prompt had finished, and were paired."
+)
+HANDLER_FAILURES = Counter(
+    "karma_handler_failures", "Batch attempts that raised an unexpected exception (then retried).", ["stage"]
+)
 PENDING_PROMPTS = Gauge("karma_rating_pending_prompts", "Prompts whose responses are still being gathered.")
 SUPERIORITY = Gauge(
     "karma_model_superiority",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from karma.agents.gathering import Gathered
 from karma.agents.kinship import KinRule, load_profiles
-from karma.agents.rating import Gathered, is_complete, make_pairs
+from karma.agents.rating import make_pairs
 from karma.schemas.models import pair_id_for
 
 
@@ -34,11 +35,6 @@ def test_no_kin_no_pairs() -> None:
 
 def test_one_response_makes_no_pair() -> None:
     assert make_pairs(_gathered(["gpt-4"]), load_profiles(), KinRule(-1, 1)) == []
-
-
-def test_complete_when_every_expected_model_answered() -> None:
-    assert is_complete(["a", "b", "c"], ["a", "b"])
-    assert not is_complete(["a"], ["a", "b"])
 
 
 def test_pairing_follows_the_superiority_it_is_given_not_only_the_profiles() -> None:

@@ -50,18 +50,26 @@ def test_transient_errors_are_retried_and_a_prompt_that_always_fails_goes_to_the
     pipeline.start_worker()
     pipeline.submit(prompts + poison)
     received = pipeline.wait_for("preferences", lambda r: set(ids(r)) >= expected)
-    letters = pipeline.wait_for("dlq", lambda r: len(r) >= len(MODELS))
+    letters = pipeline.wait_for("dlq", lambda r: len(r) >= len(MODELS) + 1)
 
     assert set(ids(received)) == expected  # the 6 x 500 and 6 x 429 cost nothing but time
     for r in received:
         assert isinstance(r.record, Preference) and r.record.simulated  # the server says so
-    responses = [r.record for r in pipeline.read("responses") if isinstance(r.record, Response)]
+    on_topic = [r.record for r in pipeline.read("responses") if isinstance(r.record, Response)]
+    responses = [x for x in on_topic if not x.failed]
     assert {(x.backend, x.simulated) for x in responses} == {("openai", True)}
     assert {x.prompt_id for x in responses} == {p.prompt_id for p in prompts}
+    # The poisoned prompt is accounted for per model by a failure record, not left to a clock.
+    failures = [x for x in on_topic if x.failed]
+    assert sorted(x.model for x in failures) == sorted(MODELS)
+    assert all(x.prompt_id == poison[0].prompt_id and "HTTP 500" in (x.error or "") for x in failures)
 
     # The poisoned prompt: one dead letter per model, each saying what the server answered.
     dead = [x for x in _letters(pipeline) if x.error_type == "backend"]
-    assert len(dead) == len(MODELS) == len(letters)
+    assert len(dead) == len(MODELS) == len(letters) - 1
+    # ...and, every model accounted for with none answering, the rating stage's letter at once.
+    [unpaired] = [x for x in _letters(pipeline) if x.error_type == "unpaired"]
+    assert unpaired.prompt_id == poison[0].prompt_id and "only 0 of 5 models answered" in unpaired.reason
     for letter in dead:
         assert letter.stage == "generation" and poison[0].prompt_id in letter.reason
         assert letter.prompt_id == poison[0].prompt_id  # the letter names its prompt
