@@ -18,16 +18,16 @@ def test_changelogs_are_declared_as_faust_declares_them() -> None:
     settings = KarmaSettings(app_id="k", partitions=3, window_size_s=600, window_step_s=60)
     topics = {t.name: t for t in changelog_topics(create_app(settings, roles=["rate"]))}
     assert sorted(topics) == [
+        "k-rate-rating-answers-changelog",
         "k-rate-rating-competency-changelog",
-        "k-rate-rating-gather-changelog",
-        "k-rate-rating-model-stats-changelog",
+        "k-rate-rating-prompts-changelog",
     ]
     assert {t.num_partitions for t in topics.values()} == {3}  # co-partitioned with responses
-    assert topics["k-rate-rating-gather-changelog"].topic_configs == {"cleanup.policy": "compact"}
-    for name in ("k-rate-rating-model-stats-changelog", "k-rate-rating-competency-changelog"):
-        windowed = topics[name].topic_configs
-        assert windowed["cleanup.policy"] == "compact,delete"  # old windows expire
-        assert int(windowed["retention.ms"]) >= 600_000
+    for name in ("k-rate-rating-prompts-changelog", "k-rate-rating-answers-changelog"):
+        assert topics[name].topic_configs == {"cleanup.policy": "compact"}
+    windowed = topics["k-rate-rating-competency-changelog"].topic_configs
+    assert windowed["cleanup.policy"] == "compact,delete"  # old windows expire
+    assert int(windowed["retention.ms"]) >= 600_000
 
 
 def test_stages_without_tables_have_no_changelogs() -> None:
@@ -66,7 +66,7 @@ def test_ensure_topics_creates_them_once_and_waits_for_metadata(kafka_bootstrap:
         for name, value, *_ in resource[4]
         if name == "cleanup.policy"
     }
-    assert sorted(policies.values()) == ["compact", "compact,delete", "compact,delete"]
+    assert sorted(policies.values()) == ["compact", "compact", "compact,delete"]
 
 
 def test_existing_topics_partitioned_otherwise_are_refused(kafka_bootstrap: str) -> None:
