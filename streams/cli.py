@@ -27,6 +27,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from karma.streams.audit import Ledger, State
 from karma.streams.broker import BrokerConfig, BrokerError, LocalBroker, broker_app
 from karma.streams.client import (
     PromptProducer,
@@ -282,6 +283,95 @@ def competency(
     out.print(table)
     if not settings.competency.online:
         out.print("competency.online is false: the rating stage pairs by the prior only")
+
+
+@app.command()
+def audit(
+    config: ConfigOption = None,
+    bootstrap: BootstrapOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object instead of tables.")] = False,
+    backstop_s: Annotated[
+        float | None,
+        typer.Option(
+            "--backstop-s",
+            min=0.0,
+            help="Seconds after its last prompt, response or pair message that a prompt must have "
+            "settled; later it is unaccounted (default: gather_timeout_s).",
+        ),
+    ] = None,
+    show: Annotated[
+        int, typer.Option("--show", min=0, help="List up to N prompts that are not complete, with reasons.")
+    ] = 20,
+) -> None:
+    """The ledger of every prompt: did each end as its preferences, or as dead letters naming it?
+
+    Reads prompts, responses, pairs, preferences and the DLQ to their end (no consumer group) and
+    counts each submitted prompt as complete, complete-late, partial, dead-lettered, pending or
+    unaccounted (not settled, and older than the backstop). With competency.online false the
+    pairs the policy must pick are recomputed and checked too; with it on, the emitted ones only.
+    Exit code 1 when anything is unaccounted."""
+    from karma.agents.kinship import ProfileError
+    from karma.streams.audit import audit as audit_topics
+
+    settings = settings_or_exit(config, bootstrap_servers=bootstrap)
+    try:
+        ledger = run_or_exit(audit_topics(settings, backstop_s=backstop_s))
+    except ProfileError as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    if as_json:
+        print(ledger.to_json(show))
+    else:
+        _print_ledger(ledger, show)
+    if ledger.unaccounted:
+        raise typer.Exit(1)
+
+
+def _print_ledger(ledger: Ledger, show: int) -> None:
+    """`karma audit`'s text output: the counts, then up to `show` prompts that are not complete."""
+
+    def parts(counts: dict[str, int]) -> str:
+        return ", ".join(f"{name} {n}" for name, n in counts.items() if n) or "-"
+
+    undecodable = {state.value: sum(u.state is state for u in ledger.undecodable) for state in State}
+    table = Table(title=f"karma audit: {ledger.submitted} prompt(s)")
+    table.add_column("")
+    table.add_column("count", justify="right")
+    table.add_column("detail")
+    table.add_row("submitted", str(ledger.submitted), "distinct decoded prompts")
+    for state in State:
+        table.add_row(state.value, str(ledger.counts[state]), "")
+    table.add_row("undecodable prompts", str(len(ledger.undecodable)), parts(undecodable))
+    table.add_row("ids seen twice", str(sum(ledger.seen_twice.values())), parts(ledger.seen_twice))
+    table.add_row("orphans", str(sum(ledger.orphans.values())), parts(ledger.orphans))
+    out.print(table)
+    checked = "every pair the policy picks" if ledger.pairs_checked == "expected" else "emitted pairs only"
+    out.print(f"pairs checked: {checked}; backstop {ledger.backstop_ms / 1000:g} s")
+    listed = ledger.prompts[:show]
+    if listed:
+        out.print(f"{len(listed)} of {len(ledger.prompts)} prompt(s) not complete:")
+    for account in listed:
+        out.print(
+            f"{account.prompt_id}: {account.state.value}, {account.preferences} preference(s) "
+            f"of {account.pairs} pair(s)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        for line in account.missing:
+            out.print(f"  missing: {line}", markup=False, highlight=False, soft_wrap=True)
+        for reason in account.reasons:
+            out.print(f"  reason: {reason}", markup=False, highlight=False, soft_wrap=True)
+    for message in [u for u in ledger.undecodable if u.state is not State.DEAD_LETTERED][:show]:
+        out.print(
+            f"undecodable prompt at partition {message.partition} offset {message.offset} "
+            f"(key {message.prompt_id}): {message.state.value}, no dead letter: {message.error}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    if ledger.unaccounted:
+        out.print(f"[red]{ledger.unaccounted} unaccounted[/]: not settled within the backstop")
 
 
 class BackendChoice(StrEnum):
@@ -701,6 +791,10 @@ def simulated_server(
         list[str] | None,
         typer.Option(help="A chat request whose messages contain TEXT always gets 500 (repeatable)."),
     ] = None,
+    fail_model_after: Annotated[
+        list[str] | None,
+        typer.Option(help="MODEL=N: requests for MODEL get 500 after its first N (a model failing mid-run)."),
+    ] = None,
     malformed_first: Annotated[
         int, typer.Option(min=0, help="The first N judge replies are not JSON (HTTP 200).")
     ] = 0,
@@ -734,7 +828,7 @@ def simulated_server(
     from rich.markup import escape
 
     from karma.agents.kinship import ProfileError
-    from karma.agents.simulated_server import ServerOptions, parse_qualities, serve
+    from karma.agents.simulated_server import ServerOptions, parse_fail_after, parse_qualities, serve
 
     try:
         options = ServerOptions(
@@ -742,6 +836,7 @@ def simulated_server(
             fail_first=fail_first,
             rate_limit_first=rate_limit_first,
             fail_when=tuple(fail_when or ()),
+            fail_model_after=parse_fail_after(fail_model_after or []),
             malformed_first=malformed_first,
             malformed_always=malformed_always,
             first_always_wins=first_always_wins,
