@@ -8,7 +8,10 @@ operator runs them, so a test can SIGKILL one.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -21,7 +24,7 @@ import pytest
 
 from karma.agents.kinship import Scored, kin_pairs, load_profiles
 from karma.schemas.models import Prompt, pair_id_for, response_id_for
-from karma.streams.cli import spawn_worker, stop_worker
+from karma.streams.cli import settings_env, spawn_worker, stop_worker
 from karma.streams.client import PromptProducer, Received, read_topic
 from karma.streams.config import KarmaSettings
 from karma.streams.topics import ensure_topics
@@ -117,6 +120,20 @@ class Pipeline:
             for pair in kin_pairs(scored, profiles, rule):
                 ids.add(pair_id_for(prompt.prompt_id, pair.a.response_id, pair.b.response_id))
         return ids
+
+
+def audit(pipeline: Pipeline) -> dict[str, Any]:
+    """`karma audit --json` on the pipeline's topics, as an operator runs it; fails the test with
+    the ledger when anything is unaccounted (exit code 1)."""
+    run = subprocess.run(
+        [sys.executable, "-m", "karma.streams.cli", "audit", "--json", "--show", "20"],
+        env={**os.environ, **settings_env(pipeline.settings)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, f"karma audit exited {run.returncode}:\n{run.stdout}\n{run.stderr}"
+    return json.loads(run.stdout)
 
 
 def make_prompts(count: int, tag: str = "") -> list[Prompt]:
