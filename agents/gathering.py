@@ -17,7 +17,10 @@ State lives in two mappings (faust tables in the worker, dicts in tests):
   when it finished, the pair ids emitted and the verdicts counted. Rewritten at most once per
   batch (`flush`), and never with answer texts in it.
 - `answers[f"{prompt_id}|{model}"]`: one answer, written once; `answers[f"{prompt_id}|"]` holds
-  the prompt text, written once per prompt.
+  the prompt text, written once per prompt. Only the answers of a prompt still open (or closed
+  by the backstop, which late answers may join) at the end of a batch are written: a prompt
+  whose every model is accounted for within one batch, the common case, needs none, since
+  nothing can join it later but replays.
 
 Time-ordered work is kept in per-partition queues (arrival order is deadline order, as every
 prompt has the same backstop), so a tick costs what expires, not the size of the table. The
@@ -91,6 +94,7 @@ class Gatherer:
         self.retention_ms = retention_ms
         self.retention_max = retention_max
         self._dirty: dict[str, dict[str, Any]] = {}  # meta entries changed in this batch
+        self._new_answers: dict[str, dict[str, Any]] = {}  # answers (and prompt texts) of this batch
         self._deadlines: dict[int, deque[tuple[float, str]]] = {}  # open prompts, by first seen
         self._forget: dict[int, deque[tuple[float, str]]] = {}  # finished prompts, by finish time
         self._open: set[str] = set()  # prompts still gathering
@@ -110,14 +114,24 @@ class Gatherer:
         """Writes each meta entry changed since the last flush, once; `before_write(partition)`
         runs before each write (a faust table writes to the changelog partition of the event
         being processed, so the worker makes that event current)."""
+        for key, answer in self._new_answers.items():
+            entry = self._dirty[key.partition("|")[0]]
+            if entry["done"] is None or entry["silent"]:
+                before_write(entry["p"])
+                self.answers[key] = answer
         for prompt_id, entry in self._dirty.items():
             before_write(entry["p"])
             self.meta[prompt_id] = entry
         self._dirty.clear()
+        self._new_answers.clear()
 
     def discard(self) -> None:
         """Forgets unflushed changes (a batch that failed is retried from the stored state)."""
         self._dirty.clear()
+        self._new_answers.clear()
+
+    def _answer(self, key: str) -> Any:
+        return self._new_answers[key] if key in self._new_answers else self.answers[key]
 
     @property
     def open_prompts(self) -> int:
@@ -128,8 +142,16 @@ class Gatherer:
     def on_response(self, response: Response, partition: int, now_ms: float) -> Outcome:
         entry = self.entry(response.prompt_id)
         if entry is None:
-            entry = {"p": partition, "t0": now_ms, "m": {}, "done": None, "pairs": [], "judged": []}
-            self.answers[f"{response.prompt_id}|"] = {"text": response.prompt_text}
+            entry = {
+                "p": partition,
+                "t0": now_ms,
+                "m": {},
+                "done": None,
+                "silent": [],
+                "pairs": [],
+                "judged": [],
+            }
+            self._new_answers[f"{response.prompt_id}|"] = {"text": response.prompt_text}
             self._deadlines.setdefault(partition, deque()).append(
                 (now_ms + self.backstop_ms, response.prompt_id)
             )
@@ -140,7 +162,7 @@ class Gatherer:
             entry["m"][response.model] = response.error or "failed"
         else:
             entry["m"][response.model] = OK
-            self.answers[f"{response.prompt_id}|{response.model}"] = {
+            self._new_answers[f"{response.prompt_id}|{response.model}"] = {
                 "id": response.response_id,
                 "text": response.text,
                 "sim": response.simulated,
@@ -209,6 +231,7 @@ class Gatherer:
 
     def _finish(self, prompt_id: str, entry: dict[str, Any], now_ms: float, silent: list[str]) -> Outcome:
         entry["done"] = now_ms
+        entry["silent"] = silent  # late answers may still come: keep the texts to pair them
         self._open.discard(prompt_id)
         self._forget.setdefault(entry["p"], deque()).append((now_ms + self.retention_ms, prompt_id))
         outcome = self._pair(prompt_id, entry)
@@ -245,13 +268,13 @@ class Gatherer:
             return Outcome()
         responses = {}
         for model in answered:
-            stored = self.answers[f"{prompt_id}|{model}"]
+            stored = self._answer(f"{prompt_id}|{model}")
             responses[model] = {
                 "response_id": stored["id"],
                 "text": stored["text"],
                 "simulated": stored["sim"],
             }
-        prompt_text = self.answers[f"{prompt_id}|"]["text"]
+        prompt_text = self._answer(f"{prompt_id}|")["text"]
         chosen = self.pairer(Gathered(prompt_id, prompt_text, responses))
         new = [pair for pair in chosen if pair.pair_id not in entry["pairs"]]
         entry["pairs"] += [pair.pair_id for pair in new]
@@ -260,6 +283,8 @@ class Gatherer:
     def _drop(self, prompt_id: str) -> None:
         entry = self.entry(prompt_id)
         self._dirty.pop(prompt_id, None)
+        for key in [k for k in self._new_answers if k.partition("|")[0] == prompt_id]:
+            del self._new_answers[key]
         if entry is None:
             return
         for model, status in entry["m"].items():

@@ -149,19 +149,30 @@ def test_finished_prompts_are_forgotten_after_retention_or_beyond_the_count() ->
     assert meta == {} and answers == {}
 
 
-def test_meta_entries_are_written_once_per_flush_and_hold_no_answer_text() -> None:
-    writes: list[str] = []
+class CountingDict(dict[str, Any]):
+    """A store that records its writes, as a changelog would."""
 
-    class CountingDict(dict[str, Any]):
-        def __setitem__(self, key: str, value: Any) -> None:
-            writes.append(key)
-            super().__setitem__(key, value)
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
 
-    meta = CountingDict()
-    g = gatherer(["a-model", "b-model", "c-model"], meta=meta)
-    feed(g, ["a-model", "b-model", "c-model"])  # one flush for the three answers
-    assert writes == ["p-1"]
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.writes.append(key)
+        super().__setitem__(key, value)
+
+
+def test_state_written_per_response_is_proportional_to_that_response() -> None:
+    meta, answers = CountingDict(), CountingDict()
+    g = gatherer(["a-model", "b-model", "c-model"], meta=meta, answers=answers)
+    # Accounted for within one batch: one small meta write, no answer text stored at all.
+    feed(g, ["a-model", "b-model", "c-model"])
+    assert meta.writes == ["p-1"] and answers.writes == []
     assert "answer of" not in repr(meta["p-1"])
+    # Spread over batches: each answer is stored once, while the prompt is still open.
+    feed(g, ["a-model"], prompt_id="p-2")
+    feed(g, ["b-model"], prompt_id="p-2")
+    assert answers.writes == ["p-2|", "p-2|a-model", "p-2|b-model"]
+    assert meta.writes == ["p-1", "p-2", "p-2"]
 
 
 def test_the_kin_policy_pairs_a_late_model_with_its_kin() -> None:
