@@ -27,4 +27,7 @@ def run_worker(
     # that stop the agents and commit offsets before exiting.
     asyncio.set_event_loop(asyncio.new_event_loop())
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    # faust's terminal spinner sets the root logger to DEBUG, so every library debug line would be
+    # built and dropped: ~300,000 records per 10,000 responses rated, 12% of the rating stage's time.
+    worker.spinner = None
     worker.execute_from_commandline()
