@@ -208,13 +208,14 @@ class Gatherer:
         return True
 
     def rebuild(self, items: Iterable[tuple[str, Any]]) -> None:
-        """Re-creates the time queues from the stored entries (after a rebalance's recovery)."""
+        """Re-creates the time queues from the stored entries (after a rebalance's recovery).
+        Changes not flushed yet stay, and count over the stored ones: recovery can complete
+        while a batch is half handled, and that batch still flushes them."""
         self._deadlines.clear()
         self._forget.clear()
         self._open.clear()
-        self._dirty.clear()
         opened, finished = [], []
-        for prompt_id, entry in items:
+        for prompt_id, entry in {**dict(items), **self._dirty}.items():
             if entry is None:
                 continue
             if entry["done"] is None:

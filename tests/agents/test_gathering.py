@@ -198,3 +198,16 @@ def test_the_kin_policy_pairs_a_late_model_with_its_kin() -> None:
     pairs += late.on_tick(0, now_ms=BACKSTOP_MS).pairs
     pairs += late.on_response(answer("wizardlm-13b"), 0, BACKSTOP_MS + 1).pairs
     assert on_time <= {p.pair_id for p in pairs}
+
+
+def test_a_rebuild_in_the_middle_of_a_batch_keeps_its_unflushed_changes() -> None:
+    """Recovery may complete while a batch awaits a send: its changes must still be flushed."""
+    meta: dict[str, Any] = {}
+    g = gatherer(["a-model", "b-model", "c-model"], meta=meta)
+    g.on_response(answer("a-model"), 0, 0.0)
+    g.rebuild(meta.items())  # the table does not have p-1 yet
+    assert g.open_prompts == 1
+    g.on_response(answer("b-model"), 0, 1.0)
+    g.flush()
+    assert meta["p-1"]["m"] == {"a-model": "ok", "b-model": "ok"}
+    assert g.on_tick(0, now_ms=BACKSTOP_MS).letters  # and its backstop still comes
