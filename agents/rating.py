@@ -246,7 +246,11 @@ def register(stage: Stage) -> None:
     @app.agent(source, name="rate")
     async def rate(stream):  # type: ignore[no-untyped-def]
         await stage.in_batches(
-            stream, STAGE, lambda events: rate_batch(stream, events), on_retry=gatherer.discard
+            stream,
+            STAGE,
+            lambda events: rate_batch(stream, events),
+            on_retry=gatherer.discard,
+            batch_size=settings.rating_batch_size,
         )
 
     @app.timer(interval=settings.tick_interval_s)

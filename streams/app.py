@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import faust
+from faust.sensors import Monitor
 
 from karma.schemas.models import DeadLetter, Record, prompt_id_of_key
 from karma.streams.codecs import DecodeError, decode, encode
@@ -67,13 +68,14 @@ class Stage:
         stage: str,
         handle: Callable[[list[Any]], Awaitable[None]],
         on_retry: Callable[[], None] = lambda: None,
+        batch_size: int | None = None,
     ) -> None:
         """Feeds `handle` the stream's events in batches (`batch_size`, or what arrived within
         `batch_wait_s`), so a model backend gets many requests at once; each message's latency
         is its share of its batch's time. faust acks a batch when `handle` returns, so
         `handle_safely` makes sure that only happens once every message has its output or its
         dead letter."""
-        async for events in self.batches(stream):
+        async for events in self.batches(stream, batch_size or self.settings.batch_size):
             started = time.perf_counter()
             await self.handle_safely(events, stage, handle, on_retry)
             for event in events:
@@ -82,7 +84,7 @@ class Stage:
             for _ in events:
                 STAGE_LATENCY.labels(stage).observe(share)
 
-    async def batches(self, stream: Any) -> AsyncIterator[list[Any]]:
+    async def batches(self, stream: Any, batch_size: int) -> AsyncIterator[list[Any]]:
         """The stream's events in batches: up to `batch_size`, or what arrived within
         `batch_wait_s` of a batch's first event. Acks are left to the caller.
 
@@ -92,7 +94,7 @@ class Stage:
         So a task of our own pumps the stream, with faust's acks off, into a bounded queue (its
         bound is the back-pressure)."""
         stream.enable_acks = False
-        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.settings.batch_size)
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * batch_size)
 
         async def pump() -> None:
             async for event in stream.events():
@@ -104,7 +106,7 @@ class Stage:
             while (first := await _next_event(queue, pumping, None)) is not _ENDED:
                 batch = [first]
                 deadline = loop.time() + self.settings.batch_wait_s
-                while len(batch) < self.settings.batch_size:
+                while len(batch) < batch_size:
                     if not queue.empty():
                         batch.append(queue.get_nowait())
                         continue
@@ -244,6 +246,39 @@ async def _next_event(queue: asyncio.Queue[Any], pumping: asyncio.Future[None], 
     return None
 
 
+class PerMessageQuietMonitor(Monitor):
+    """faust's monitor without its per-message bookkeeping (in-memory stats for faust's web
+    views, which these workers do not serve): every message, send and table access would
+    otherwise update it. The workers export their own Prometheus metrics instead."""
+
+    def on_message_in(self, *args: Any) -> None:
+        return None
+
+    def on_stream_event_in(self, *args: Any) -> None:
+        return None
+
+    def on_stream_event_out(self, *args: Any) -> None:
+        return None
+
+    def on_message_out(self, *args: Any) -> None:
+        return None
+
+    def on_table_get(self, *args: Any) -> None:
+        return None
+
+    def on_table_set(self, *args: Any) -> None:
+        return None
+
+    def on_table_del(self, *args: Any) -> None:
+        return None
+
+    def on_send_initiated(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def on_send_completed(self, *args: Any) -> None:
+        return None
+
+
 def app_id_for(settings: KarmaSettings, roles: Iterable[str], models: Iterable[str] = ()) -> str:
     """The consumer group: one per role, and one per model (or model set) for generation."""
     roles = tuple(roles)
@@ -282,9 +317,13 @@ def create_app(
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         broker_rebalance_timeout=settings.rebalance_timeout_s,
         broker_commit_interval=1.0,
+        broker_max_poll_records=2000,
+        stream_buffer_maxsize=16384,
+        producer_linger_ms=5,
         web_enabled=False,
         autodiscover=False,
         TableManager=SeekSafeTableManager,  # see streams/recovery.py
+        monitor=PerMessageQuietMonitor(),
     )
     names = TopicNames.from_settings(settings)
     topics = {

@@ -222,6 +222,12 @@ class KarmaSettings(BaseSettings):
     batch_size: int = Field(
         default=32, ge=1, description="Generation and judging take up to this many messages at a time."
     )
+    rating_batch_size: int = Field(
+        default=256,
+        ge=1,
+        description="The rating stage takes up to this many messages at a time: no model waits on it, "
+        "and a prompt whose answers all fall in one batch costs one state write.",
+    )
     batch_wait_s: float = Field(
         default=0.1, gt=0, description="...or what arrived within this long, so a GPU engine stays full."
     )

@@ -38,7 +38,7 @@ def stage(batch_size: int = 8, batch_wait_s: float = 0.01) -> Stage:
 
 async def collect(stream: FakeStream, handle_s: float = 0.001) -> list[list[int]]:
     batches: list[list[int]] = []
-    async for batch in stage().batches(stream):
+    async for batch in stage().batches(stream, 8):
         batches.append(batch)
         await asyncio.sleep(handle_s)  # events keep arriving while a batch is handled
         if sum(map(len, batches)) == stream.count:
@@ -56,7 +56,7 @@ def test_every_event_once_in_order_in_bounded_batches() -> None:
 
 def test_a_broken_stream_is_raised_not_waited_on() -> None:
     async def scenario() -> None:
-        async for _ in stage().batches(FakeStream(100, fail_after=50)):
+        async for _ in stage().batches(FakeStream(100, fail_after=50), 8):
             pass
 
     with pytest.raises(ConnectionError, match="the stream broke"):
@@ -67,7 +67,7 @@ def test_a_lone_event_waits_at_most_batch_wait_s() -> None:
     async def scenario() -> Any:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        async for batch in stage(batch_wait_s=0.05).batches(FakeStream(1)):
+        async for batch in stage(batch_wait_s=0.05).batches(FakeStream(1), 8):
             return batch, loop.time() - started
         return None
 
