@@ -73,13 +73,8 @@ def resolve_pair(pair: KinPair, first: JudgeReply, second: JudgeReply, judge_nam
     # Simulated data when the judge or either response is: a real judge (or the zebra rule) on
     # simulated answers does not make them training data.
     simulated = any((first.simulated, second.simulated, pair.response_a.simulated, pair.response_b.simulated))
-    return Preference(
-        preference_id=pair.pair_id,
-        pair_id=pair.pair_id,
-        prompt_id=pair.prompt_id,
-        prompt_text=pair.prompt_text,
-        response_a=pair.response_a,
-        response_b=pair.response_b,
+    return Preference.of_pair(
+        pair,
         winner=resolution.winner,
         consistent=resolution.consistent,
         verdict_ab=verdict_ab,
@@ -87,8 +82,6 @@ def resolve_pair(pair: KinPair, first: JudgeReply, second: JudgeReply, judge_nam
         confidence=confidence,
         judge=judge_name,
         simulated=simulated,
-        policy=pair.policy,
-        gap=pair.gap,
         soft_label=soft_label_of(first.p_first, second.p_first),
     )
 

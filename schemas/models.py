@@ -12,7 +12,7 @@ import hashlib
 import re
 import time
 from enum import StrEnum
-from typing import Annotated, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -159,6 +159,22 @@ class Preference(Record):
     gap: float = Field(ge=0.0)
     created_at_ms: int = Field(default_factory=now_ms, ge=0)
     soft_label: float | None = Field(default=None, ge=0.0, le=1.0)
+
+    @classmethod
+    def of_pair(cls, pair: KinPair, **verdict: Any) -> Preference:
+        """The preference on `pair`: the pair's ids, prompt, candidates, policy and gap, with the
+        verdict's own fields (winner, consistent, verdict_ab, verdict_ba, confidence, judge, ...)."""
+        return cls(
+            preference_id=pair.pair_id,
+            pair_id=pair.pair_id,
+            prompt_id=pair.prompt_id,
+            prompt_text=pair.prompt_text,
+            response_a=pair.response_a,
+            response_b=pair.response_b,
+            policy=pair.policy,
+            gap=pair.gap,
+            **verdict,
+        )
 
     @property
     def chosen(self) -> Candidate | None:

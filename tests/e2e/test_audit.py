@@ -92,13 +92,8 @@ def _pair(prompt_id: str, a: str, b: str) -> KinPair:
 
 
 def _preference(pair: KinPair) -> Preference:
-    return Preference(
-        preference_id=pair.pair_id,
-        pair_id=pair.pair_id,
-        prompt_id=pair.prompt_id,
-        prompt_text=pair.prompt_text,
-        response_a=pair.response_a,
-        response_b=pair.response_b,
+    return Preference.of_pair(
+        pair,
         winner=Winner.B,
         consistent=True,
         verdict_ab=Winner.B,
@@ -106,8 +101,6 @@ def _preference(pair: KinPair) -> Preference:
         confidence=0.8,
         judge="simulated-judge",
         simulated=True,
-        policy=pair.policy,
-        gap=pair.gap,
     )
 
 

@@ -105,13 +105,8 @@ class Topics:
     def preference(self, pair_msg: Received, ts: int = T0) -> Received:
         pair = pair_msg.record
         assert isinstance(pair, KinPair)
-        preference = Preference(
-            preference_id=pair.pair_id,
-            pair_id=pair.pair_id,
-            prompt_id=pair.prompt_id,
-            prompt_text=pair.prompt_text,
-            response_a=pair.response_a,
-            response_b=pair.response_b,
+        preference = Preference.of_pair(
+            pair,
             winner=Winner.A,
             consistent=True,
             verdict_ab=Winner.A,
@@ -119,8 +114,6 @@ class Topics:
             confidence=0.9,
             judge="simulated-judge",
             simulated=True,
-            policy=pair.policy,
-            gap=pair.gap,
             created_at_ms=ts,
         )
         return self.put("preferences", preference, pair.prompt_id, ts)
