@@ -25,7 +25,15 @@ from karma.schemas.models import DeadLetter, Record, prompt_id_of_key
 from karma.streams.codecs import DecodeError, decode, encode
 from karma.streams.config import KarmaSettings, ModelSpec
 from karma.streams.lag import LagMonitor
-from karma.streams.metrics import DEAD_LETTERS, HANDLER_FAILURES, MESSAGES_IN, MESSAGES_OUT, STAGE_LATENCY
+from karma.streams.metrics import (
+    BATCH_SECONDS,
+    DEAD_LETTERS,
+    HANDLER_FAILURES,
+    LOOP_LAG,
+    MESSAGES_IN,
+    MESSAGES_OUT,
+    STAGE_LATENCY,
+)
 from karma.streams.recovery import SeekSafeTableManager
 from karma.streams.topics import TopicNames
 
@@ -80,9 +88,11 @@ class Stage:
             await self.handle_safely(events, stage, handle, on_retry)
             for event in events:
                 await stream.ack(event)  # only now: handled, or dead-lettered
-            share = (time.perf_counter() - started) / len(events)
+            spent = time.perf_counter() - started
+            BATCH_SECONDS.labels(stage).observe(spent)
+            latency = STAGE_LATENCY.labels(stage)
             for _ in events:
-                STAGE_LATENCY.labels(stage).observe(share)
+                latency.observe(spent / len(events))
 
     async def batches(self, stream: Any, batch_size: int) -> AsyncIterator[list[Any]]:
         """The stream's events in batches: up to `batch_size`, or what arrived within
@@ -337,12 +347,23 @@ def create_app(
         rating.register(stage)
     if "judge" in roles:
         judging.register(stage)
+    _watch_loop_lag(app)
     if settings.lag_interval_s:
         consumed = {name for role in roles for name in CONSUMES[role]}
         if not settings.competency.online:
             consumed.discard("preferences")  # only the online competency reads the verdicts
         _report_lag(app, settings, [getattr(names, stage) for stage in sorted(consumed)])
     return app
+
+
+def _watch_loop_lag(app: faust.App, interval_s: float = 0.05) -> None:
+    @app.task
+    async def watch_loop_lag() -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            await asyncio.sleep(interval_s)
+            LOOP_LAG.observe(max(0.0, loop.time() - started - interval_s))
 
 
 def _report_lag(app: faust.App, settings: KarmaSettings, topics: list[str]) -> None:

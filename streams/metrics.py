@@ -29,6 +29,18 @@ LATE_ANSWERS = Counter(
 HANDLER_FAILURES = Counter(
     "karma_handler_failures", "Batch attempts that raised an unexpected exception (then retried).", ["stage"]
 )
+LOOP_LAG = Histogram(
+    "karma_event_loop_lag_seconds",
+    "How late a 50 ms timer fires: how long the worker's event loop was kept busy without yielding "
+    "(heartbeats, fetches and every other task wait that long).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+BATCH_SECONDS = Histogram(
+    "karma_batch_seconds",
+    "Time a stage spent on one batch, decode to publish (awaits included).",
+    ["stage"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
 PENDING_PROMPTS = Gauge("karma_rating_pending_prompts", "Prompts whose responses are still being gathered.")
 SUPERIORITY = Gauge(
     "karma_model_superiority",

@@ -38,6 +38,8 @@ def test_every_prompt_ends_as_its_expected_preferences(pipeline_factory) -> None
         "karma_kin_gap_bucket",
         "karma_judge_verdicts_total",
         "# TYPE karma_dlq_messages_total counter",
+        'karma_batch_seconds_count{stage="rating"}',
+        "karma_event_loop_lag_seconds_count",
     ):
         assert family in metrics, family
 
