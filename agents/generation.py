@@ -1,6 +1,6 @@
 """Generation stage: each prompt on karma.prompts becomes one response per model.
 
-Prompts are taken in batches (faust `take_events`: up to `batch_size`, or whatever arrived
+Prompts are taken in batches (`Stage.in_batches`: up to `batch_size`, or whatever arrived
 within `batch_wait_s`), and every model of the worker gets the whole batch at once, so a GPU
 engine or a remote server has enough requests in flight to stay busy. A request that fails
 for good (after the backend's retries) goes to the dead-letter topic with the reason and, as a

@@ -80,9 +80,8 @@ class Stage:
     ) -> None:
         """Feeds `handle` the stream's events in batches (`batch_size`, or what arrived within
         `batch_wait_s`), so a model backend gets many requests at once; each message's latency
-        is its share of its batch's time. faust acks a batch when `handle` returns, so
-        `handle_safely` makes sure that only happens once every message has its output or its
-        dead letter."""
+        is its share of its batch's time. A batch's messages are acked after `handle_safely`
+        returns, that is once every one of them has its output or its dead letter."""
         async for events in self.batches(stream, batch_size or self.settings.batch_size):
             started = time.perf_counter()
             await self.handle_safely(events, stage, handle, on_retry)
@@ -140,7 +139,7 @@ class Stage:
         cost a message. If the batch still fails, each message is handled alone, and one that
         still fails goes to the DLQ with the exception (error_type `exception`). `on_retry`
         forgets the failed attempt's unsaved state. If even the dead letter cannot be sent,
-        the process exits at once, before faust acks anything, so the group redelivers."""
+        the process exits at once, before the batch is acked, so the group redelivers."""
         delay = 0.5
         for attempt in range(1, self.settings.handler_retries + 1):
             try:
@@ -166,7 +165,7 @@ class Stage:
                 except Exception:
                     log.critical("%s: cannot dead-letter a failing message; exiting uncommitted", stage)
                     logging.shutdown()
-                    os._exit(70)  # no finally blocks: faust must not ack the batch
+                    os._exit(70)  # no finally blocks: the batch must not be acked
 
     async def decode_batch(
         self, events: list[Any], model: type[R], stage: str, *, report_errors: bool = True
@@ -213,8 +212,9 @@ class Stage:
     async def dead_letter_prompt(
         self, prompt_id: str, partition: int, *, stage: str, reason: str, error_type: str
     ) -> None:
-        """A letter about a prompt that no single message caused (raised by the gather timer):
-        it points at the prompt's partition of the responses topic, offset -1, no value."""
+        """A letter about a prompt that no single message caused (the rating stage's `unpaired`
+        and `incomplete`): it points at the prompt's partition of the responses topic, offset
+        -1, no value."""
         await self._send_letter(
             DeadLetter(
                 reason=reason,
