@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import os
 import random
-import socket
 import statistics
 import threading
 import time
@@ -35,18 +34,6 @@ class BenchError(RuntimeError):
 # -- broker ----------------------------------------------------------------------------------------
 
 
-def free_ports(count: int) -> list[int]:
-    """Distinct loopback ports that are free right now."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 def default_jars_home() -> Path:
     """`<repo>/.cache/karma` of the karma package in use (the frozen copy's or the live one's),
     where `make` and the test suite keep the resolved Kafka jars."""
@@ -59,10 +46,7 @@ def start_local_broker(home: Path, jars_home: Path, timeout_s: float = 120.0) ->
     """A single-node KRaft broker on two free loopback ports, state under `home`."""
     from karma.streams.broker import BrokerConfig, BrokerError, LocalBroker
 
-    port, controller_port = free_ports(2)
-    broker = LocalBroker(
-        BrokerConfig(home=home, port=port, controller_port=controller_port, jars_home=jars_home)
-    )
+    broker = LocalBroker(BrokerConfig.on_free_ports(home, jars_home))
     try:
         broker.start(timeout=timeout_s)
     except BrokerError as exc:

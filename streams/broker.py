@@ -84,6 +84,18 @@ def kafka_pom() -> Path:
     return Path(__file__).resolve().parents[1] / "deploy" / "kafka" / "pom.xml"
 
 
+def free_ports(count: int = 2) -> list[int]:
+    """Distinct loopback ports that are free right now."""
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 @dataclass
 class BrokerConfig:
     """Where a local broker keeps its state and which loopback ports it listens on."""
@@ -103,6 +115,13 @@ class BrokerConfig:
             self.controller_port = self.port + 1
         if self.controller_port == self.port:
             raise BrokerError(f"controller port must differ from the client port {self.port}")
+
+    @classmethod
+    def on_free_ports(cls, home: Path, jars_home: Path | None = None) -> BrokerConfig:
+        """A throw-away broker's config (tests, benchmarks): under `home`, on two loopback ports
+        that are free right now."""
+        port, controller_port = free_ports(2)
+        return cls(home=home, port=port, controller_port=controller_port, jars_home=jars_home)
 
 
 @dataclass(frozen=True)

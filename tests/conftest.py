@@ -7,13 +7,12 @@ Set ``KARMA_TEST_BOOTSTRAP=host:port`` to run against an existing broker instead
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from karma.streams.broker import BrokerConfig, LocalBroker
+from karma.streams.broker import BrokerConfig, LocalBroker, free_ports
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Jars are resolved once into the repo's cache and shared by every test session (and CI run).
@@ -21,22 +20,9 @@ JARS_HOME = REPO_ROOT / ".cache" / "karma"
 BROKER_START_TIMEOUT = 90.0
 
 
-def free_ports(count: int = 2) -> list[int]:
-    """Distinct loopback ports that are free right now."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 def local_broker_config(home: Path) -> BrokerConfig:
     """A config for a throw-away broker under ``home`` on free ports, sharing the jar cache."""
-    port, controller_port = free_ports(2)
-    return BrokerConfig(home=home, port=port, controller_port=controller_port, jars_home=JARS_HOME)
+    return BrokerConfig.on_free_ports(home, JARS_HOME)
 
 
 @pytest.fixture(scope="session")
