@@ -7,6 +7,7 @@ import sys
 
 import faust
 
+from karma.streams import transport
 from karma.streams.app import PerMessageQuietMonitor, Stage, raw_topic
 from karma.streams.config import KarmaSettings
 
@@ -14,7 +15,7 @@ bootstrap, mode = sys.argv[1], sys.argv[2]
 # The same faust settings as the karma workers (streams/app.py create_app).
 app = faust.App(
     f"floor-{mode}",
-    broker=f"kafka://{bootstrap}",
+    broker=f"{transport.SCHEME}://{bootstrap}",
     store="memory://",
     topic_partitions=4,
     web_enabled=False,
