@@ -8,7 +8,7 @@ to the ceiling measured in the same run. Prints figures; it is not a test.
 It measures the karma package of the Python that runs it, so one copy of the script serves two
 checkouts: `cd OTHER && .venv/bin/python /path/to/benchmarks/bench_pipeline.py` measures OTHER's
 code (workers are started with the same interpreter; the throw-away broker's jars are looked up
-in OTHER/.cache/karma, or --jars-home). --repeats N runs the quick scenarios (ceiling, generate,
+in OTHER/.cache/karma, or --jars-home). --repeats N runs the quick scenarios (ceiling, generate, rate,
 judge) N times and reports medians; the others run once. On a 2-core machine, with the code
 of commit 1a301b6, `--repeats 3 --cap-s 360` took 7 minutes; the 20,000-prompt backlog alone
 took about 245 s, so at the default --cap-s 240 it is reported as capped.
@@ -107,7 +107,7 @@ from karma.streams.topics import ensure_topics
 
 SCENARIOS = ("ceiling", "generate", "rate", "judge", "run5", "run16", "backlog", "latency")
 # Short enough to repeat: --repeats applies to these; the others run once.
-QUICK = ("ceiling", "generate", "judge")
+QUICK = ("ceiling", "generate", "rate", "judge")
 LOCAL_KAFKA_VERSION = "4.1.1"  # what LocalBroker resolves by default (BrokerConfig.kafka_version)
 
 _TOPICS = (
