@@ -4,6 +4,7 @@ message in a hundred, so the reader can date the run). Args: BOOTSTRAP MODE (pla
 from __future__ import annotations
 
 import sys
+import tempfile
 
 import faust
 
@@ -17,6 +18,7 @@ app = faust.App(
     f"floor-{mode}",
     broker=f"{transport.SCHEME}://{bootstrap}",
     store="memory://",
+    datadir=tempfile.mkdtemp(prefix="karma-floor-"),  # not the current directory
     topic_partitions=4,
     web_enabled=False,
     autodiscover=False,
