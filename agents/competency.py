@@ -50,7 +50,7 @@ def score_of_first(key: tuple[str, str], model_a: str, winner: Winner) -> float:
     return score_a if key[0] == model_a else 1.0 - score_a
 
 
-# Labellers that read the models' superiority instead of the answers (agents/zebra.py): their
+# Labellers that read the models' superiority instead of the answers (agents/backends/zebra.py): their
 # verdicts restate the current order, so counting them as evidence would only widen its gaps.
 RULE_LABELLERS = frozenset({"zebra"})
 

@@ -8,36 +8,19 @@ dead-letter topic with the reason: recorded as an error, never guessed.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from karma.agents.backends import BackendError, Judge, JudgeReply, JudgeRequest, make_judge
+from karma.agents.backends.simulated import SimulatedJudge, SimulatedJudgeBackend
 from karma.agents.judge_prompt import RawVerdict
-from karma.agents.kinship import load_profiles
-from karma.agents.simulated import SimulatedJudge
 from karma.agents.verdicts import resolve, unswap
 from karma.schemas.models import Candidate, KinPair, Preference, Winner
 from karma.streams.app import Stage
 from karma.streams.codecs import encode
-from karma.streams.config import KarmaSettings
 from karma.streams.metrics import BACKEND_REQUESTS, VERDICTS
 
 STAGE = "judging"
-
-
-def build_judge(settings: KarmaSettings) -> SimulatedJudge:
-    profiles = load_profiles(settings.kin.profiles)
-    qualities = {
-        spec.name: spec.latent_quality if spec.latent_quality is not None else profiles.superiority(spec.name)
-        for spec in settings.pool
-    }
-    return SimulatedJudge(
-        qualities=qualities,
-        position_bias=settings.judge.position_bias,
-        temperature=settings.judge.quality_scale,
-        length_bias=settings.judge.length_bias,
-        seed=settings.seed,
-        name=settings.judge.name,
-    )
 
 
 def requests_for(pair: KinPair, seed: int = 0) -> tuple[JudgeRequest, JudgeRequest]:
@@ -95,10 +78,6 @@ def soft_label_of(p_first_ab: float | None, p_first_ba: float | None) -> float |
 
 def judge_pair(judge: SimulatedJudge, pair: KinPair) -> Preference:
     """The simulated judge's preference on one pair, synchronously (for tests and tools)."""
-    import asyncio
-
-    from karma.agents.backends import SimulatedJudgeBackend
-
     first, second = asyncio.run(SimulatedJudgeBackend(judge).judge(requests_for(pair)))
     assert not isinstance(first, BackendError) and not isinstance(second, BackendError)
     return resolve_pair(pair, first, second, judge.name)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
 from karma.agents.kinship import ChosenPair, KinRule, Profiles, Scored, kin_pairs
-from karma.agents.simulated import seeded_rng
+from karma.agents.seeding import seeded_rng
 
 Policy = Literal["kin", "sup", "sim", "hybrid", "maxgap", "random", "all"]
 POLICIES: tuple[str, ...] = get_args(Policy)

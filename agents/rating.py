@@ -29,15 +29,13 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from karma.agents.competency import Tally, assess, is_evidence, pair_key, score_of_first
-from karma.agents.gathering import Gathered, Gatherer, Outcome
-from karma.agents.kinship import KinRule, Profiles, Scored, load_profiles
-from karma.agents.policies import Policy, select_pairs
-from karma.schemas.models import Candidate, KinPair, Preference, Response, pair_id_for
+from karma.agents.gathering import Gatherer, Outcome
+from karma.agents.kinship import load_profiles
+from karma.agents.pairing import LiveCompetency, make_pairs
+from karma.schemas.models import Preference, Response
 from karma.streams.app import Stage, raw_topic
 from karma.streams.codecs import DecodeError, decode, encode
 from karma.streams.metrics import (
@@ -52,67 +50,6 @@ from karma.streams.metrics import (
 )
 
 STAGE = "rating"
-
-
-@dataclass
-class LiveCompetency:
-    """The superiority pairing uses now (model -> blended value) and when it was computed."""
-
-    superiority: dict[str, float]
-    refreshed_at: float = 0.0  # ms
-
-
-def make_pairs(
-    gathered: Gathered,
-    profiles: Profiles,
-    rule: KinRule,
-    policy: Policy = "kin",
-    hybrid_weight: float = 0.5,
-    superiority: Mapping[str, float] | None = None,
-) -> list[KinPair]:
-    """The pairs `policy` picks among one prompt's responses: pure, so it is tested without Kafka.
-    `superiority` (model -> value, e.g. the blended online estimate) overrides the profiles'."""
-    superiority = superiority or {}
-    scored = [
-        Scored(
-            response_id=r["response_id"],
-            model=model,
-            superiority=superiority.get(model, profiles.superiority(model)),
-            length=len(r["text"].split()),
-        )
-        for model, r in gathered.responses.items()
-    ]
-    pairs = []
-    chosen_pairs = select_pairs(
-        policy, scored, profiles, rule, seed_key=gathered.prompt_id, hybrid_weight=hybrid_weight
-    )
-    for chosen in chosen_pairs:
-        a, b = (gathered.responses[chosen.a.model], gathered.responses[chosen.b.model])
-        pairs.append(
-            KinPair(
-                pair_id=pair_id_for(gathered.prompt_id, a["response_id"], b["response_id"]),
-                prompt_id=gathered.prompt_id,
-                prompt_text=gathered.prompt_text,
-                response_a=Candidate(
-                    response_id=a["response_id"],
-                    model=chosen.a.model,
-                    text=a["text"],
-                    superiority=chosen.a.superiority,
-                    simulated=a["simulated"],
-                ),
-                response_b=Candidate(
-                    response_id=b["response_id"],
-                    model=chosen.b.model,
-                    text=b["text"],
-                    superiority=chosen.b.superiority,
-                    simulated=b["simulated"],
-                ),
-                policy=policy,
-                similarity=chosen.similarity,
-                gap=chosen.gap,
-            )
-        )
-    return pairs
 
 
 def register(stage: Stage) -> None:

@@ -13,7 +13,7 @@ from karma.streams.app import PerMessageQuietMonitor, Stage, raw_topic
 from karma.streams.config import KarmaSettings
 
 bootstrap, mode = sys.argv[1], sys.argv[2]
-# The same faust settings as the karma workers (streams/app.py create_app).
+# The same faust settings as the karma workers (streams/app.py new_stage).
 app = faust.App(
     f"floor-{mode}",
     broker=f"{transport.SCHEME}://{bootstrap}",

@@ -99,10 +99,10 @@ from rich.table import Table
 from karma.agents.kinship import Scored, load_profiles
 from karma.agents.policies import select_pairs
 from karma.schemas.models import Candidate, KinPair, Prompt, Response, pair_id_for, response_id_for
-from karma.streams.cli import spawn_worker, stop_worker
 from karma.streams.codecs import encode
 from karma.streams.config import KarmaSettings
 from karma.streams.demo import expected_pairs_per_prompt
+from karma.streams.processes import spawn_worker, stop_worker
 from karma.streams.topics import ensure_topics
 
 SCENARIOS = ("ceiling", "generate", "rate", "judge", "run5", "run16", "backlog", "latency")

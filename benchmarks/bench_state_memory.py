@@ -35,9 +35,9 @@ from _kafka_bench import _status_kib, default_jars_home, publish, start_local_br
 
 from karma.schemas.models import Prompt, Response, response_id_for  # noqa: E402
 from karma.streams.broker import free_ports  # noqa: E402
-from karma.streams.cli import spawn_worker, stop_worker  # noqa: E402
 from karma.streams.codecs import encode  # noqa: E402
 from karma.streams.config import KarmaSettings  # noqa: E402
+from karma.streams.processes import spawn_worker, stop_worker  # noqa: E402
 from karma.streams.topics import ensure_topics  # noqa: E402
 
 POOL = ["llama-2-13b-chat", "wizardlm-13b", "vicuna-33b", "llama-2-70b-chat", "gpt-3.5-turbo"]

@@ -305,15 +305,14 @@ def app_id_for(settings: KarmaSettings, roles: Iterable[str], models: Iterable[s
     return re.sub(r"[^a-zA-Z0-9._-]", "_", "-".join(parts))
 
 
-def create_app(
+def new_stage(
     settings: KarmaSettings,
     roles: Iterable[str] = ROLES,
     models: list[ModelSpec] | None = None,
-) -> faust.App:
-    """A faust app with the agents of `roles`; `models` narrows generation to part of the pool."""
-    # Imported here: the agents import from `streams`, and the app is their only caller.
-    from karma.agents import generation, judging, rating
-
+) -> Stage:
+    """A faust app for `roles`, with its topics and the lag and loop-lag watchers, and no agents
+    yet: `streams/worker.py` registers the stages' agents on it. `models` narrows generation to
+    part of the pool (it names the consumer group)."""
     roles = tuple(roles)
     unknown = set(roles) - set(ROLES)
     if unknown:
@@ -347,19 +346,13 @@ def create_app(
         for stage in ("prompts", "responses", "pairs", "preferences", "dlq", "ticks")
     }
     stage = Stage(settings=settings, app=app, names=names, topics=topics)
-    if "generate" in roles:
-        generation.register(stage, models or settings.pool)
-    if "rate" in roles:
-        rating.register(stage)
-    if "judge" in roles:
-        judging.register(stage)
     _watch_loop_lag(app)
     if settings.lag_interval_s:
         consumed = {name for role in roles for name in CONSUMES[role]}
         if not settings.competency.online:
             consumed.discard("preferences")  # only the online competency reads the verdicts
-        _report_lag(app, settings, [getattr(names, stage) for stage in sorted(consumed)])
-    return app
+        _report_lag(app, settings, [getattr(names, name) for name in sorted(consumed)])
+    return stage
 
 
 def _watch_loop_lag(app: faust.App, interval_s: float = 0.05) -> None:

@@ -46,6 +46,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
+from karma.agents.gathering import Gathered
+from karma.agents.kinship import load_profiles
+from karma.agents.pairing import make_pairs
 from karma.schemas.models import DeadLetter, KinPair, Preference, Prompt, Response, prompt_id_of_key
 from karma.streams.client import Received, read_topic
 from karma.streams.config import KarmaSettings
@@ -493,10 +496,6 @@ def _undecodable(msg: Received, lettered: bool, now_ms: int, backstop_ms: int) -
 def expected_pairs_for(settings: KarmaSettings) -> ExpectedPairs:
     """The rating stage's own pairing (make_pairs, the configured profiles, rule and policy) as
     the audit needs it. Only right with prior competency: online, pairing follows the verdicts."""
-    # Imported here: the rating module brings faust along, which the pure ledger does not need.
-    from karma.agents.kinship import load_profiles
-    from karma.agents.rating import Gathered, make_pairs
-
     profiles = load_profiles(settings.kin.profiles)
     rule = settings.kin.rule()
 

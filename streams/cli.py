@@ -8,12 +8,9 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
-import signal
-import subprocess
 import sys
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from enum import StrEnum
 from importlib import resources
 from pathlib import Path
@@ -28,7 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from karma.streams.audit import Ledger, State
-from karma.streams.broker import BrokerConfig, BrokerError, LocalBroker, broker_app
+from karma.streams.broker import BrokerError, broker_app
 from karma.streams.client import (
     PromptProducer,
     Received,
@@ -37,6 +34,7 @@ from karma.streams.client import (
     read_topic,
 )
 from karma.streams.config import ConfigError, KarmaSettings, load_settings
+from karma.streams.processes import broker_for
 from karma.streams.topics import TopicMismatchError
 
 T = TypeVar("T")
@@ -601,27 +599,6 @@ def _printable(received: Received) -> dict[str, Any]:
     return row
 
 
-@contextlib.contextmanager
-def broker_for(bootstrap: str | None, port: int, keep: bool = False) -> Iterator[str]:
-    """The bootstrap servers to use: `bootstrap` as given, or else the local broker on `port`,
-    started if it is not answering (and then stopped afterwards, unless `keep`)."""
-    if bootstrap:
-        yield bootstrap
-        return
-    broker = LocalBroker(BrokerConfig(port=port))
-    started = False
-    if not broker.status().answering:
-        console.print("starting the local Kafka broker (the first run resolves its jars with Maven)…")
-        broker.ensure_jars(progress=lambda line: console.print(f"  {line}"))
-        broker.start(timeout=120)
-        started = True
-    try:
-        yield broker.bootstrap
-    finally:
-        if started and not keep:
-            broker.stop()
-
-
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -654,7 +631,7 @@ def demo(
     from karma.streams.demo import run_demo
 
     try:
-        with broker_for(bootstrap, port, keep=keep_broker) as servers:
+        with broker_for(bootstrap, port, keep=keep_broker, say=console.print) as servers:
             console.print(f"broker answering on {servers}")
             stamp = time.strftime("%Y%m%d-%H%M%S")
             settings = settings_or_exit(
@@ -723,8 +700,8 @@ def evaluate(
     Without --bootstrap it starts the local broker (as `karma demo` does) if none answers.
     """
     from karma.agents.kinship import ProfileError
-    from karma.streams.evaluate import EvalError, load_prompts, parse_policies, run_eval, summary_table
-    from karma.streams.evaluate import with_pool as eval_pool
+    from karma.streams.evaluation import EvalError, load_prompts, parse_policies, run_eval, summary_table
+    from karma.streams.evaluation import with_pool as eval_pool
 
     try:
         chosen = parse_policies(policies)
@@ -739,7 +716,7 @@ def evaluate(
         console.print("[red]error:[/] no usable prompt")
         raise typer.Exit(2)
     try:
-        with broker_for(bootstrap, port) as servers:
+        with broker_for(bootstrap, port, say=console.print) as servers:
             settings = settings_or_exit(config, bootstrap_servers=servers, metrics_port=0)
             try:
                 settings = eval_pool(settings, pool.value)
@@ -827,8 +804,8 @@ def simulated_server(
     """
     from rich.markup import escape
 
+    from karma.agents.backends.simulated_server import ServerOptions, parse_fail_after, parse_qualities, serve
     from karma.agents.kinship import ProfileError
-    from karma.agents.simulated_server import ServerOptions, parse_fail_after, parse_qualities, serve
 
     try:
         options = ServerOptions(
@@ -854,38 +831,6 @@ def simulated_server(
     except OSError as exc:
         console.print(f"[red]error:[/] cannot listen on {host}:{port}: {exc.strerror or exc}")
         raise typer.Exit(1) from None
-
-
-def spawn_worker(settings: KarmaSettings, log_path: Path, *args: str) -> subprocess.Popen[bytes]:
-    """Starts `karma run` (or `karma worker ...`) as a child process with these settings."""
-    env = {**os.environ, **settings_env(settings)}
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = log_path.open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "karma.streams.cli", *(args or ("run",))],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def stop_worker(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def settings_env(settings: KarmaSettings) -> dict[str, str]:
-    """KARMA_* variables that reproduce `settings` in a child process."""
-    return {
-        "KARMA_" + name.upper(): value if isinstance(value, str) else json.dumps(value)
-        for name, value in settings.model_dump(mode="json").items()
-    }
 
 
 class LogLevel(StrEnum):

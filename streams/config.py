@@ -18,12 +18,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from karma.agents.backends import GENERATION_BACKENDS, JUDGE_BACKENDS
 from karma.agents.kinship import KinRule
 from karma.agents.policies import POLICIES, Policy
 
-Backend = Literal["simulated", "openai", "vllm", "transformers"]
-# The judge may also be the ZEBRA labeller: no model, the more superior model's response wins.
-JudgeBackend = Literal["simulated", "openai", "vllm", "transformers", "zebra"]
+# The names come from the one registry of backends; the judge may also be `zebra`.
+Backend = Literal[GENERATION_BACKENDS]  # type: ignore[valid-type]
+JudgeBackend = Literal[JUDGE_BACKENDS]  # type: ignore[valid-type]
 
 
 class StrictModel(BaseModel):
@@ -36,7 +37,7 @@ class StrictModel(BaseModel):
 class BackendSpec(StrictModel):
     """Where a model runs, for generation or judging; the backend's own settings have defaults.
 
-    - simulated: seeded CPU stand-ins (agents/simulated.py); every record says simulated.
+    - simulated: seeded CPU stand-ins (agents/backends/simulated.py); every record says simulated.
     - openai: any OpenAI-compatible chat-completions server (`vllm serve`, TGI, SGLang, ...).
     - vllm: vLLM's V1 `AsyncLLM` inside the worker (continuous batching on the worker's GPU).
     - transformers: a local checkpoint with Hugging Face transformers (CPU or GPU).

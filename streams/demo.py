@@ -17,6 +17,7 @@ from karma.agents.policies import select_pairs
 from karma.schemas.models import Preference, Winner
 from karma.streams.client import PromptProducer, parse_prompt_file, read_topic
 from karma.streams.config import KarmaSettings
+from karma.streams.processes import spawn_worker, stop_worker
 from karma.streams.topics import ensure_topics
 
 
@@ -47,9 +48,6 @@ def run_demo(
     console: Console,
     progress: Callable[[], Progress],
 ) -> dict[str, int]:
-    # Imported here to keep the CLI helpers out of this module's import graph.
-    from karma.streams.cli import spawn_worker, stop_worker
-
     asyncio.run(ensure_topics(settings))
     output.parent.mkdir(parents=True, exist_ok=True)
     worker = spawn_worker(settings, output.parent / "worker.log")

@@ -1,15 +1,35 @@
-"""Runs a faust worker for some roles: the body of `karma worker` and `karma run`."""
+"""A worker: the stages of some roles on one faust app, run until SIGINT/SIGTERM. The body of
+`karma worker` and `karma run`."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 import faust
 
-from karma.streams.app import ROLES, create_app
+from karma.agents import generation, judging, rating
+from karma.streams.app import ROLES, new_stage
 from karma.streams.config import KarmaSettings, ModelSpec
 from karma.streams.metrics import serve_metrics
 from karma.streams.topics import changelog_topics, ensure_topics
+
+
+def create_app(
+    settings: KarmaSettings,
+    roles: Iterable[str] = ROLES,
+    models: list[ModelSpec] | None = None,
+) -> faust.App:
+    """A faust app with the agents of `roles`; `models` narrows generation to part of the pool."""
+    roles = tuple(roles)
+    stage = new_stage(settings, roles, models)
+    if "generate" in roles:
+        generation.register(stage, models or settings.pool)
+    if "rate" in roles:
+        rating.register(stage)
+    if "judge" in roles:
+        judging.register(stage)
+    return stage.app
 
 
 def run_worker(

@@ -60,7 +60,7 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
     return broker.bootstrap
 
 
-# The simulated OpenAI-compatible server (agents/simulated_server.py), as a real process.
+# The simulated OpenAI-compatible server (agents/backends/simulated_server.py), as a real process.
 # (Imported here because this part was appended after the broker fixtures.)
 import signal  # noqa: E402
 import subprocess  # noqa: E402

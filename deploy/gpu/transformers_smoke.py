@@ -30,9 +30,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from karma.agents import transformers_backend
 from karma.agents.backends import BackendError, Generation, GenerationRequest, JudgeRequest
-from karma.agents.transformers_backend import TransformersGenerator, TransformersJudge
+from karma.agents.backends import transformers as transformers_backend
+from karma.agents.backends.transformers import TransformersGenerator, TransformersJudge
 from karma.streams.config import JudgeSettings, ModelSpec
 
 SENTENCES = [

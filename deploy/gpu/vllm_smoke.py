@@ -20,9 +20,9 @@ import sys
 import time
 from typing import Any
 
-from karma.agents import vllm_backend
 from karma.agents.backends import BackendError, Generation, GenerationRequest, JudgeReply, JudgeRequest
-from karma.agents.vllm_backend import VLLMGenerator, VLLMJudge
+from karma.agents.backends import vllm as vllm_backend
+from karma.agents.backends.vllm import VLLMGenerator, VLLMJudge
 from karma.streams.config import JudgeSettings, ModelSpec
 
 PROMPTS = [

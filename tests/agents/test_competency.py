@@ -9,9 +9,9 @@ from faust.windows import HoppingWindow
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from karma.agents.backends.zebra import ZebraJudge
 from karma.agents.competency import Tally, assess, fit_bradley_terry, is_evidence, kin_of, tally, window_of
 from karma.agents.kinship import KinRule, Profiles, load_profiles
-from karma.agents.zebra import ZebraJudge
 from karma.schemas.models import Candidate, Preference, Winner
 
 SCALE = 0.1

@@ -7,7 +7,7 @@ from typing import Any
 
 from karma.agents.gathering import Gathered, Gatherer
 from karma.agents.kinship import KinRule, load_profiles
-from karma.agents.rating import make_pairs
+from karma.agents.pairing import make_pairs
 from karma.schemas.models import KinPair, Response, response_id_for
 
 POOL = ["llama-2-13b-chat", "wizardlm-13b", "vicuna-33b", "llama-2-70b-chat", "gpt-3.5-turbo"]

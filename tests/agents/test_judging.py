@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from karma.agents.backends.simulated import SimulatedJudge
 from karma.agents.judging import judge_pair
-from karma.agents.simulated import SimulatedJudge
 from karma.schemas.models import Candidate, KinPair, Winner
 
 

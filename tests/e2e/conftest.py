@@ -24,9 +24,9 @@ import pytest
 
 from karma.agents.kinship import Scored, kin_pairs, load_profiles
 from karma.schemas.models import Prompt, pair_id_for, response_id_for
-from karma.streams.cli import settings_env, spawn_worker, stop_worker
 from karma.streams.client import PromptProducer, Received, read_topic
 from karma.streams.config import KarmaSettings
+from karma.streams.processes import settings_env, spawn_worker, stop_worker
 from karma.streams.topics import ensure_topics
 from tests.conftest import free_ports
 

@@ -29,9 +29,10 @@ from karma.schemas.models import (
     pair_id_for,
     response_id_for,
 )
-from karma.streams.cli import app, settings_env
+from karma.streams.cli import app
 from karma.streams.codecs import encode
 from karma.streams.config import KarmaSettings
+from karma.streams.processes import settings_env
 from karma.streams.topics import ensure_topics
 from tests.conftest import free_ports
 

@@ -17,9 +17,9 @@ import time
 
 from karma.agents.competency import pool_table
 from karma.agents.kinship import load_profiles
-from karma.streams.cli import settings_env
 from karma.streams.client import window_verdicts
 from karma.streams.config import KarmaSettings, ModelSpec
+from karma.streams.processes import settings_env
 from tests.e2e.conftest import Pipeline, ids, make_prompts
 
 RISING = "llama-2-7b-chat"  # prior superiority 0.41, among the weakest of this pool

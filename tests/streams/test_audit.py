@@ -518,7 +518,7 @@ def test_what_the_rating_state_machine_emits_is_complete_late_then_partial() -> 
     that never comes is partial; one answer, one failure and one silent model is dead-lettered."""
     from karma.agents.gathering import Gatherer
     from karma.agents.kinship import KinRule, load_profiles
-    from karma.agents.rating import make_pairs
+    from karma.agents.pairing import make_pairs
 
     profiles = load_profiles()
     gatherer = Gatherer(

@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 from karma.agents.competency import assess, tally, window_of
 from karma.agents.kinship import load_profiles
 from karma.schemas.models import Candidate, Preference, Winner
-from karma.streams.cli import app, settings_env
+from karma.streams.cli import app
 from karma.streams.codecs import encode
 from karma.streams.config import KarmaSettings
+from karma.streams.processes import settings_env
 from karma.streams.topics import ensure_topics
 
 POOL = ["llama-2-13b-chat", "wizardlm-13b", "vicuna-33b"]

@@ -17,9 +17,10 @@ from aiokafka.admin import NewTopic
 from typer.testing import CliRunner
 
 from karma.schemas.models import Candidate, DeadLetter, KinPair, Preference, Prompt, Winner
-from karma.streams.cli import app, settings_env
+from karma.streams.cli import app
 from karma.streams.codecs import encode, encode_raw
 from karma.streams.config import KarmaSettings
+from karma.streams.processes import settings_env
 from karma.streams.topics import ensure_topics
 
 CANDIDATE = Candidate(response_id="r-1", model="m1", text="one", superiority=0.4, simulated=True)

@@ -11,9 +11,9 @@ from unittest.mock import AsyncMock, MagicMock
 
 from faust.types import TP
 
-from karma.streams.app import create_app
 from karma.streams.config import KarmaSettings
 from karma.streams.recovery import SeekSafeRecovery
+from karma.streams.worker import create_app
 
 
 def recording_app(calls: list[str]) -> MagicMock:

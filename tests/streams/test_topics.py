@@ -9,9 +9,9 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from karma.streams.app import create_app
 from karma.streams.config import KarmaSettings
 from karma.streams.topics import TopicMismatchError, all_topic_names, changelog_topics, ensure_topics
+from karma.streams.worker import create_app
 
 
 def test_changelogs_are_declared_as_faust_declares_them() -> None:

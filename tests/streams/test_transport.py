@@ -11,9 +11,9 @@ from typing import Any
 
 from faust.types import TP, Message
 
-from karma.streams.app import create_app
 from karma.streams.config import KarmaSettings
 from karma.streams.transport import BatchDrainConsumer
+from karma.streams.worker import create_app
 
 TOPIC_TP = TP("karma.responses", 0)
 

@@ -19,11 +19,11 @@ from typing import Any
 import openai
 from openai import AsyncOpenAI
 
-from karma.agents.backends import BackendError, Generation, GenerationRequest, JudgeReply, JudgeRequest
+from karma.agents.backends.base import BackendError, Generation, GenerationRequest, JudgeReply, JudgeRequest
 from karma.agents.judge_prompt import VERDICT_SCHEMA, VerdictError, judge_messages, parse_verdict
-from karma.streams.config import BackendSpec, JudgeSettings, ModelSpec
+from karma.streams.config import BackendSpec, JudgeSettings, KarmaSettings, ModelSpec
 
-SIMULATED_FINGERPRINT = "karma-simulated"  # what agents/simulated_server.py answers with
+SIMULATED_FINGERPRINT = "karma-simulated"  # what agents/backends/simulated_server.py answers with
 
 
 def client_for(spec: BackendSpec) -> AsyncOpenAI:
@@ -181,3 +181,13 @@ class OpenAIJudge:
 
     async def close(self) -> None:
         await self._client.close()
+
+
+def generator(spec: ModelSpec, settings: KarmaSettings) -> OpenAIGenerator:
+    """The registry's entry point (agents/backends/__init__.py)."""
+    return OpenAIGenerator(spec)
+
+
+def judge(settings: KarmaSettings) -> OpenAIJudge:
+    """The registry's entry point (agents/backends/__init__.py)."""
+    return OpenAIJudge(settings.judge)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from karma.agents.backends import GenerationRequest, SimulatedGeneratorBackend
+from karma.agents.backends import GenerationRequest
+from karma.agents.backends.simulated import SimulatedGenerator, SimulatedGeneratorBackend, SimulatedJudge
 from karma.agents.generation import to_response
-from karma.agents.simulated import SimulatedGenerator, SimulatedJudge
 from karma.schemas.models import Prompt, Winner
 
 

@@ -2,7 +2,7 @@
 
 The `openai` backend talks to real servers (vLLM, TGI, SGLang, OpenAI itself). To test it
 through a real socket, with the official client's own retries and timeouts, this module
-serves the project's SIMULATED models (agents/simulated.py) behind the same API, on
+serves the project's SIMULATED models (agents/backends/simulated.py) behind the same API, on
 loopback, started as a separate process by the tests (`karma simulated-server`). Nothing it
 says comes from a language model, and everything says so: `system_fingerprint:
 "karma-simulated"` in every completion, the header `X-Karma-Simulated: true` on every
@@ -36,8 +36,8 @@ from typing import Any
 
 from aiohttp import web
 
+from karma.agents.backends.simulated import SimulatedGenerator, SimulatedJudge
 from karma.agents.kinship import Profiles, load_profiles
-from karma.agents.simulated import SimulatedGenerator, SimulatedJudge
 
 FINGERPRINT = "karma-simulated"
 SIMULATED_HEADER = "X-Karma-Simulated"

@@ -9,7 +9,7 @@ moves superiority as verdicts arrive), so draining is measured: every response i
 responses topic, the worker's group has committed everything on the responses and pairs topics,
 and every pair has its preference.
 
-Beside the configured judge, every policy's preferences are also labelled by ZEBRA (agents/zebra.py:
+Beside the configured judge, every policy's preferences are also labelled by ZEBRA (agents/backends/zebra.py:
 the more superior model's response wins), from the superiorities the preferences already carry,
 so the two labellers are compared on the same pairs without another run.
 """
@@ -37,13 +37,14 @@ from rich.console import Console
 from rich.progress import Progress, TaskID
 from rich.table import Table
 
+from karma.agents.backends.zebra import zebra_winner
 from karma.agents.policies import POLICIES
-from karma.agents.zebra import zebra_winner
 from karma.schemas.models import Preference, Prompt, Winner
 from karma.streams.client import RECORD_OF_STAGE, PromptProducer, parse_prompt_file, read_topic
 from karma.streams.codecs import DecodeError, decode
 from karma.streams.config import KarmaSettings, ModelSpec
 from karma.streams.lag import LagMonitor
+from karma.streams.processes import spawn_worker, stop_worker
 from karma.streams.topics import ensure_topics
 
 PoolSource = Literal["profiles", "config"]
@@ -427,7 +428,7 @@ def _assumptions_markdown(assumptions: dict[str, Any] | None) -> list[str]:
         "- **Both orders.** Every pair is judged twice with the order swapped; two verdicts that "
         "disagree (the position won, not the response) are recorded as a tie, never given to a side.",
         "- **Length.** Better models write longer answers (lengths drawn around a mean that grows "
-        "with latent quality; `agents/simulated.py`)"
+        "with latent quality; `agents/backends/simulated.py`)"
         + (
             f": in this run, {_extremes(words, qualities)}."
             if words and len({m for m in words if m in qualities}) >= 2
@@ -599,7 +600,7 @@ def _simulated_judge(settings: KarmaSettings) -> Any | None:
     """The simulated judge the worker builds, where the whole pipeline is simulated; else None."""
     if settings.judge.backend != "simulated" or any(spec.backend != "simulated" for spec in settings.pool):
         return None
-    from karma.agents.judging import build_judge
+    from karma.agents.backends.simulated import build_judge
 
     return build_judge(settings)
 
@@ -655,9 +656,6 @@ def run_eval(
 ) -> EvalResult:
     """Runs the pipeline once per policy over `prompts` with `settings.pool`, then writes the
     report into `out_dir`. Raises EvalError naming the policy when a run does not drain."""
-    # Imported here to keep the CLI helpers out of this module's import graph.
-    from karma.streams.cli import spawn_worker, stop_worker
-
     console = console or Console(stderr=True)
     started = time.monotonic()
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from karma.agents.chat_format import RenderedPrompt, fold_system, plain_text, render_chat
+from karma.agents.backends.chat_format import RenderedPrompt, fold_system, plain_text, render_chat
 
 MESSAGES = [{"role": "system", "content": "Rules."}, {"role": "user", "content": "Question?"}]
 

@@ -16,10 +16,9 @@ from typing import Any
 
 import pytest
 
-from karma.agents import vllm_backend
 from karma.agents.backends import BackendError, Generation, GenerationRequest, JudgeReply, JudgeRequest
-from karma.agents.judge_prompt import VERDICT_SCHEMA, VerdictError
-from karma.agents.vllm_backend import (
+from karma.agents.backends import vllm as vllm_backend
+from karma.agents.backends.vllm import (
     JSON_SCHEMA,
     VLLMGenerator,
     VLLMJudge,
@@ -30,6 +29,7 @@ from karma.agents.vllm_backend import (
     make_sampling_params,
     sampling_kwargs,
 )
+from karma.agents.judge_prompt import VERDICT_SCHEMA, VerdictError
 from karma.streams.config import JudgeSettings, ModelSpec
 
 HINT = "pip install 'karma-stream[vllm]'"

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from karma.agents.backends import BackendError, GenerationRequest, JudgeRequest
-from karma.agents.openai_backend import OpenAIGenerator, OpenAIJudge, soft_label
+from karma.agents.backends.openai import OpenAIGenerator, OpenAIJudge, soft_label
 from karma.streams.config import JudgeSettings, ModelSpec
 
 JUDGE = JudgeSettings(backend="openai", base_url="http://127.0.0.1:1/v1", name="judge-x", model="qwen")

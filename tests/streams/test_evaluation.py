@@ -13,7 +13,7 @@ from karma.agents.kinship import load_profiles
 from karma.schemas.models import Candidate, Preference, Winner
 from karma.streams.cli import app
 from karma.streams.config import KarmaSettings, ModelSpec
-from karma.streams.evaluate import (
+from karma.streams.evaluation import (
     ground_truth,
     histogram,
     load_prompts,

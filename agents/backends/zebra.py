@@ -7,7 +7,7 @@ benchmark profile, or the blended online value) is a proxy for the quality of ev
 model writes; it never reads the answers.
 
 The rule is `zebra_winner`, a pure function. `ZebraJudge` wraps it in the `Judge` protocol of
-agents/backends.py so that the judging stage runs it like any judge, in both orders: the rule
+agents/backends/__init__.py so that the judging stage runs it like any judge, in both orders: the rule
 depends on the models, not the position, so the two passes always agree. It reads the
 superiorities the judging stage puts on each request (`JudgeRequest.first_superiority` and
 `second_superiority`); a request without them is an error, never a guess.
@@ -19,8 +19,9 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
-from karma.agents.backends import BackendError, JudgeReply, JudgeRequest
+from karma.agents.backends.base import BackendError, JudgeReply, JudgeRequest
 from karma.agents.judge_prompt import RawVerdict
+from karma.streams.config import KarmaSettings
 
 ZEBRA = "zebra"
 ZebraWinner = Literal["A", "B", "tie"]
@@ -100,3 +101,8 @@ class ZebraJudge:
 
     async def close(self) -> None:
         return None
+
+
+def judge(settings: KarmaSettings) -> ZebraJudge:
+    """The registry's entry point (agents/backends/__init__.py)."""
+    return ZebraJudge()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from karma.agents.gathering import Gathered
 from karma.agents.kinship import KinRule, load_profiles
-from karma.agents.rating import make_pairs
+from karma.agents.pairing import make_pairs
 from karma.schemas.models import pair_id_for
 
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from karma.agents import transformers_backend
 from karma.agents.backends import BackendError, Generation, GenerationRequest, JudgeReply, JudgeRequest
-from karma.agents.chat_format import Message
-from karma.agents.openai_backend import soft_label
-from karma.agents.transformers_backend import (
+from karma.agents.backends import transformers as transformers_backend
+from karma.agents.backends.chat_format import Message
+from karma.agents.backends.openai import soft_label
+from karma.agents.backends.transformers import (
     HFRunner,
     LocalOutput,
     TransformersGenerator,

@@ -4,7 +4,7 @@ One engine per process per model (and engine arguments), built on first use and 
 every generator and judge that names the same checkpoint; it is released when the last of them
 closes. All requests of a batch are submitted at once (`asyncio.gather` over
 `engine.generate(...)`), so vLLM's continuous batching schedules them together. Prompts are
-formatted with the engine's own chat template (agents/chat_format.py).
+formatted with the engine's own chat template (agents/backends/chat_format.py).
 
 The judge asks for the verdict constrained to `VERDICT_SCHEMA` (`structured_outputs=
 StructuredOutputsParams(json=...)` on current vLLM, `guided_decoding=GuidedDecodingParams(json=...)`
@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from karma.agents.backends import (
+from karma.agents.backends.base import (
     BackendError,
     Generation,
     GenerationRequest,
@@ -40,10 +40,10 @@ from karma.agents.backends import (
     JudgeRequest,
     SharedModels,
 )
-from karma.agents.chat_format import Message, render_chat
+from karma.agents.backends.chat_format import Message, render_chat
+from karma.agents.backends.openai import soft_label
 from karma.agents.judge_prompt import VERDICT_SCHEMA, VerdictError, judge_messages, parse_verdict
-from karma.agents.openai_backend import soft_label
-from karma.streams.config import BackendSpec, JudgeSettings, ModelSpec
+from karma.streams.config import BackendSpec, JudgeSettings, KarmaSettings, ModelSpec
 
 INSTALL_HINT = "pip install 'karma-stream[vllm]'"
 JSON_SCHEMA = "json_schema"  # the neutral key of `sampling_kwargs`; see make_sampling_params
@@ -351,3 +351,13 @@ class VLLMJudge(_VLLMClient):
         return BackendError(
             f"judge {self.name}: no valid verdict in {attempts} attempt(s); last: {problem}", kind="verdict"
         )
+
+
+def generator(spec: ModelSpec, settings: KarmaSettings) -> VLLMGenerator:
+    """The registry's entry point (agents/backends/__init__.py)."""
+    return VLLMGenerator(spec)
+
+
+def judge(settings: KarmaSettings) -> VLLMJudge:
+    """The registry's entry point (agents/backends/__init__.py)."""
+    return VLLMJudge(settings.judge)

@@ -6,7 +6,7 @@ model per process per checkpoint and arguments, shared by the generator and judg
 A batch is generated in one `model.generate` call (left padding) in a worker thread
 (`asyncio.to_thread`), so the event loop keeps heartbeating to Kafka while the model runs.
 Prompts use the tokenizer's chat template when it has one, else plain text
-(agents/chat_format.py). Sampling is seeded once per batch (`torch.manual_seed` with the first
+(agents/backends/chat_format.py). Sampling is seeded once per batch (`torch.manual_seed` with the first
 request's seed), or greedy when temperature is 0; every request of a batch reports the batch's
 wall time as its latency.
 
@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from karma.agents.backends import (
+from karma.agents.backends.base import (
     BackendError,
     Generation,
     GenerationRequest,
@@ -43,10 +43,10 @@ from karma.agents.backends import (
     JudgeRequest,
     SharedModels,
 )
-from karma.agents.chat_format import Message, render_chat
+from karma.agents.backends.chat_format import Message, render_chat
+from karma.agents.backends.openai import soft_label
 from karma.agents.judge_prompt import VerdictError, judge_messages, parse_verdict
-from karma.agents.openai_backend import soft_label
-from karma.streams.config import BackendSpec, JudgeSettings, ModelSpec
+from karma.streams.config import BackendSpec, JudgeSettings, KarmaSettings, ModelSpec
 
 INSTALL_HINT = "pip install 'karma-stream[transformers]'"
 TOP_LOGPROBS = 5
@@ -363,3 +363,13 @@ def _complete(results: list[JudgeReply | BackendError | None]) -> list[JudgeRepl
     done = [r for r in results if r is not None]
     assert len(done) == len(results), "every judge request gets a reply or an error"
     return done
+
+
+def generator(spec: ModelSpec, settings: KarmaSettings) -> TransformersGenerator:
+    """The registry's entry point (agents/backends/__init__.py)."""
+    return TransformersGenerator(spec)
+
+
+def judge(settings: KarmaSettings) -> TransformersJudge:
+    """The registry's entry point (agents/backends/__init__.py)."""
+    return TransformersJudge(settings.judge)

@@ -9,9 +9,9 @@ import math
 import pytest
 
 from karma.agents.backends import BackendError, JudgeReply, JudgeRequest, make_judge
+from karma.agents.backends.zebra import ZebraJudge, zebra_winner
 from karma.agents.judge_prompt import parse_verdict
 from karma.agents.judging import requests_for, resolve_pair
-from karma.agents.zebra import ZebraJudge, zebra_winner
 from karma.schemas.models import Candidate, KinPair, Preference, Winner
 from karma.streams.config import JudgeSettings, KarmaSettings
 

@@ -1,0 +1,135 @@
+"""One interface for generation and judging, whatever runs the model.
+
+A `Generator` turns a batch of prompts into responses and a `Judge` a batch of judge requests
+into raw verdicts; both return, per request, either the result or a `BackendError` that says
+why it failed for good (after the backend's own retries), so one bad request never sinks its
+batch and the agent can send it to the dead-letter topic while the stream goes on.
+
+Backends (chosen per model in the pool config, and for the judge):
+- `simulated`: the seeded stand-ins of agents/backends/simulated.py;
+- `openai`: any OpenAI-compatible server (agents/backends/openai.py);
+- `vllm`: vLLM's AsyncLLM in the worker (agents/backends/vllm.py; needs a GPU and `pip install vllm`);
+- `transformers`: a local checkpoint (agents/backends/transformers.py; needs torch);
+- `zebra` (judge only): no model, the response of the more superior model wins (agents/backends/zebra.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from karma.agents.judge_prompt import RawVerdict
+
+if TYPE_CHECKING:
+    pass
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_id: str
+    prompt_text: str
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    num_tokens: int
+    latency_ms: float
+    simulated: bool
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    """One pass of the judge: `first_text` is shown as answer A."""
+
+    pair_id: str
+    question: str
+    first_text: str
+    second_text: str
+    first_model: str  # only the simulated judge looks at these
+    second_model: str
+    seed: int = 0
+    # Only zebra reads these (the models' superiority as the rating stage saw it); they stay out
+    # of `tag`, so an LLM judge's prompt is the same with or without them.
+    first_superiority: float | None = None
+    second_superiority: float | None = None
+
+    @property
+    def tag(self) -> str:
+        """The fence tag of this pass: not guessable by the answers (it hashes both of them)."""
+        material = "\x1f".join((self.pair_id, self.first_text, self.second_text, str(self.seed)))
+        return hashlib.sha256(material.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class JudgeReply:
+    verdict: RawVerdict
+    raw: str  # the judge's reply as it came, for the record
+    p_first: float | None  # P(answer A wins) from log-probabilities, when the backend serves them
+    simulated: bool
+
+
+class BackendError(Exception):
+    """A request that failed for good; `kind` becomes the dead letter's error_type."""
+
+    def __init__(self, reason: str, kind: str = "backend") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
+
+
+class Generator(Protocol):
+    backend: str
+    model: str
+
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation | BackendError]: ...
+
+    async def close(self) -> None: ...
+
+
+class Judge(Protocol):
+    backend: str
+    name: str
+
+    async def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply | BackendError]: ...
+
+    async def close(self) -> None: ...
+
+
+class SharedModels:
+    """Loaded models (a vLLM engine, a transformers checkpoint) shared by every backend of the
+    process that names the same checkpoint and arguments, e.g. a generator and a judge on one
+    model; the last to release one closes it. Thread-safe: loading runs in worker threads."""
+
+    def __init__(self, build: Callable[[str, dict[str, Any]], Any], close: Callable[[Any], None]) -> None:
+        self._build, self._close = build, close
+        self._loaded: dict[tuple[str, str], list[Any]] = {}  # key -> [instance, users]
+        # One load at a time: two models loading at once would fight for memory.
+        self._lock = threading.Lock()
+
+    def acquire(self, model: str, engine_args: dict[str, Any]) -> Any:
+        key = (model, json.dumps(engine_args, sort_keys=True, default=str))
+        with self._lock:
+            entry = self._loaded.get(key)
+            if entry is None:
+                entry = self._loaded[key] = [self._build(model, engine_args), 0]
+            entry[1] += 1
+            return entry[0]
+
+    def release(self, instance: Any) -> None:
+        with self._lock:
+            for key, entry in list(self._loaded.items()):
+                if entry[0] is instance:
+                    entry[1] -= 1
+                    if entry[1] <= 0:
+                        del self._loaded[key]
+                        self._close(instance)
+                    return
+
+    def __len__(self) -> int:
+        return len(self._loaded)
