@@ -11,10 +11,19 @@ from __future__ import annotations
 import hashlib
 import re
 import time
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 _ID_PATTERN = re.compile(r"[\w.:\-/]+")
 Id = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[\w.:\-/]+$")]
@@ -27,6 +36,21 @@ def _not_blank(value: str) -> str:
 
 
 NonBlank = Annotated[str, AfterValidator(_not_blank)]
+
+
+def problem_message(error: Mapping[str, Any]) -> str:
+    """One pydantic error's message, without the "Value error, " that validators' errors get."""
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def problems_of(exc: ValidationError, whole: str = "") -> str:
+    """A validation error in one line, `field.path: message; ...`; `whole` names the path of a
+    problem of the whole object (which has none)."""
+    problems = []
+    for error in exc.errors():
+        path = ".".join(map(str, error["loc"])) or whole
+        problems.append(f"{path}: {problem_message(error)}" if path else problem_message(error))
+    return "; ".join(problems)
 
 
 def now_ms() -> int:

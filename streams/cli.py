@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from karma.schemas.models import problems_of
 from karma.streams.audit import Ledger, State
 from karma.streams.broker import BrokerError, broker_app
 from karma.streams.client import (
@@ -392,11 +393,7 @@ def _backend_spec(kind: type[Any], **fields: Any) -> Any:
     try:
         return kind(**fields)
     except ValidationError as exc:
-        problems = "; ".join(
-            ".".join(map(str, e["loc"])) + (": " if e["loc"] else "") + e["msg"].removeprefix("Value error, ")
-            for e in exc.errors()
-        )
-        console.print(f"[red]error:[/] {escape(problems)}")
+        console.print(f"[red]error:[/] {escape(problems_of(exc))}")
         raise typer.Exit(2) from None
 
 

@@ -27,6 +27,7 @@ from karma.schemas.models import (
     Prompt,
     Record,
     Response,
+    problems_of,
     prompt_id_for,
 )
 from karma.streams.codecs import DecodeError, decode, decode_any, encode
@@ -232,9 +233,7 @@ def parse_prompt_line(line: str, source: str) -> Prompt:
             metadata=data.get("metadata") or {},
         )
     except ValidationError as exc:
-        raise ValueError(
-            "; ".join(f"{'.'.join(map(str, e['loc'])) or 'prompt'}: {e['msg']}" for e in exc.errors())
-        ) from None
+        raise ValueError(problems_of(exc, whole="prompt")) from None
 
 
 def parse_prompt_file(lines: list[str], source: str) -> Iterator[tuple[int, Prompt | None, str | None]]:

@@ -18,7 +18,7 @@ from fastavro import schemaless_reader, schemaless_writer
 from pydantic import ValidationError
 
 from karma.schemas.catalogue import SchemaCatalogue, UnknownSchemaError, default_catalogue
-from karma.schemas.models import RECORD_TYPES, Record
+from karma.schemas.models import RECORD_TYPES, Record, problems_of
 
 MAGIC_BYTE = 0
 _HEADER = struct.Struct(">bI")
@@ -87,9 +87,7 @@ def decode(data: bytes | None, model: type[R], catalogue: SchemaCatalogue | None
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or model.__name__}: {err['msg']}" for err in exc.errors()
-        )
+        problems = problems_of(exc, whole=model.__name__)
         raise DecodeError(f"invalid {model.__name__}: {problems}", kind="validation") from None
 
 

@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from karma.agents.backends import GENERATION_BACKENDS, JUDGE_BACKENDS
 from karma.agents.kinship import KinRule
 from karma.agents.policies import POLICIES, Policy
+from karma.schemas.models import problem_message
 
 # The names come from the one registry of backends; the judge may also be `zebra`.
 Backend = Literal[GENERATION_BACKENDS]  # type: ignore[valid-type]
@@ -409,7 +410,7 @@ def describe_errors(exc: ValidationError, overrides: Mapping[str, Any] | None = 
     for error in exc.errors():
         loc = tuple(error["loc"])
         path = _key_path(loc) or "config"
-        message = error["msg"].removeprefix("Value error, ")
+        message = problem_message(error)
         if error["type"] == "extra_forbidden":
             section = _section_fields(loc[:-1])
             key = str(loc[-1])
