@@ -16,13 +16,10 @@ from typing import Any
 from fastavro import parse_schema
 from fastavro.schema import to_parsing_canonical_form
 
-SCHEMA_FILES: dict[str, str] = {
-    "prompt": "prompt.avsc",
-    "response": "response.avsc",
-    "kin_pair": "kin_pair.avsc",
-    "preference": "preference.avsc",
-    "dead_letter": "dead_letter.avsc",
-}
+from karma.schemas.models import RECORD_TYPES
+
+# The current schema of each record type is `<schema_name>.avsc`, beside this module.
+SCHEMA_FILES: dict[str, str] = {name: f"{name}.avsc" for name in RECORD_TYPES}
 
 
 # Earlier versions still readable: bytes written with them keep decoding after an upgrade.

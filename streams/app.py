@@ -36,14 +36,18 @@ from karma.streams.metrics import (
     STAGE_LATENCY,
 )
 from karma.streams.recovery import SeekSafeTableManager
-from karma.streams.topics import TopicNames
+from karma.streams.topics import TOPICS, TopicNames
 
-ROLES = ("generate", "rate", "judge")
+# The roles a worker can run, and the topics (short names, streams/topics.py) each one reads,
+# for the lag gauge; streams/worker.py registers each role's agents.
+CONSUMES: dict[str, tuple[str, ...]] = {
+    "generate": ("prompts",),
+    "rate": ("responses", "ticks", "preferences"),
+    "judge": ("pairs",),
+}
+ROLES = tuple(CONSUMES)
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Record)
-
-# The topics each role reads, for the lag gauge.
-CONSUMES = {"generate": ("prompts",), "rate": ("responses", "ticks", "preferences"), "judge": ("pairs",)}
 
 
 def raw_topic(app: faust.App, *names: str, partitions: int) -> faust.TopicT:
@@ -342,8 +346,8 @@ def new_stage(
     )
     names = TopicNames.from_settings(settings)
     topics = {
-        stage: raw_topic(app, getattr(names, stage), partitions=settings.partitions)
-        for stage in ("prompts", "responses", "pairs", "preferences", "dlq", "ticks")
+        spec.short: raw_topic(app, getattr(names, spec.short), partitions=settings.partitions)
+        for spec in TOPICS
     }
     stage = Stage(settings=settings, app=app, names=names, topics=topics)
     _watch_loop_lag(app)

@@ -21,29 +21,18 @@ from pydantic import ValidationError
 
 from karma.agents.competency import Tally, is_evidence, tally, window_of
 from karma.schemas.models import (
-    DeadLetter,
-    KinPair,
     Preference,
     Prompt,
     Record,
-    Response,
     problems_of,
     prompt_id_for,
 )
 from karma.streams.codecs import DecodeError, decode, decode_any, encode
 from karma.streams.config import KarmaSettings
-from karma.streams.topics import STAGES, TICKS
+from karma.streams.topics import RECORD_OF_STAGE, TOPICS
 
-RECORD_OF_STAGE: dict[str, type[Record]] = {
-    "prompts": Prompt,
-    "responses": Response,
-    "pairs": KinPair,
-    "preferences": Preference,
-    "dlq": DeadLetter,
-}
-# Short names `read_topic` accepts, and the topic each stands for under the prefix. `ticks` is
-# the rating stage's internal clock: raw bytes, no record type.
-SHORT_NAMES: dict[str, str] = {**{stage: stage for stage in STAGES}, "ticks": TICKS}
+# Short names `read_topic` accepts, and the topic each stands for under the prefix.
+SHORT_NAMES: dict[str, str] = {spec.short: spec.name for spec in TOPICS}
 
 
 class PromptProducer:

@@ -21,15 +21,42 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from mode.utils.times import want_seconds
 
+from karma.schemas.models import DeadLetter, KinPair, Preference, Prompt, Record, Response
 from karma.streams.config import KarmaSettings
 
-STAGES = ("prompts", "responses", "pairs", "preferences", "dlq")
-# Internal: the rating stage's clock. Same partitions as `responses`, one tick per partition.
-TICKS = "rating.ticks"
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """One karma topic: its short name (the field of TopicNames, and what `read_topic` and
+    `karma tail` accept), its name under the topic prefix, and the record type it carries."""
+
+    short: str
+    name: str
+    record: type[Record] | None  # None: raw bytes
+
+
+# Every karma topic, declared once: the names, the workers' topics, the readers' decoding and
+# the CLI follow from here.
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec("prompts", "prompts", Prompt),
+    TopicSpec("responses", "responses", Response),
+    TopicSpec("pairs", "pairs", KinPair),
+    TopicSpec("preferences", "preferences", Preference),
+    TopicSpec("dlq", "dlq", DeadLetter),
+    # Internal: the rating stage's clock. Same partitions as `responses`, one tick per partition.
+    TopicSpec("ticks", "rating.ticks", None),
+)
+SPEC_OF = {spec.short: spec for spec in TOPICS}
+# The topics that carry records (all but the internal clock), in pipeline order.
+STAGES = tuple(spec.short for spec in TOPICS if spec.record is not None)
+TICKS = SPEC_OF["ticks"].name
+RECORD_OF_STAGE: dict[str, type[Record]] = {
+    spec.short: spec.record for spec in TOPICS if spec.record is not None
+}
 
 
 def all_topic_names(settings: KarmaSettings) -> list[str]:
-    return [settings.topic(stage) for stage in (*STAGES, TICKS)]
+    return [settings.topic(spec.name) for spec in TOPICS]
 
 
 async def ensure_topics(
@@ -132,4 +159,4 @@ class TopicNames:
 
     @classmethod
     def from_settings(cls, settings: KarmaSettings) -> TopicNames:
-        return cls(*(settings.topic(stage) for stage in (*STAGES, TICKS)))
+        return cls(**{spec.short: settings.topic(spec.name) for spec in TOPICS})

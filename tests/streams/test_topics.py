@@ -9,8 +9,18 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from karma.schemas.catalogue import SCHEMA_FILES
+from karma.streams.app import new_stage
 from karma.streams.config import KarmaSettings
-from karma.streams.topics import TopicMismatchError, all_topic_names, changelog_topics, ensure_topics
+from karma.streams.topics import (
+    RECORD_OF_STAGE,
+    TOPICS,
+    TopicMismatchError,
+    TopicNames,
+    all_topic_names,
+    changelog_topics,
+    ensure_topics,
+)
 from karma.streams.worker import create_app
 
 
@@ -81,3 +91,15 @@ def test_existing_topics_partitioned_otherwise_are_refused(kafka_bootstrap: str)
     assert f"tm{run}.responses has 2 partitions, the configuration 3" in message
     assert "set `partitions`" in message
     assert asyncio.run(ensure_topics(settings)) == []  # the matching configuration still starts
+
+
+def test_topics_are_declared_once_and_everything_follows() -> None:
+    """streams/topics.py TOPICS is the one list: names, record types, schema files and the
+    workers' topics all follow from it."""
+    settings = KarmaSettings(topic_prefix="t.")
+    names = TopicNames.from_settings(settings)
+    assert [getattr(names, spec.short) for spec in TOPICS] == all_topic_names(settings)
+    assert names.ticks == "t.rating.ticks" and names.prompts == "t.prompts"
+    assert {record.schema_name for record in RECORD_OF_STAGE.values()} == set(SCHEMA_FILES)
+    stage = new_stage(settings, roles=["judge"])
+    assert [topic.get_topic_name() for topic in stage.topics.values()] == all_topic_names(settings)
