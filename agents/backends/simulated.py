@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from karma.agents.backends.base import (
     BackendError,
@@ -30,7 +31,9 @@ from karma.agents.judge_prompt import RawVerdict
 from karma.agents.kinship import load_profiles
 from karma.agents.seeding import seeded_rng
 from karma.schemas.models import Winner
-from karma.streams.config import KarmaSettings, ModelSpec
+
+if TYPE_CHECKING:  # annotations only: config reads the backends' names, not the reverse
+    from karma.streams.config import KarmaSettings, ModelSpec
 
 _WORDS = tuple(
     "the answer depends on context and careful reasoning shows that each step follows from "

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from karma.agents.backends.base import BackendError, JudgeReply, JudgeRequest
 from karma.agents.judge_prompt import RawVerdict
-from karma.streams.config import KarmaSettings
+
+if TYPE_CHECKING:  # annotations only: config reads the backends' names, not the reverse
+    from karma.streams.config import KarmaSettings
 
 ZEBRA = "zebra"
 ZebraWinner = Literal["A", "B", "tie"]
