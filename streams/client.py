@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from pydantic import ValidationError
 
 from karma.agents.competency import Tally, is_evidence, tally, window_of
@@ -260,3 +260,45 @@ class WindowVerdicts:
     end_s: float
     preferences: int
     tallies: dict[tuple[str, str], Tally]
+
+
+class TopicReader:
+    """A topic read in steps, without a consumer group (nothing is committed): each `read_to_end`
+    returns what arrived since the previous one, up to the end offsets as they are at the call.
+    For a caller that watches a topic grow (`read_topic` reads it once).
+
+    async with TopicReader(settings, "responses") as reader:
+        new = await reader.read_to_end()
+    """
+
+    def __init__(self, settings: KarmaSettings, topic: str) -> None:
+        self.settings = settings
+        self.name, self.model = topic_name(settings, topic)
+        # Without a group id, a subscribed consumer is assigned every partition and commits nothing.
+        self._consumer = AIOKafkaConsumer(
+            self.name,
+            bootstrap_servers=settings.bootstrap_servers,
+            enable_auto_commit=False,
+            group_id=None,
+            auto_offset_reset="earliest",
+        )
+        self._tps: list[TopicPartition] = []
+
+    async def __aenter__(self) -> TopicReader:
+        if self.name not in await list_topics(self.settings):
+            raise TopicNotFoundError(f"topic {self.name} does not exist on {self.settings.bootstrap_servers}")
+        await self._consumer.start()
+        self._tps = sorted(self._consumer.assignment())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._consumer.stop()
+
+    async def read_to_end(self) -> list[Received]:
+        ends = await self._consumer.end_offsets(self._tps)
+        received: list[Received] = []
+        while not all([await self._consumer.position(tp) >= ends[tp] for tp in self._tps]):
+            batch = await self._consumer.getmany(timeout_ms=200)
+            for messages in batch.values():
+                received.extend(_received(msg, self.model) for msg in messages)
+        return received

@@ -13,16 +13,14 @@ from karma.agents.kinship import load_profiles
 from karma.schemas.models import Candidate, Preference, Winner
 from karma.streams.cli import app
 from karma.streams.config import KarmaSettings, ModelSpec
-from karma.streams.evaluation import (
+from karma.streams.evaluation.metrics import histogram, percentile, summarise
+from karma.streams.evaluation.report import write_report
+from karma.streams.evaluation.runner import (
     ground_truth,
-    histogram,
     load_prompts,
     parse_policies,
-    percentile,
     simulator_assumptions,
-    summarise,
     with_pool,
-    write_report,
 )
 
 QUALITY = {"a": 0.9, "b": 0.5, "c": 0.5, "d": 0.1}
