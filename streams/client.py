@@ -127,41 +127,20 @@ async def read_topic(
     long without a new message; since_ms starts each partition at its first message with a
     timestamp at or after it (the broker's time index, so older messages are not read at all).
     """
-    name, model = topic_name(settings, topic)
-    if name not in await list_topics(settings):
-        raise TopicNotFoundError(f"topic {name} does not exist on {settings.bootstrap_servers}")
-    # Without a group id, a subscribed consumer is assigned every partition and commits nothing.
-    consumer = AIOKafkaConsumer(
-        name,
-        bootstrap_servers=settings.bootstrap_servers,
-        enable_auto_commit=False,
-        group_id=None,
-        auto_offset_reset="earliest" if from_beginning else "latest",
-    )
-    await consumer.start()
-    try:
-        tps = sorted(consumer.assignment())
-        ends = await consumer.end_offsets(tps) if until_end else {}
-        if since_ms is not None:
-            found = await consumer.offsets_for_times(dict.fromkeys(tps, since_ms))
-            for tp in tps:
-                # No message that recent: start at the end, where the next one will be.
-                consumer.seek(tp, found[tp].offset if found[tp] else (await consumer.end_offsets([tp]))[tp])
+    async with TopicReader(settings, topic, from_beginning=from_beginning, since_ms=since_ms) as reader:
+        if until_end:
+            async for received in reader.to_end():
+                yield received
+            return
         last_message = time.monotonic()
         while True:
-            if until_end and all([await consumer.position(tp) >= ends[tp] for tp in tps]):
+            batch = await reader.poll()
+            if batch:
+                last_message = time.monotonic()
+            elif idle_timeout_s is not None and time.monotonic() - last_message > idle_timeout_s:
                 return
-            batch = await consumer.getmany(timeout_ms=200)
-            if not batch:
-                if idle_timeout_s is not None and time.monotonic() - last_message > idle_timeout_s:
-                    return
-                continue
-            last_message = time.monotonic()
-            for messages in batch.values():
-                for msg in messages:
-                    yield _received(msg, model)
-    finally:
-        await consumer.stop()
+            for received in batch:
+                yield received
 
 
 class TopicNotFoundError(LookupError):
@@ -263,24 +242,27 @@ class WindowVerdicts:
 
 
 class TopicReader:
-    """A topic read in steps, without a consumer group (nothing is committed): each `read_to_end`
-    returns what arrived since the previous one, up to the end offsets as they are at the call.
-    For a caller that watches a topic grow (`read_topic` reads it once).
+    """A topic read without a consumer group (nothing is committed), in steps: each `to_end()`
+    (or `read_to_end()`) yields what arrived since the previous one, up to the end offsets as
+    they are at the call. `read_topic` reads once with it; `karma eval` watches topics grow.
 
     async with TopicReader(settings, "responses") as reader:
         new = await reader.read_to_end()
     """
 
-    def __init__(self, settings: KarmaSettings, topic: str) -> None:
+    def __init__(
+        self, settings: KarmaSettings, topic: str, *, from_beginning: bool = True, since_ms: int | None = None
+    ) -> None:
         self.settings = settings
         self.name, self.model = topic_name(settings, topic)
+        self._since_ms = since_ms
         # Without a group id, a subscribed consumer is assigned every partition and commits nothing.
         self._consumer = AIOKafkaConsumer(
             self.name,
             bootstrap_servers=settings.bootstrap_servers,
             enable_auto_commit=False,
             group_id=None,
-            auto_offset_reset="earliest",
+            auto_offset_reset="earliest" if from_beginning else "latest",
         )
         self._tps: list[TopicPartition] = []
 
@@ -289,16 +271,27 @@ class TopicReader:
             raise TopicNotFoundError(f"topic {self.name} does not exist on {self.settings.bootstrap_servers}")
         await self._consumer.start()
         self._tps = sorted(self._consumer.assignment())
+        if self._since_ms is not None:
+            found = await self._consumer.offsets_for_times(dict.fromkeys(self._tps, self._since_ms))
+            ends = await self._consumer.end_offsets(self._tps)
+            for tp in self._tps:
+                # No message that recent: start at the end, where the next one will be.
+                self._consumer.seek(tp, found[tp].offset if found[tp] else ends[tp])
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self._consumer.stop()
 
-    async def read_to_end(self) -> list[Received]:
+    async def poll(self, timeout_ms: int = 200) -> list[Received]:
+        """What the next fetch brings (possibly nothing, after `timeout_ms`)."""
+        batch = await self._consumer.getmany(timeout_ms=timeout_ms)
+        return [_received(msg, self.model) for messages in batch.values() for msg in messages]
+
+    async def to_end(self) -> AsyncIterator[Received]:
         ends = await self._consumer.end_offsets(self._tps)
-        received: list[Received] = []
         while not all([await self._consumer.position(tp) >= ends[tp] for tp in self._tps]):
-            batch = await self._consumer.getmany(timeout_ms=200)
-            for messages in batch.values():
-                received.extend(_received(msg, self.model) for msg in messages)
-        return received
+            for received in await self.poll():
+                yield received
+
+    async def read_to_end(self) -> list[Received]:
+        return [received async for received in self.to_end()]
