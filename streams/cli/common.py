@@ -1,0 +1,65 @@
+"""What the commands share: the two consoles, the --config/--bootstrap options, the progress bar,
+and the two wrappers that turn a bad config or an unreachable broker into a one-line error."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from aiokafka.errors import KafkaError
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from karma.streams.client import TopicNotFoundError
+from karma.streams.config import ConfigError, KarmaSettings, load_settings
+
+T = TypeVar("T")
+
+# soft_wrap: messages stay whole lines in log files and pipes, where rich would wrap at 80.
+console = Console(stderr=True, soft_wrap=True)
+out = Console()
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="YAML config file (see README); KARMA_* variables override it."),
+]
+BootstrapOption = Annotated[
+    str | None, typer.Option("--bootstrap", "-b", help="Kafka bootstrap servers, e.g. 127.0.0.1:9092.")
+]
+
+
+def settings_or_exit(config: Path | None, **overrides: Any) -> KarmaSettings:
+    """Loads settings, turning a bad file or value into a one-line message and exit code 2."""
+    try:
+        return load_settings(config, **overrides)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            console.print(f"[red]error:[/] {escape(line)}")
+    raise typer.Exit(2)
+
+
+def run_or_exit(coro: Coroutine[Any, Any, T]) -> T:
+    """Runs a coroutine; an unreachable broker or missing topic is a one-line error, exit code 1."""
+    try:
+        return asyncio.run(coro)
+    except TopicNotFoundError as exc:
+        console.print(f"[red]error:[/] {exc}")
+    except KafkaError as exc:
+        console.print(f"[red]error:[/] Kafka: {exc} (is the broker up? try `karma broker status`)")
+    raise typer.Exit(1)
+
+
+def new_progress() -> Progress:
+    """A progress bar on stderr (`console`); also handed to `run_demo` and `run_eval`."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
