@@ -1,7 +1,7 @@
 """The `karma` command line: the typer app, its global options, and the table of its commands.
 
 Each command lives in the module of its group (workers, records, kin, backends, demo, evaluate,
-simulated_server; `karma broker` in streams/broker.py); what they share is in common.py. Every
+simulated_server, broker); what they share is in common.py. Every
 command is documented by `karma COMMAND --help`."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from karma.streams.broker import broker_app
 from karma.streams.cli import backends, demo, evaluate, kin, records, simulated_server, workers
+from karma.streams.cli.broker import broker_app
 from karma.streams.cli.logging_setup import DEFAULT_LOG_FILE, LogLevel, set_up_logging
 
 __all__ = ["app", "main"]

@@ -15,7 +15,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from typer.testing import CliRunner
 
-from karma.streams.broker import BrokerConfig, BrokerError, LocalBroker, broker_app
+from karma.streams.broker import BrokerConfig, BrokerError, LocalBroker
+from karma.streams.cli.broker import broker_app
 
 pytestmark = pytest.mark.timeout(180)
 
