@@ -10,12 +10,18 @@ The verdict is one JSON object, validated with pydantic: `{"winner": "A" | "B" |
 "confidence": 0..1, "rationale": "..."}`. `VERDICT_SCHEMA` is its JSON schema, passed to
 servers that support structured outputs (vLLM, OpenAI `response_format`). A reply that does
 not parse is a `VerdictError`: the caller retries and then records an error; it never guesses.
+
+`soft_label` reads P(answer A wins) from the log-probabilities of the verdict's tokens, which
+each backend that serves them (openai, vllm, transformers) hands over in one form,
+`LogprobTokens`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -116,6 +122,33 @@ def parse_verdict(reply: str) -> RawVerdict:
     except ValidationError as exc:
         problems = problems_of(exc)
         raise VerdictError(f"invalid verdict ({problems}): {_preview(reply)}") from None
+
+
+# (token, [(alternative, logprob), ...]) per generated token, in reply order, alternatives most
+# probable first.
+LogprobTokens = list[tuple[str, list[tuple[str, float]]]]
+
+
+def soft_label(tokens: Sequence[tuple[str, Sequence[tuple[str, float]]]]) -> float | None:
+    """P(answer A wins) from the log-probabilities of the verdict's `winner` value.
+
+    `tokens` are (token, [(alternative, logprob), ...]) in reply order. The winner's value is
+    the first token reading A or B once `"winner"` has appeared; its alternatives give the
+    probability of each answer, renormalised over the two. None when that cannot be read."""
+    seen = ""
+    for token, alternatives in tokens:
+        seen += token
+        if '"winner"' not in seen or token.strip().strip('"') not in ("A", "B"):
+            continue
+        probabilities: dict[str, float] = {}
+        for alternative, logprob in alternatives:
+            key = alternative.strip().strip('"')
+            if key in ("A", "B") and key not in probabilities:
+                probabilities[key] = math.exp(logprob)
+        if len(probabilities) < 2 or sum(probabilities.values()) == 0:
+            return None
+        return probabilities["A"] / (probabilities["A"] + probabilities["B"])
+    return None
 
 
 def _preview(text: str, limit: int = 200) -> str:

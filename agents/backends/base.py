@@ -20,12 +20,9 @@ import json
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from karma.agents.judge_prompt import RawVerdict
-
-if TYPE_CHECKING:
-    pass
 
 
 @dataclass(frozen=True)

@@ -11,17 +11,18 @@ log-probabilities when the server returns them.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import openai
 from openai import AsyncOpenAI
 
 from karma.agents.backends.base import BackendError, Generation, GenerationRequest, JudgeReply, JudgeRequest
-from karma.agents.judge_prompt import VERDICT_SCHEMA, VerdictError, judge_messages, parse_verdict
-from karma.streams.config import BackendSpec, JudgeSettings, KarmaSettings, ModelSpec
+from karma.agents.judge_prompt import VERDICT_SCHEMA, VerdictError, judge_messages, parse_verdict, soft_label
+
+if TYPE_CHECKING:  # annotations only: config reads the backends' names, not the reverse
+    from karma.streams.config import BackendSpec, JudgeSettings, KarmaSettings, ModelSpec
 
 SIMULATED_FINGERPRINT = "karma-simulated"  # what agents/backends/simulated_server.py answers with
 
@@ -54,28 +55,6 @@ def _message(exc: openai.APIStatusError) -> str:
         if isinstance(inner, dict) and inner.get("message"):
             return str(inner["message"])[:300]
     return str(exc.message)[:300]
-
-
-def soft_label(tokens: Sequence[tuple[str, Sequence[tuple[str, float]]]]) -> float | None:
-    """P(answer A wins) from the log-probabilities of the verdict's `winner` value.
-
-    `tokens` are (token, [(alternative, logprob), ...]) in reply order. The winner's value is
-    the first token reading A or B once `"winner"` has appeared; its alternatives give the
-    probability of each answer, renormalised over the two. None when that cannot be read."""
-    seen = ""
-    for token, alternatives in tokens:
-        seen += token
-        if '"winner"' not in seen or token.strip().strip('"') not in ("A", "B"):
-            continue
-        probabilities: dict[str, float] = {}
-        for alternative, logprob in alternatives:
-            key = alternative.strip().strip('"')
-            if key in ("A", "B") and key not in probabilities:
-                probabilities[key] = math.exp(logprob)
-        if len(probabilities) < 2 or sum(probabilities.values()) == 0:
-            return None
-        return probabilities["A"] / (probabilities["A"] + probabilities["B"])
-    return None
 
 
 def _logprob_tokens(choice: Any) -> list[tuple[str, list[tuple[str, float]]]]:

@@ -27,13 +27,11 @@ deploy/gpu/transformers_smoke.py runs a tiny random Llama through this backend w
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from karma.agents.backends.base import (
     BackendError,
@@ -44,17 +42,17 @@ from karma.agents.backends.base import (
     SharedModels,
 )
 from karma.agents.backends.chat_format import Message, render_chat
-from karma.agents.backends.openai import soft_label
-from karma.agents.judge_prompt import VerdictError, judge_messages, parse_verdict
-from karma.streams.config import BackendSpec, JudgeSettings, KarmaSettings, ModelSpec
+from karma.agents.backends.sdk import Sdk, SharedModelClient, named
+from karma.agents.judge_prompt import LogprobTokens, VerdictError, judge_messages, parse_verdict, soft_label
 
-INSTALL_HINT = "pip install 'karma-stream[transformers]'"
+if TYPE_CHECKING:  # annotations only: config reads the backends' names, not the reverse
+    from karma.streams.config import BackendSpec, JudgeSettings, KarmaSettings, ModelSpec
+
+SDK = Sdk("transformers", ("torch", "transformers"), extra="transformers")
 TOP_LOGPROBS = 5
 # from_pretrained arguments that concern the tokenizer too; the rest (torch_dtype, device_map,
 # attn_implementation, quantization_config, ...) are the model's alone.
 TOKENIZER_KEYS = ("revision", "trust_remote_code", "cache_dir", "local_files_only", "token", "subfolder")
-
-LogprobTokens = list[tuple[str, list[tuple[str, float]]]]
 
 
 # --- pure helpers: no torch ---------------------------------------------------------------------
@@ -109,10 +107,6 @@ def logprob_tokens(
     return tokens
 
 
-def _named(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
 class Runner(Protocol):
     """What the backend needs of a loaded model (the real one below; a fake in the tests)."""
 
@@ -129,36 +123,16 @@ class Runner(Protocol):
 # --- torch and transformers: imported lazily ----------------------------------------------------
 
 
-def _import(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        raise BackendError(
-            f"the transformers backend needs torch and transformers: {INSTALL_HINT} "
-            f"({type(exc).__name__}: {exc})"
-        ) from exc
-
-
-def require_transformers() -> None:
-    """Fails at worker start, not at the first batch, when torch or transformers is missing."""
-    missing = []
-    for name in ("torch", "transformers"):
-        try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):  # ValueError: a module entry without a spec
-            found = False
-        if not found:
-            missing.append(name)
-    if missing:
-        raise BackendError(f"the transformers backend needs {' and '.join(missing)}: {INSTALL_HINT}")
+# A module attribute, looked up when a client is built (so a test can stand in for it).
+require_transformers = SDK.require
 
 
 class HFRunner:
     """A tokenizer and causal LM loaded with transformers; `generate` blocks (call it in a thread)."""
 
     def __init__(self, model_id: str, engine_args: dict[str, Any]) -> None:
-        self.torch = _import("torch")
-        transformers = _import("transformers")
+        self.torch = SDK.load("torch")
+        transformers = SDK.load("transformers")
         self.transformers = transformers
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_id, **tokenizer_kwargs(engine_args))
         self.model = transformers.AutoModelForCausalLM.from_pretrained(model_id, **engine_args)
@@ -246,30 +220,24 @@ acquire_runner = _RUNNERS.acquire
 release_runner = _RUNNERS.release
 
 
-class _TransformersClient:
+class _TransformersClient(SharedModelClient):
+    """The model handling shared by the generator and the judge: a Runner from `acquire_runner`."""
+
     backend = "transformers"
 
     def __init__(self, spec: BackendSpec, served_model: str, runner: Runner | None) -> None:
-        self.spec = spec
-        self.served_model = served_model
         if runner is None:
             require_transformers()
-        self._runner = runner  # injected (tests), or loaded on first use
-        self._owns_runner = runner is None
-        self._starting = asyncio.Lock()
+        super().__init__(spec, served_model, runner)
 
-    async def _ready(self, who: str) -> Runner | BackendError:
-        try:
-            async with self._starting:
-                if self._runner is None:
-                    self._runner = await asyncio.to_thread(
-                        acquire_runner, self.served_model, dict(self.spec.engine_args)
-                    )
-            return self._runner
-        except BackendError as exc:
-            return BackendError(f"{who}: {exc.reason}", exc.kind)
-        except Exception as exc:
-            return BackendError(f"{who}: cannot load {self.served_model}: {_named(exc)}")
+    def _acquire(self, served_model: str, engine_args: dict[str, Any]) -> Runner:
+        return acquire_runner(served_model, engine_args)
+
+    async def _release(self, runner: Runner) -> None:
+        release_runner(runner)  # cheap: the garbage collector frees the model, not this call
+
+    def _cannot_load(self, exc: Exception) -> str:
+        return f"cannot load {self.served_model}: {named(exc)}"
 
     async def _run(
         self, runner: Runner, conversations: list[list[Message]], seed: int, top_logprobs: int
@@ -277,11 +245,6 @@ class _TransformersClient:
         return await asyncio.to_thread(
             runner.generate, conversations, seed, self.spec.temperature, self.spec.max_tokens, top_logprobs
         )
-
-    async def close(self) -> None:
-        if self._owns_runner and self._runner is not None:
-            runner, self._runner = self._runner, None
-            release_runner(runner)
 
 
 class TransformersGenerator(_TransformersClient):
@@ -302,7 +265,7 @@ class TransformersGenerator(_TransformersClient):
         try:
             outputs = await self._run(runner, conversations, requests[0].seed, top_logprobs=0)
         except Exception as exc:
-            error = BackendError(f"{self.model}: generation failed: {_named(exc)}")
+            error = BackendError(f"{self.model}: generation failed: {named(exc)}")
             return [error] * len(requests)
         latency_ms = (time.perf_counter() - started) * 1000  # the batch's: every request waited for it
         return [Generation(o.text, o.num_tokens, latency_ms, simulated=False) for o in outputs]
@@ -335,7 +298,7 @@ class TransformersJudge(_TransformersClient):
             try:
                 outputs = await self._run(runner, [messages[i] for i in pending], seed, top_logprobs)
             except Exception as exc:
-                error = BackendError(f"{who}: generation failed: {_named(exc)}")
+                error = BackendError(f"{who}: generation failed: {named(exc)}")
                 for i in pending:
                     results[i] = error
                 return _complete(results)

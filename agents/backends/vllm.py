@@ -24,13 +24,11 @@ deploy/gpu/vllm_smoke.py is the script that does, on a GPU machine.
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
 import inspect
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from karma.agents.backends.base import (
     BackendError,
@@ -41,11 +39,20 @@ from karma.agents.backends.base import (
     SharedModels,
 )
 from karma.agents.backends.chat_format import Message, render_chat
-from karma.agents.backends.openai import soft_label
-from karma.agents.judge_prompt import VERDICT_SCHEMA, VerdictError, judge_messages, parse_verdict
-from karma.streams.config import BackendSpec, JudgeSettings, KarmaSettings, ModelSpec
+from karma.agents.backends.sdk import Sdk, SharedModelClient, named
+from karma.agents.judge_prompt import (
+    VERDICT_SCHEMA,
+    LogprobTokens,
+    VerdictError,
+    judge_messages,
+    parse_verdict,
+    soft_label,
+)
 
-INSTALL_HINT = "pip install 'karma-stream[vllm]'"
+if TYPE_CHECKING:  # annotations only: config reads the backends' names, not the reverse
+    from karma.streams.config import BackendSpec, JudgeSettings, KarmaSettings, ModelSpec
+
+SDK = Sdk("vllm", ("vllm",), extra="vllm", needs="vLLM (and a GPU)")
 JSON_SCHEMA = "json_schema"  # the neutral key of `sampling_kwargs`; see make_sampling_params
 TOP_LOGPROBS = 5
 
@@ -79,7 +86,7 @@ def make_sampling_params(kwargs: dict[str, Any], module: Any = None) -> Any:
 
     `module` is `vllm.sampling_params` (imported here when not given; tests pass a stand-in)."""
     if module is None:
-        module = _import("vllm.sampling_params")
+        module = SDK.load("vllm.sampling_params")
     options = dict(kwargs)
     schema = options.pop(JSON_SCHEMA, None)
     if schema is not None:
@@ -98,16 +105,12 @@ def make_sampling_params(kwargs: dict[str, Any], module: Any = None) -> Any:
     return module.SamplingParams(**options)
 
 
-def _named(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
 def describe_engine_error(exc: BaseException) -> str:
     """One readable line: vLLM wraps the real failure (EngineGenerateError() has no message)."""
-    text = _named(exc)
+    text = named(exc)
     cause = exc.__cause__ or exc.__context__
     if cause is not None and cause is not exc:
-        text += f" (caused by {_named(cause)})"
+        text += f" (caused by {named(cause)})"
     return text[:500]
 
 
@@ -138,14 +141,14 @@ def generation_from_output(output: Any, latency_ms: float) -> Generation | Backe
     return Generation(text, num_tokens, latency_ms, simulated=False)
 
 
-def logprob_tokens(completion: Any) -> list[tuple[str, list[tuple[str, float]]]]:
+def logprob_tokens(completion: Any) -> LogprobTokens:
     """vLLM's per-token logprobs in `soft_label`'s form: (token, [(alternative, logprob), ...]).
 
     vLLM gives one dict per generated token, token id -> Logprob(logprob, rank, decoded_token),
     holding the sampled token and the top-k; alternatives are listed most probable first."""
     positions = getattr(completion, "logprobs", None) or []
     token_ids = list(getattr(completion, "token_ids", None) or [])
-    tokens: list[tuple[str, list[tuple[str, float]]]] = []
+    tokens: LogprobTokens = []
     for i, position in enumerate(positions):
         if not position:
             tokens.append(("", []))
@@ -176,31 +179,16 @@ def judge_reply_from_output(output: Any) -> JudgeReply | VerdictError:
 # --- vLLM itself: imported lazily ---------------------------------------------------------------
 
 
-def _import(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        raise BackendError(
-            f"the vllm backend needs vLLM (and a GPU): {INSTALL_HINT} ({type(exc).__name__}: {exc})"
-        ) from exc
-
-
-def require_vllm() -> None:
-    """Fails at worker start, not at the first batch, when vLLM is not installed (cheap: no import)."""
-    try:
-        found = importlib.util.find_spec("vllm") is not None
-    except (ImportError, ValueError):  # ValueError: a module entry without a spec
-        found = False
-    if not found:
-        raise BackendError(f"the vllm backend needs vLLM (and a GPU): {INSTALL_HINT}")
+# A module attribute, looked up when a client is built (so a test can stand in for it).
+require_vllm = SDK.require
 
 
 def _build_engine(model: str, engine_args: dict[str, Any]) -> Any:
     """Blocking (loading weights takes minutes): callers run it in a thread so the event loop
     keeps heartbeating to Kafka meanwhile. AsyncLLM starts its output handler on the first
     request when it is built outside the loop, which vLLM supports."""
-    async_llm = _import("vllm.v1.engine.async_llm")
-    arg_utils = _import("vllm.engine.arg_utils")
+    async_llm = SDK.load("vllm.v1.engine.async_llm")
+    arg_utils = SDK.load("vllm.engine.arg_utils")
     return async_llm.AsyncLLM.from_engine_args(arg_utils.AsyncEngineArgs(model=model, **engine_args))
 
 
@@ -236,46 +224,31 @@ def _request_id(key: str) -> str:
     return f"karma-{key}-{uuid.uuid4().hex[:12]}"  # unique even when a request is retried
 
 
-class _VLLMClient:
-    """The engine handling shared by the generator and the judge."""
+class _VLLMClient(SharedModelClient):
+    """The engine handling shared by the generator and the judge: the engine comes from
+    `acquire_engine`, and what requests use is the engine with its tokenizer."""
 
     backend = "vllm"
 
     def __init__(
         self, spec: BackendSpec, served_model: str, engine: Any, params_factory: ParamsFactory | None
     ) -> None:
-        self.spec = spec
-        self.served_model = served_model
         if engine is None:
             require_vllm()
-        self._engine = engine  # injected (tests), or built on first use
-        self._owns_engine = engine is None
+        super().__init__(spec, served_model, engine)
         self._params: ParamsFactory = params_factory or make_sampling_params
-        self._starting = asyncio.Lock()
 
-    async def _ready(self) -> tuple[Any, Any]:
-        """The engine and its tokenizer, building the engine the first time."""
-        async with self._starting:
-            if self._engine is None:
-                self._engine = await asyncio.to_thread(
-                    acquire_engine, self.served_model, dict(self.spec.engine_args)
-                )
-        return self._engine, await _tokenizer(self._engine)
+    def _acquire(self, served_model: str, engine_args: dict[str, Any]) -> Any:
+        return acquire_engine(served_model, engine_args)
 
-    async def _start(self, who: str) -> tuple[Any, Any] | BackendError:
-        try:
-            return await self._ready()
-        except BackendError as exc:
-            return BackendError(f"{who}: {exc.reason}", exc.kind)
-        except Exception as exc:
-            return BackendError(
-                f"{who}: cannot start the vLLM engine for {self.served_model}: {describe_engine_error(exc)}"
-            )
+    async def _release(self, engine: Any) -> None:
+        await asyncio.to_thread(release_engine, engine)  # shutting an engine down blocks
 
-    async def close(self) -> None:
-        if self._owns_engine and self._engine is not None:
-            engine, self._engine = self._engine, None
-            await asyncio.to_thread(release_engine, engine)
+    def _cannot_load(self, exc: Exception) -> str:
+        return f"cannot start the vLLM engine for {self.served_model}: {describe_engine_error(exc)}"
+
+    async def _prepared(self, engine: Any) -> tuple[Any, Any]:
+        return engine, await _tokenizer(engine)
 
 
 class VLLMGenerator(_VLLMClient):
@@ -288,7 +261,7 @@ class VLLMGenerator(_VLLMClient):
         self.model = spec.name
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation | BackendError]:
-        started = await self._start(self.model)
+        started = await self._ready(self.model)
         if isinstance(started, BackendError):
             return [started] * len(requests)
         engine, tokenizer = started
@@ -321,7 +294,7 @@ class VLLMJudge(_VLLMClient):
         self.name = spec.name
 
     async def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply | BackendError]:
-        started = await self._start(f"judge {self.name}")
+        started = await self._ready(f"judge {self.name}")
         if isinstance(started, BackendError):
             return [started] * len(requests)
         engine, tokenizer = started

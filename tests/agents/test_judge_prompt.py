@@ -1,10 +1,13 @@
-"""The judge's prompt fences untrusted answers; its verdict is strict JSON or an error."""
+"""The judge's prompt fences untrusted answers; its verdict is strict JSON or an error; its
+soft label comes from the log-probabilities of the verdict's tokens."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from karma.agents.judge_prompt import RawVerdict, VerdictError, judge_messages, parse_verdict
+from karma.agents.judge_prompt import RawVerdict, VerdictError, judge_messages, parse_verdict, soft_label
 
 
 def test_the_answers_are_fenced_with_the_requests_tag_and_cannot_close_their_fence() -> None:
@@ -56,3 +59,17 @@ def test_valid_verdicts_parse(reply: str, winner: str, confidence: float) -> Non
 def test_anything_else_is_an_error_that_says_what_is_wrong(reply: str, says: str) -> None:
     with pytest.raises(VerdictError, match=says):
         parse_verdict(reply)
+
+
+def test_soft_label_reads_the_winner_tokens_alternatives() -> None:
+    tokens = [
+        ('{"', []),
+        ("winner", []),
+        ('": "', []),
+        ("A", [("A", math.log(0.6)), ("B", math.log(0.2)), ("tie", math.log(0.2))]),
+        ('", "rationale": "B is short"}', []),
+    ]
+    assert soft_label(tokens) == pytest.approx(0.75)  # 0.6 / (0.6 + 0.2)
+    # An "A" before the winner key is not the verdict; no alternatives means no soft label.
+    assert soft_label([("A", [("A", 0.0), ("B", -1.0)]), ('"winner": ', []), ("B", [])]) is None
+    assert soft_label([]) is None

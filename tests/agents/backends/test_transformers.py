@@ -18,7 +18,6 @@ import pytest
 from karma.agents.backends import BackendError, Generation, GenerationRequest, JudgeReply, JudgeRequest
 from karma.agents.backends import transformers as transformers_backend
 from karma.agents.backends.chat_format import Message
-from karma.agents.backends.openai import soft_label
 from karma.agents.backends.transformers import (
     HFRunner,
     LocalOutput,
@@ -29,6 +28,7 @@ from karma.agents.backends.transformers import (
     tokenizer_kwargs,
     trim_generated,
 )
+from karma.agents.judge_prompt import soft_label
 from karma.streams.config import JudgeSettings, ModelSpec
 
 HINT = r"pip install 'karma-stream\[transformers\]'"

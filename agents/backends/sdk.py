@@ -1,0 +1,119 @@
+"""What the in-process backends (agents/backends/vllm.py, agents/backends/transformers.py) share:
+their SDK, imported only when a backend is built, and the model they load once per process.
+
+The SDKs (vLLM, torch, transformers) are heavy and optional: a worker that runs neither backend
+must import without them. So `Sdk.load` imports a module by name at the point of use (the one
+import in this project that sits inside a function, on purpose), and when it is missing the
+error names the pip extra that brings it; `Sdk.require` checks at worker start, without
+importing anything, so a missing SDK fails the start and not the first batch.
+
+`SharedModelClient` is the model handling of a generator and a judge: the model is injected
+(tests) or acquired on first use from the backend's `SharedModels`, in a worker thread so that
+loading weights (minutes) does not stall the event loop's Kafka heartbeats, and released on close.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import importlib
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from karma.agents.backends.base import BackendError
+
+if TYPE_CHECKING:  # annotations only: config reads the backends' names, not the reverse
+    from karma.streams.config import BackendSpec
+
+
+def named(exc: BaseException) -> str:
+    """An exception in one phrase: its type, and its message when it has one."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+@dataclass(frozen=True)
+class Sdk:
+    """A backend's optional SDK: the modules it needs and the pip extra that installs them."""
+
+    backend: str  # as the configuration names it
+    modules: tuple[str, ...]
+    extra: str  # of karma-stream
+    # What the error says the backend needs; None: the modules, by name.
+    needs: str | None = None
+
+    @property
+    def install_hint(self) -> str:
+        return f"pip install 'karma-stream[{self.extra}]'"
+
+    def require(self) -> None:
+        """Fails at worker start, not at the first batch, when a module is missing (cheap: no import)."""
+        missing = [name for name in self.modules if not _findable(name)]
+        if missing:
+            raise BackendError(self._needs(missing))
+
+    def load(self, name: str) -> Any:
+        """The module `name` (one of the SDK's, or one inside it), imported now."""
+        try:
+            return importlib.import_module(name)
+        except ImportError as exc:
+            raise BackendError(f"{self._needs(self.modules)} ({type(exc).__name__}: {exc})") from exc
+
+    def _needs(self, modules: Sequence[str]) -> str:
+        return f"the {self.backend} backend needs {self.needs or ' and '.join(modules)}: {self.install_hint}"
+
+
+def _findable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # ValueError: a module entry without a spec
+        return False
+
+
+class SharedModelClient(abc.ABC):
+    """The model handling shared by a backend's generator and judge (see the module docstring)."""
+
+    backend: str
+
+    def __init__(self, spec: BackendSpec, served_model: str, model: Any) -> None:
+        self.spec = spec
+        self.served_model = served_model
+        self._model = model  # injected (tests), or acquired on first use
+        self._owns_model = model is None
+        self._starting = asyncio.Lock()  # one load, however many batches wait for it
+
+    @abc.abstractmethod
+    def _acquire(self, served_model: str, engine_args: dict[str, Any]) -> Any:
+        """The process's shared model (blocking: it may load weights)."""
+
+    @abc.abstractmethod
+    async def _release(self, model: Any) -> None:
+        """Gives the model back; the last user frees it."""
+
+    @abc.abstractmethod
+    def _cannot_load(self, exc: Exception) -> str:
+        """Why the model is not there, for every request that needed it."""
+
+    async def _prepared(self, model: Any) -> Any:
+        """What the requests use; the model itself unless a backend needs more from it."""
+        return model
+
+    async def _ready(self, who: str) -> Any:
+        """What the requests use, or a BackendError prefixed with `who` when it cannot be had."""
+        try:
+            async with self._starting:
+                if self._model is None:
+                    self._model = await asyncio.to_thread(
+                        self._acquire, self.served_model, dict(self.spec.engine_args)
+                    )
+            return await self._prepared(self._model)
+        except BackendError as exc:
+            return BackendError(f"{who}: {exc.reason}", exc.kind)
+        except Exception as exc:
+            return BackendError(f"{who}: {self._cannot_load(exc)}")
+
+    async def close(self) -> None:
+        if self._owns_model and self._model is not None:
+            model, self._model = self._model, None
+            await self._release(model)
