@@ -1,9 +1,13 @@
 """Competency-rating stage: gathers each prompt's answers and picks kin pairs.
 
 The decisions are made by `agents/gathering.py` (a pure state machine: complete by
-accounting, backstop, late answers, retention); this module is its faust adapter: it feeds
+accounting, backstop, late answers, retention); `RatingStage` is its faust adapter: it feeds
 the machine the events of its topics in batches, keeps its state in changelogged tables (so a
 restarted worker carries on where it stopped), and publishes the pairs and letters it decides.
+It has one method per input (`on_response`, `on_preference`, `on_tick`, dispatched by
+`rate_batch`) and runs without Kafka in the tests (plain mappings for tables, a recording
+Stage); `register` declares it on a worker's app: the tables, the agent, the recovery hook and
+the tick timer.
 
 Tables, co-partitioned with karma.responses:
 - `rating-prompts`: one small entry per prompt (models accounted, pairs emitted, verdicts
@@ -29,13 +33,15 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 from karma.agents.competency import Tally, assess, is_evidence, pair_key, score_of_first
-from karma.agents.gathering import Gatherer, Outcome
+from karma.agents.gathering import Gathered, Gatherer, Outcome
 from karma.agents.kinship import load_profiles
 from karma.agents.pairing import LiveCompetency, make_pairs
-from karma.schemas.models import Preference, Response
+from karma.schemas.models import KinPair, Preference, Response
 from karma.streams.app import Stage, raw_topic
 from karma.streams.codecs import DecodeError, decode, encode
 from karma.streams.metrics import (
@@ -52,48 +58,159 @@ from karma.streams.metrics import (
 STAGE = "rating"
 
 
-def register(stage: Stage) -> None:
-    settings = stage.settings
-    app = stage.app
-    profiles = load_profiles(settings.kin.profiles)
-    rule = settings.kin.rule()
-    expected = settings.model_names
+def _now_ms() -> float:
+    return time.time() * 1000
 
-    prompts = app.Table("rating-prompts", default=None, partitions=settings.partitions)
-    answers = app.Table("rating-answers", default=None, partitions=settings.partitions)
-    online = settings.competency.online
-    competency = app.Table("rating-competency", default=float, partitions=settings.partitions).hopping(
-        settings.window_size_s, settings.window_step_s, expires=settings.window_size_s * 2
-    )
-    # What pairing uses; refreshed from the competency table once per tick interval.
-    current = LiveCompetency(superiority={m: profiles.superiority(m) for m in expected})
-    gatherer = Gatherer(
-        expected,
-        prompts,
-        answers,
-        lambda gathered: make_pairs(
-            gathered, profiles, rule, settings.policy, settings.kin.hybrid_weight, current.superiority
+
+@dataclass(frozen=True)
+class Tables:
+    """The stage's state (see the module docstring): faust tables in a worker, plain mappings
+    and a stand-in for the hopping table in the tests."""
+
+    prompts: MutableMapping[str, Any]
+    answers: MutableMapping[str, Any]
+    # Hopping: `competency[key]` is faust's WindowSet (`+=` adds in the current event's
+    # windows), `competency[key][window]` the value in one window.
+    competency: Any
+
+
+def declare_tables(stage: Stage) -> Tables:
+    """The stage's changelogged tables on the worker's app."""
+    settings, app = stage.settings, stage.app
+    return Tables(
+        prompts=app.Table("rating-prompts", default=None, partitions=settings.partitions),
+        answers=app.Table("rating-answers", default=None, partitions=settings.partitions),
+        competency=app.Table("rating-competency", default=float, partitions=settings.partitions).hopping(
+            settings.window_size_s, settings.window_step_s, expires=settings.window_size_s * 2
         ),
-        backstop_ms=settings.gather_timeout_s * 1000,
-        retention_ms=settings.done_retention_s * 1000,
-        retention_max=settings.done_retention_max,
     )
-    inputs = [stage.names.responses, stage.names.ticks] + ([stage.names.preferences] if online else [])
-    source = raw_topic(app, *inputs, partitions=settings.partitions)
 
-    @prompts.on_recover
-    async def rebuild_time_queues() -> None:
-        # After every rebalance's recovery: the queues of the partitions this worker holds now.
-        gatherer.rebuild(prompts.items())
-        PENDING_PROMPTS.set(gatherer.open_prompts)
 
-    async def publish(outcome: Outcome) -> None:
+def tally_keys(model_a: str, model_b: str, partition: int) -> tuple[str, str]:
+    """The competency table's keys of a model pair (a < b) on one partition: how often the two
+    met, and a's score. Per partition, so each count is written where its verdicts are."""
+    stem = f"{model_a}|{model_b}@{partition}"
+    return f"{stem}:n", f"{stem}:score"
+
+
+class RatingStage:
+    """One worker's rating stage: the gathering machine over its tables, the superiority
+    pairing uses now, and a method per input. `clock` (ms) is the wall clock; tests move it."""
+
+    def __init__(self, stage: Stage, tables: Tables, clock: Callable[[], float] = _now_ms) -> None:
+        settings = stage.settings
+        self.stage = stage
+        self.settings = settings
+        self.tables = tables
+        self.clock = clock
+        self.profiles = load_profiles(settings.kin.profiles)
+        self.rule = settings.kin.rule()
+        self.pool = settings.model_names
+        self.online = settings.competency.online
+        # What pairing uses; refreshed from the competency table once per tick interval.
+        self.current = LiveCompetency(superiority={m: self.profiles.superiority(m) for m in self.pool})
+        self.gatherer = Gatherer(
+            self.pool,
+            tables.prompts,
+            tables.answers,
+            self.pair,
+            backstop_ms=settings.gather_timeout_s * 1000,
+            retention_ms=settings.done_retention_s * 1000,
+            retention_max=settings.done_retention_max,
+        )
+
+    @property
+    def inputs(self) -> list[str]:
+        """The topics the stage reads; the verdicts only when it learns competency online."""
+        names = self.stage.names
+        return [names.responses, names.ticks] + ([names.preferences] if self.online else [])
+
+    def pair(self, gathered: Gathered) -> list[KinPair]:
+        """The pairing policy over one prompt's answers, with the superiority known now."""
+        settings = self.settings
+        return make_pairs(
+            gathered,
+            self.profiles,
+            self.rule,
+            settings.policy,
+            settings.kin.hybrid_weight,
+            self.current.superiority,
+        )
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    async def rate_batch(self, stream: Any, events: list[Any]) -> None:
+        """Handles one batch of the stage's topics, then writes the state it changed."""
+        now = self.clock()
+        by_partition = {}
+        names = self.stage.names
+        for event in events:
+            # faust writes a table change to the changelog partition of the current event.
+            stream._set_current_event(event)
+            by_partition[event.message.partition] = event
+            topic = event.message.topic
+            if topic == names.ticks:
+                await self.on_tick(event, now)
+            elif topic == names.preferences:
+                await self.on_preference(event)
+            else:
+                await self.on_response(event, now)
+        self.gatherer.flush(lambda partition: stream._set_current_event(by_partition[partition]))
+        PENDING_PROMPTS.set(self.gatherer.open_prompts)
+
+    async def on_response(self, event: Any, now_ms: float) -> None:
+        MESSAGES_IN.labels(STAGE).inc()
+        try:
+            response = decode(event.value, Response)
+        except DecodeError as exc:
+            await self.stage.dead_letter(event, stage=STAGE, reason=exc.reason, error_type=exc.kind)
+            return
+        outcome = self.gatherer.on_response(response, event.message.partition, now_ms)
+        if outcome.duplicate:
+            DUPLICATES.labels(STAGE).inc()  # a replay after a restart: already counted
+        if outcome.late:
+            LATE_ANSWERS.inc()
+        await self.publish(outcome)
+
+    async def on_preference(self, event: Any) -> None:
+        try:
+            preference = decode(event.value, Preference)
+        except DecodeError as exc:
+            await self.stage.dead_letter(event, stage=STAGE, reason=exc.reason, error_type=exc.kind)
+            return
+        if not self.gatherer.counted_verdict(preference.prompt_id, preference.preference_id):
+            DUPLICATES.labels(STAGE).inc()  # a replayed verdict: its evidence is already in
+            return
+        if not is_evidence(preference):
+            return
+        a, b = preference.response_a.model, preference.response_b.model
+        key = pair_key(a, b)
+        n_key, score_key = tally_keys(*key, event.message.partition)
+        competency = self.tables.competency
+        competency[n_key] += 1.0
+        competency[score_key] += score_of_first(key, a, preference.winner)
+
+    async def on_tick(self, event: Any, now_ms: float) -> None:
+        """Refreshes the superiority when due, and expires what is due on the tick's partition."""
+        if self.online and now_ms - self.current.refreshed_at >= self.settings.tick_interval_s * 1000:
+            self.current.refreshed_at = now_ms
+            self.refresh_competency()
+        await self.publish(self.gatherer.on_tick(event.message.partition, now_ms))
+
+    def rebuild(self) -> None:
+        """After every rebalance's recovery: the time queues of the partitions held now."""
+        self.gatherer.rebuild(self.tables.prompts.items())
+        PENDING_PROMPTS.set(self.gatherer.open_prompts)
+
+    # -- outputs ------------------------------------------------------------------------------
+
+    async def publish(self, outcome: Outcome) -> None:
         for pair in outcome.pairs:
             PAIRS.labels(pair.policy).inc()
             KIN_GAP.observe(pair.gap)
-            await stage.publish(STAGE, "pairs", pair.prompt_id, encode(pair))
+            await self.stage.publish(STAGE, "pairs", pair.prompt_id, encode(pair))
         for letter in outcome.letters:
-            await stage.dead_letter_prompt(
+            await self.stage.dead_letter_prompt(
                 letter.prompt_id,
                 letter.partition,
                 stage=STAGE,
@@ -101,100 +218,65 @@ def register(stage: Stage) -> None:
                 error_type=letter.error_type,
             )
 
-    def window_tallies() -> dict[tuple[str, str], Tally]:
+    async def send_ticks(self) -> None:
+        """One tick per partition, so each partition's expiries run inside its own stream."""
+        for partition in range(self.settings.partitions):
+            await self.stage.topics["ticks"].send(value=b"tick", partition=partition)
+
+    # -- online competency --------------------------------------------------------------------
+
+    def window_tallies(self) -> dict[tuple[str, str], Tally]:
         """The current window's tallies, summed over every partition this worker holds."""
-        window = competency.table.window.earliest(time.time())
+        competency = self.tables.competency
+        window = competency.table.window.earliest(self.clock() / 1000)
         tallies = {}
-        for a, b in itertools.combinations(sorted(expected), 2):
+        for a, b in itertools.combinations(sorted(self.pool), 2):
             n = score = 0.0
-            for partition in range(settings.partitions):
-                n += competency[f"{a}|{b}@{partition}:n"][window]
-                score += competency[f"{a}|{b}@{partition}:score"][window]
+            for partition in range(self.settings.partitions):
+                n_key, score_key = tally_keys(a, b, partition)
+                n += competency[n_key][window]
+                score += competency[score_key][window]
             if n:
                 tallies[(a, b)] = Tally(n, score)
         return tallies
 
-    def refresh_competency() -> None:
+    def refresh_competency(self) -> None:
         assessed = assess(
-            expected,
-            profiles,
-            window_tallies(),
-            evidence=settings.competency.evidence,
-            scale=settings.competency.scale,
+            self.pool,
+            self.profiles,
+            self.window_tallies(),
+            evidence=self.settings.competency.evidence,
+            scale=self.settings.competency.scale,
         )
-        current.superiority = {m: c.blended for m, c in assessed.items()}
+        self.current.superiority = {m: c.blended for m, c in assessed.items()}
         for m, c in assessed.items():
             SUPERIORITY.labels(m, "prior").set(c.prior)
             SUPERIORITY.labels(m, "blended").set(c.blended)
             SUPERIORITY.labels(m, "online").set(c.online if c.online is not None else float("nan"))
             COMPARISONS.labels(m).set(c.comparisons)
 
-    async def on_preference(event: Any) -> None:
-        try:
-            preference = decode(event.value, Preference)
-        except DecodeError as exc:
-            await stage.dead_letter(event, stage=STAGE, reason=exc.reason, error_type=exc.kind)
-            return
-        if not gatherer.counted_verdict(preference.prompt_id, preference.preference_id):
-            DUPLICATES.labels(STAGE).inc()  # a replayed verdict: its evidence is already in
-            return
-        if not is_evidence(preference):
-            return
-        a, b = preference.response_a.model, preference.response_b.model
-        key = pair_key(a, b)
-        stem = f"{key[0]}|{key[1]}@{event.message.partition}"
-        competency[f"{stem}:n"] += 1.0
-        competency[f"{stem}:score"] += score_of_first(key, a, preference.winner)
 
-    async def on_response(event: Any, now_ms: float) -> None:
-        MESSAGES_IN.labels(STAGE).inc()
-        try:
-            response = decode(event.value, Response)
-        except DecodeError as exc:
-            await stage.dead_letter(event, stage=STAGE, reason=exc.reason, error_type=exc.kind)
-            return
-        outcome = gatherer.on_response(response, event.message.partition, now_ms)
-        if outcome.duplicate:
-            DUPLICATES.labels(STAGE).inc()  # a replay after a restart: already counted
-        if outcome.late:
-            LATE_ANSWERS.inc()
-        await publish(outcome)
+def register(stage: Stage) -> None:
+    """Declares the rating stage on a worker's app (streams/worker.py calls it)."""
+    settings, app = stage.settings, stage.app
+    tables = declare_tables(stage)
+    rating = RatingStage(stage, tables)
+    source = raw_topic(app, *rating.inputs, partitions=settings.partitions)
 
-    async def rate_batch(stream: Any, events: list[Any]) -> None:
-        now = _now_ms()
-        by_partition = {}
-        for event in events:
-            # faust writes a table change to the changelog partition of the current event.
-            stream._set_current_event(event)
-            by_partition[event.message.partition] = event
-            topic = event.message.topic
-            if topic == stage.names.ticks:
-                if online and now - current.refreshed_at >= settings.tick_interval_s * 1000:
-                    current.refreshed_at = now
-                    refresh_competency()
-                await publish(gatherer.on_tick(event.message.partition, now))
-            elif topic == stage.names.preferences:
-                await on_preference(event)
-            else:
-                await on_response(event, now)
-        gatherer.flush(lambda partition: stream._set_current_event(by_partition[partition]))
-        PENDING_PROMPTS.set(gatherer.open_prompts)
+    @tables.prompts.on_recover  # type: ignore[attr-defined]  # a faust Table here, not any mapping
+    async def rebuild_time_queues() -> None:
+        rating.rebuild()
 
     @app.agent(source, name="rate")
-    async def rate(stream):  # type: ignore[no-untyped-def]
+    async def rate(stream: Any) -> None:
         await stage.in_batches(
             stream,
             STAGE,
-            lambda events: rate_batch(stream, events),
-            on_retry=gatherer.discard,
+            lambda events: rating.rate_batch(stream, events),
+            on_retry=rating.gatherer.discard,
             batch_size=settings.rating_batch_size,
         )
 
     @app.timer(interval=settings.tick_interval_s)
     async def send_ticks() -> None:
-        for partition in range(settings.partitions):
-            await stage.topics["ticks"].send(value=b"tick", partition=partition)
-
-
-def _now_ms() -> float:
-    return time.time() * 1000
+        await rating.send_ticks()

@@ -1,0 +1,372 @@
+"""The rating stage without Kafka: `RatingStage` over plain dicts for tables, a stand-in for the
+hopping competency table, a Stage that records what it would send, and events shaped like
+faust's (`.value` bytes, `.message.topic/.partition/.offset`, `.key`)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+
+from karma.agents.competency import Tally
+from karma.agents.gathering import Gathered
+from karma.agents.kinship import load_profiles
+from karma.agents.pairing import make_pairs
+from karma.agents.rating import STAGE, RatingStage, Tables, tally_keys
+from karma.schemas.models import KinPair, Preference, Response, Winner, response_id_for
+from karma.streams.app import Stage
+from karma.streams.codecs import DecodeError, decode, encode
+from karma.streams.config import KarmaSettings
+from karma.streams.topics import TopicNames
+
+PROMPT_TEXT = "Why is the sky blue?"
+START_MS = 1_000_000.0
+WINDOW = 0  # the stand-in hopping table has one window
+
+
+# --- fakes ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Event:
+    value: bytes
+    message: Message
+    key: bytes | None = None
+
+
+class Stream:
+    """What rate_batch needs of a faust stream: which event is current (table writes go to its
+    changelog partition)."""
+
+    def __init__(self) -> None:
+        self.current: Event | None = None
+
+    def _set_current_event(self, event: Event) -> None:
+        self.current = event
+
+
+class WrittenUnder(dict[str, Any]):
+    """A table that records, per write, the partition of the stream's current event."""
+
+    def __init__(self, stream: Stream) -> None:
+        super().__init__()
+        self.stream = stream
+        self.writes: list[tuple[str, int]] = []
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        assert self.stream.current is not None
+        self.writes.append((key, self.stream.current.message.partition))
+        super().__setitem__(key, value)
+
+
+class Windowed:
+    """One key of the hopping table, like faust's WindowSet: `+=` adds, `[window]` reads."""
+
+    def __init__(self, values: dict[str, float], key: str) -> None:
+        self.values, self.key = values, key
+
+    def __iadd__(self, amount: float) -> Windowed:
+        self.values[self.key] += amount
+        return self
+
+    def __getitem__(self, window: int) -> float:
+        assert window == WINDOW
+        return self.values[self.key]
+
+
+class Window:
+    def earliest(self, now_s: float) -> int:
+        return WINDOW
+
+
+class Hopping:
+    """Stands in for faust's hopping table: `table[key] += x` adds through the WindowSet, and
+    the wrapper's `__setitem__` then ignores the WindowSet it is handed back, as faust's does."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = defaultdict(float)  # faust's default=float
+        self.table = type("TableStandIn", (), {"window": Window()})()
+
+    def __getitem__(self, key: str) -> Windowed:
+        return Windowed(self.values, key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        assert isinstance(value, Windowed)
+
+
+class Topic:
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, **kwargs: Any) -> None:
+        self.sent.append(kwargs)
+
+
+class RecordingStage(Stage):
+    """A Stage whose outputs are recorded instead of sent."""
+
+    def __init__(self, settings: KarmaSettings) -> None:
+        super().__init__(
+            settings=settings,
+            app=None,  # type: ignore[arg-type]
+            names=TopicNames.from_settings(settings),
+            topics={"ticks": Topic()},  # type: ignore[dict-item]
+        )
+        self.published: list[tuple[str, str, str, bytes]] = []
+        self.letters: list[dict[str, Any]] = []  # dead_letter: the event and its kwargs
+        self.prompt_letters: list[dict[str, Any]] = []
+
+    async def publish(self, stage: str, topic: str, key: str, value: bytes) -> None:
+        self.published.append((stage, topic, key, value))
+
+    async def dead_letter(self, event: Any, **kwargs: Any) -> None:
+        self.letters.append({"event": event, **kwargs})
+
+    async def dead_letter_prompt(self, prompt_id: str, partition: int, **kwargs: Any) -> None:
+        self.prompt_letters.append({"prompt_id": prompt_id, "partition": partition, **kwargs})
+
+    def pairs(self) -> list[KinPair]:
+        return [decode(value, KinPair) for _, topic, _, value in self.published if topic == "pairs"]
+
+
+@dataclass
+class Clock:
+    now_ms: float = START_MS
+
+    def __call__(self) -> float:
+        return self.now_ms
+
+
+@dataclass
+class Rig:
+    """A RatingStage with everything it touches in reach."""
+
+    settings: KarmaSettings = field(default_factory=KarmaSettings)
+    clock: Clock = field(default_factory=Clock)
+    stream: Stream = field(default_factory=Stream)
+
+    def __post_init__(self) -> None:
+        self.stage = RecordingStage(self.settings)
+        self.tables = Tables(WrittenUnder(self.stream), WrittenUnder(self.stream), Hopping())
+        self.rating = RatingStage(self.stage, self.tables, clock=self.clock)
+        self.offset = 0
+
+    def event(self, topic: str, value: bytes, partition: int = 0, key: bytes | None = None) -> Event:
+        self.offset += 1
+        return Event(value, Message(getattr(self.stage.names, topic), partition, self.offset), key)
+
+    def rate(self, *events: Event) -> None:
+        asyncio.run(self.rating.rate_batch(self.stream, list(events)))
+
+
+def answer(model: str, prompt_id: str = "p-1") -> Response:
+    return Response(
+        response_id=response_id_for(prompt_id, model),
+        prompt_id=prompt_id,
+        prompt_text=PROMPT_TEXT,
+        model=model,
+        text=f"answer of {model} with a few words",
+        backend="simulated",
+        simulated=True,
+        num_tokens=7,
+        latency_ms=1.0,
+    )
+
+
+def answered(rig: Rig, model: str, prompt_id: str = "p-1", partition: int = 0) -> Event:
+    return rig.event("responses", encode(answer(model, prompt_id)), partition, prompt_id.encode())
+
+
+def duplicates() -> float:
+    return REGISTRY.get_sample_value("karma_duplicates_dropped_total", {"stage": STAGE}) or 0.0
+
+
+def without_time(pair: KinPair) -> dict[str, Any]:
+    return pair.model_dump(exclude={"created_at_ms"})
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+def test_five_answers_of_the_default_pool_are_paired_as_make_pairs_picks() -> None:
+    rig = Rig()
+    pool = rig.settings.model_names
+    assert len(pool) == 5
+    rig.rate(*(answered(rig, model) for model in pool))
+
+    gathered = Gathered(
+        "p-1",
+        PROMPT_TEXT,
+        {
+            m: {"response_id": response_id_for("p-1", m), "text": answer(m).text, "simulated": True}
+            for m in pool
+        },
+    )
+    settings = rig.settings
+    expected = make_pairs(
+        gathered, load_profiles(), settings.kin.rule(), settings.policy, settings.kin.hybrid_weight
+    )
+    assert expected  # else this test would prove nothing
+    assert [p[:3] for p in rig.stage.published] == [(STAGE, "pairs", "p-1")] * len(expected)
+    assert [without_time(p) for p in rig.stage.pairs()] == [without_time(p) for p in expected]
+    assert not rig.stage.prompt_letters and rig.rating.gatherer.open_prompts == 0
+
+
+def test_a_replayed_answer_is_counted_once() -> None:
+    rig = Rig()
+    first, *others = rig.settings.model_names
+    before = duplicates()
+    rig.rate(answered(rig, first), answered(rig, first))  # a replay within a batch
+    assert rig.tables.prompts["p-1"]["m"] == {first: "ok"}
+    rig.rate(*(answered(rig, m) for m in others))
+    pairs = rig.stage.pairs()
+    rig.rate(answered(rig, others[-1]))  # a replay after the prompt was paired
+    assert duplicates() == before + 2
+    assert rig.stage.pairs() == pairs and pairs  # nothing paired twice
+    assert not rig.stage.letters and not rig.stage.prompt_letters
+
+
+def test_table_writes_go_to_the_partition_of_their_prompt() -> None:
+    rig = Rig()
+    first, second, *_ = rig.settings.model_names
+    # One batch, two prompts on two partitions, both still open: both are written.
+    rig.rate(answered(rig, first, "p-1", partition=0), answered(rig, second, "p-2", partition=1))
+    written = dict(rig.tables.prompts.writes)
+    assert written == {"p-1": 0, "p-2": 1}
+    assert {key: p for key, p in rig.tables.answers.writes} == {
+        "p-1|": 0,
+        f"p-1|{first}": 0,
+        "p-2|": 1,
+        f"p-2|{second}": 1,
+    }
+
+
+# --- dead letters ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("topic", ["responses", "preferences"])
+def test_undecodable_bytes_are_dead_lettered_with_the_decode_error(topic: str) -> None:
+    rig = Rig()
+    bad = rig.event(topic, b"\x00\x00\x00\x00", partition=2, key=b"p-9")
+    with pytest.raises(DecodeError) as raised:
+        decode(bad.value, Response)
+    rig.rate(bad)
+    assert rig.stage.letters == [
+        {"event": bad, "stage": STAGE, "reason": raised.value.reason, "error_type": raised.value.kind}
+    ]
+    assert raised.value.kind == "decode" and not rig.stage.published
+
+
+def test_a_record_that_does_not_validate_is_dead_lettered_as_validation() -> None:
+    rig = Rig()
+    # Avro-valid bytes of a Response the model rejects: a negative token count.
+    record = answer(rig.settings.model_names[0]).model_dump(mode="python") | {"num_tokens": -1}
+    bad = rig.event("responses", encode(Response.model_construct(**record)))
+    rig.rate(bad)
+    [letter] = rig.stage.letters
+    assert letter["error_type"] == "validation" and "num_tokens" in letter["reason"]
+
+
+def test_a_tick_after_the_backstop_dead_letters_the_incomplete_prompt() -> None:
+    rig = Rig()
+    pool = rig.settings.model_names
+    rig.rate(*(answered(rig, m, partition=3) for m in pool[:3]))
+    backstop_ms = rig.settings.gather_timeout_s * 1000
+
+    rig.clock.now_ms = START_MS + backstop_ms - 1
+    rig.rate(rig.event("ticks", b"tick", partition=3))
+    assert not rig.stage.prompt_letters and not rig.stage.published  # not yet
+    rig.clock.now_ms = START_MS + backstop_ms
+    rig.rate(rig.event("ticks", b"tick", partition=0))
+    assert not rig.stage.prompt_letters  # another partition's tick expires only its own
+
+    rig.rate(rig.event("ticks", b"tick", partition=3))
+    [letter] = rig.stage.prompt_letters
+    assert letter["prompt_id"] == "p-1" and letter["partition"] == 3
+    assert letter["stage"] == STAGE and letter["error_type"] == "incomplete"
+    assert all(m in letter["reason"] for m in pool[3:])  # names the silent models
+    assert rig.stage.pairs()  # what came is paired
+    assert rig.rating.gatherer.open_prompts == 0
+
+
+def test_a_restarted_stage_carries_on_from_its_tables() -> None:
+    rig = Rig()
+    pool = rig.settings.model_names
+    rig.rate(*(answered(rig, m) for m in pool[:4]))
+    # A new worker over the same (recovered) tables: the recovery hook rebuilds its queues.
+    restarted = RatingStage(rig.stage, rig.tables, clock=rig.clock)
+    restarted.rebuild()
+    assert restarted.gatherer.open_prompts == 1
+    asyncio.run(restarted.rate_batch(rig.stream, [answered(rig, pool[4])]))
+    assert len(rig.stage.pairs()) > 0 and restarted.gatherer.open_prompts == 0
+
+
+def test_ticks_go_to_every_partition() -> None:
+    rig = Rig()
+    asyncio.run(rig.rating.send_ticks())
+    sent = rig.stage.topics["ticks"].sent  # type: ignore[attr-defined]
+    assert sent == [{"value": b"tick", "partition": p} for p in range(rig.settings.partitions)]
+
+
+# --- online competency ----------------------------------------------------------------------
+
+
+def verdict(pair: KinPair, winner: Winner, judge: str = "simulated") -> Preference:
+    """A verdict on `pair`; its id names the judge, so two judges' verdicts are two verdicts."""
+    preference = Preference.of_pair(
+        pair,
+        winner=winner,
+        consistent=True,
+        verdict_ab=winner,
+        verdict_ba=winner,
+        confidence=0.9,
+        judge=judge,
+        simulated=True,
+    )
+    return preference.model_copy(update={"preference_id": f"{pair.pair_id}-{judge}"})
+
+
+def test_verdicts_are_tallied_once_and_move_the_superiority_pairing_uses() -> None:
+    rig = Rig()
+    assert rig.settings.competency.online
+    # Verdicts are keyed by prompt, so they come on the partition of the prompt's answers.
+    rig.rate(*(answered(rig, m, partition=1) for m in rig.settings.model_names))
+    pair = rig.stage.pairs()[0]
+    a, b = pair.response_a.model, pair.response_b.model
+    key = tuple(sorted((a, b)))
+    won = verdict(pair, Winner.A)
+    before = duplicates()
+
+    rig.rate(rig.event("preferences", encode(won), partition=1))
+    rig.rate(rig.event("preferences", encode(won), partition=1))  # replayed: counted once
+    rig.rate(rig.event("preferences", encode(verdict(pair, Winner.A, judge="zebra")), partition=1))
+    assert duplicates() == before + 1
+    n_key, score_key = tally_keys(*key, 1)
+    assert rig.tables.competency.values[n_key] == 1.0
+    assert rig.rating.window_tallies() == {key: Tally(1.0, 1.0 if key[0] == a else 0.0)}
+
+    prior = dict(rig.rating.current.superiority)
+    rig.rate(rig.event("ticks", b"tick", partition=1))  # the first tick refreshes
+    learned = rig.rating.current.superiority
+    assert learned[a] > prior[a] and learned[b] < prior[b]
+    assert rig.rating.current.refreshed_at == rig.clock.now_ms
+
+
+def test_offline_the_stage_reads_no_verdicts_and_keeps_the_prior() -> None:
+    rig = Rig(settings=KarmaSettings(competency={"online": False}))
+    names = rig.stage.names
+    assert rig.rating.inputs == [names.responses, names.ticks]
+    prior = dict(rig.rating.current.superiority)
+    rig.rate(rig.event("ticks", b"tick"))
+    assert rig.rating.current.superiority == prior and rig.rating.current.refreshed_at == 0.0
