@@ -21,9 +21,10 @@ demo-openai: $(INSTALLED)  ## the demo with every model and the judge behind an 
 	  for i in $$(seq 100); do curl -sf http://127.0.0.1:8000/health > /dev/null && break; sleep 0.2; done; \
 	  $(VENV)/bin/karma demo --config examples/pool-openai.yaml
 
-test: $(INSTALLED)  ## lint, then the whole suite (it starts its own Kafka broker)
+test: $(INSTALLED)  ## lint, the import contracts (.importlinter), then the whole suite (it starts its own Kafka broker)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest
 
 smoke-transformers:  ## the transformers backend on a tiny random Llama, CPU (a separate venv: torch is ~5.6 GB)
@@ -33,6 +34,7 @@ smoke-transformers:  ## the transformers backend on a tiny random Llama, CPU (a 
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 clean:  ## removes the virtual environment and caches (Kafka jars, broker data)
 	rm -rf $(VENV) .venv-torch .cache karma-out
