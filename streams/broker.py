@@ -19,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -165,7 +166,14 @@ class LocalBroker:
         self.kafka_dir.mkdir(parents=True, exist_ok=True)
         with _locked(self.kafka_dir / ".lock"):
             marker = self.kafka_dir / _MARKER
-            if marker.is_file() and any(self.lib_dir.glob("kafka_2.13-*.jar")):
+            pom = kafka_pom()
+            # The marker names the pom it was resolved from: a pom that gained a jar resolves again.
+            stamp = f"pom sha256 {_sha256(pom)}" if pom.is_file() else ""
+            if (
+                marker.is_file()
+                and stamp in marker.read_text()
+                and any(self.lib_dir.glob("kafka_2.13-*.jar"))
+            ):
                 return self.lib_dir
             mvn = shutil.which("mvn")
             if mvn is None:
@@ -173,7 +181,6 @@ class LocalBroker:
                     "Maven (mvn) is not on PATH; it is needed once to fetch the Kafka jars "
                     f"into {self.lib_dir}"
                 )
-            pom = kafka_pom()
             if not pom.is_file():
                 raise BrokerError(f"Kafka pom not found at {pom} (set KARMA_KAFKA_POM?)")
             if progress:
@@ -201,7 +208,7 @@ class LocalBroker:
             if not any(self.lib_dir.glob("kafka_2.13-*.jar")):
                 raise BrokerError(f"Maven succeeded but left no kafka_2.13 jar in {self.lib_dir}")
             jars = sorted(p.name for p in self.lib_dir.glob("*.jar"))
-            marker.write_text("\n".join(jars) + "\n")
+            marker.write_text("\n".join([stamp, *jars]) + "\n")
             return self.lib_dir
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -409,6 +416,10 @@ class LocalBroker:
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _tail(text: str, lines: int = 30) -> str:
