@@ -95,16 +95,53 @@ class Record(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
     schema_name: ClassVar[str]
+    # Whether its topic also takes JSON (streams/codecs.py tells JSON from Avro by the first byte).
+    accepts_json: ClassVar[bool] = False
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "unknown") -> Record:
+        raise TypeError(f"{cls.__name__} records are Avro only")
 
 
 class Prompt(Record):
+    """A prompt: from the SDK and the CLI as framed Avro, and from any producer as JSON."""
+
     schema_name: ClassVar[str] = "prompt"
+    accepts_json: ClassVar[bool] = True
 
     prompt_id: Id
     text: NonBlank
     source: str = "unknown"
     created_at_ms: int = Field(default_factory=now_ms, ge=0)
     metadata: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "unknown") -> Prompt:
+        """A prompt from parsed JSON: an object with the fields of prompt.avsc (only `text`
+        required; `prompt` is taken for `text`) or a bare string. `prompt_id`, when absent, is
+        derived from the text and source as the SDK derives it. ValueError says what is wrong."""
+        if isinstance(data, str):
+            data = {"text": data}
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object with a 'text' field, got {type(data).__name__}")
+        text = data.get("text", data.get("prompt"))
+        if not isinstance(text, str):
+            raise ValueError("missing 'text' (a string)")
+        unknown = set(data) - {"text", "prompt", "prompt_id", "metadata", "source", "created_at_ms"}
+        if unknown:
+            raise ValueError(f"unknown field(s) {sorted(unknown)}")
+        src = data.get("source", source)
+        fields = {"created_at_ms": data["created_at_ms"]} if "created_at_ms" in data else {}
+        try:
+            return cls(
+                prompt_id=data.get("prompt_id") or prompt_id_for(text, src if isinstance(src, str) else ""),
+                text=text,
+                source=src,
+                metadata=data.get("metadata") or {},
+                **fields,
+            )
+        except ValidationError as exc:
+            raise ValueError(problems_of(exc, whole="prompt")) from None
 
 
 class Response(Record):

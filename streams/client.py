@@ -17,14 +17,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from pydantic import ValidationError
 
 from karma.agents.competency import Tally, is_evidence, tally, window_of
 from karma.schemas.models import (
     Preference,
     Prompt,
     Record,
-    problems_of,
     prompt_id_for,
 )
 from karma.streams.codecs import DecodeError, decode, decode_any, encode
@@ -182,26 +180,7 @@ def parse_prompt_line(line: str, source: str) -> Prompt:
         data = json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
-    if isinstance(data, str):
-        data = {"text": data}
-    if not isinstance(data, dict):
-        raise ValueError(f"expected a JSON object with a 'text' field, got {type(data).__name__}")
-    text = data.get("text", data.get("prompt"))
-    if not isinstance(text, str):
-        raise ValueError("missing 'text' (a string)")
-    unknown = set(data) - {"text", "prompt", "prompt_id", "metadata", "source"}
-    if unknown:
-        raise ValueError(f"unknown field(s) {sorted(unknown)}")
-    src = data.get("source", source)
-    try:
-        return Prompt(
-            prompt_id=data.get("prompt_id") or prompt_id_for(text, src),
-            text=text,
-            source=src,
-            metadata=data.get("metadata") or {},
-        )
-    except ValidationError as exc:
-        raise ValueError(problems_of(exc, whole="prompt")) from None
+    return Prompt.from_json(data, source)
 
 
 def parse_prompt_file(lines: list[str], source: str) -> Iterator[tuple[int, Prompt | None, str | None]]:

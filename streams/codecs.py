@@ -11,8 +11,9 @@ with a reason that is fit for the dead-letter topic.
 from __future__ import annotations
 
 import io
+import json
 import struct
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from fastavro import schemaless_reader, schemaless_writer
 from pydantic import ValidationError
@@ -21,6 +22,8 @@ from karma.schemas.catalogue import SchemaCatalogue, UnknownSchemaError, default
 from karma.schemas.models import RECORD_TYPES, Record, problems_of
 
 MAGIC_BYTE = 0
+# What a JSON value of a record type that takes JSON starts with: an object or a bare string.
+JSON_FIRST_BYTES = (b"{", b'"')
 _HEADER = struct.Struct(">bI")
 
 R = TypeVar("R", bound=Record)
@@ -82,6 +85,14 @@ def decode_raw(
 
 
 def decode(data: bytes | None, model: type[R], catalogue: SchemaCatalogue | None = None) -> R:
+    if model.accepts_json and data:
+        if data[:1] in JSON_FIRST_BYTES:
+            return cast(R, decode_json(data, model))
+        if data[0] != MAGIC_BYTE:
+            raise DecodeError(
+                f"first byte is {data[0]:#04x}: neither framed Avro (0x00) nor JSON (an object "
+                f"starting with '{{' or a string starting with '\"') for a {model.__name__}"
+            )
     cat = catalogue or default_catalogue()
     raw = decode_raw(data, cat.current(model.schema_name), cat)
     try:
@@ -89,6 +100,20 @@ def decode(data: bytes | None, model: type[R], catalogue: SchemaCatalogue | None
     except ValidationError as exc:
         problems = problems_of(exc, whole=model.__name__)
         raise DecodeError(f"invalid {model.__name__}: {problems}", kind="validation") from None
+
+
+def decode_json(data: bytes, model: type[Record]) -> Record:
+    """A record of a type that takes JSON (`Record.accepts_json`), from UTF-8 JSON bytes."""
+    try:
+        parsed = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"JSON {model.__name__} is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    except json.JSONDecodeError as exc:
+        raise DecodeError(f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    try:
+        return model.from_json(parsed, source="json")
+    except ValueError as exc:
+        raise DecodeError(f"invalid JSON {model.__name__}: {exc}", kind="validation") from None
 
 
 def decode_any(data: bytes | None, catalogue: SchemaCatalogue | None = None) -> Record:

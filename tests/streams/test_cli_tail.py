@@ -133,7 +133,7 @@ def test_tail_by_short_name_decodes_and_shows_what_does_not(topics: dict[str, An
         (own.topic("prompts"), 0, 1, "p-2"),
     ]
     assert rows[0]["value"] == PROMPT.model_dump(mode="json")
-    assert "value" not in rows[1] and "magic byte is 110" in rows[1]["error"]
+    assert "value" not in rows[1] and "first byte is 0x6e" in rows[1]["error"]
     # A dead letter's raw bytes are base64 (they are rarely UTF-8: the old code crashed on them).
     (dead,) = _tail(own, "dlq")
     assert dead["value"] == {

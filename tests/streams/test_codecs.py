@@ -12,7 +12,16 @@ import pytest
 from fastavro import parse_schema, schemaless_writer
 
 from karma.schemas.catalogue import SCHEMA_HISTORY, SchemaCatalogue, UnknownSchemaError, load_avsc, schema_id
-from karma.schemas.models import Candidate, DeadLetter, KinPair, Preference, Prompt, Response, Winner
+from karma.schemas.models import (
+    Candidate,
+    DeadLetter,
+    KinPair,
+    Preference,
+    Prompt,
+    Response,
+    Winner,
+    prompt_id_for,
+)
 from karma.streams.codecs import DecodeError, decode, decode_any, decode_raw, encode, encode_raw
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -90,7 +99,7 @@ def test_schema_ids_are_stable_across_catalogues() -> None:
     [
         (b"", "empty"),
         (b"\x00\x01", "shorter than the 5-byte header"),
-        (b"\x07garbage-bytes", "magic byte is 7"),
+        (b"\x07garbage-bytes", "first byte is 0x07: neither framed Avro"),
         (b"\x00\x00\x00\x00\x01body", "not in the local catalogue"),
     ],
 )
@@ -233,3 +242,45 @@ def test_decode_any_validates_like_decode() -> None:
     with pytest.raises(DecodeError, match="invalid Prompt") as info:
         decode_any(data)
     assert info.value.kind == "validation"
+
+
+# -- JSON prompts: producers that do not frame Avro ---------------------------------------------
+
+
+def test_a_json_object_is_a_prompt_with_the_fields_of_prompt_avsc() -> None:
+    prompt = decode(b'{"prompt_id": "json-1", "text": "Plain JSON prompt", "metadata": {"k": "v"}}', Prompt)
+    assert (prompt.prompt_id, prompt.text, prompt.metadata) == ("json-1", "Plain JSON prompt", {"k": "v"})
+
+
+def test_a_json_prompt_without_an_id_gets_the_id_the_sdk_would_derive() -> None:
+    from_object = decode(b'{"text": "How do tides work?", "source": "svc"}', Prompt)
+    assert from_object.prompt_id == prompt_id_for("How do tides work?", "svc")
+    from_string = decode(b'"How do tides work?"', Prompt)
+    assert (from_string.text, from_string.source) == ("How do tides work?", "json")
+    assert from_string.prompt_id == prompt_id_for("How do tides work?", "json")
+
+
+@pytest.mark.parametrize(
+    ("data", "kind", "reason"),
+    [
+        (b'{"text": "   "}', "validation", "text is empty"),
+        (b'{"txt": "typo"}', "validation", "missing 'text'"),
+        (b'{"text": "a", "colour": "red"}', "validation", "unknown field(s) ['colour']"),
+        (b'{"text": "a", "metadata": {"n": 1}}', "validation", "metadata.n"),
+        (b'{"text": "unterminated', "decode", "not valid JSON"),
+        (b'"caf\xe9"', "decode", "not UTF-8"),
+        (b"[1, 2]", "decode", "first byte is 0x5b"),
+        (b"plain text", "decode", "first byte is 0x70"),
+    ],
+)
+def test_json_that_is_not_a_prompt_is_a_decode_error_with_a_reason(
+    data: bytes, kind: str, reason: str
+) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode(data, Prompt)
+    assert (info.value.kind, reason in info.value.reason) == (kind, True), info.value.reason
+
+
+def test_only_prompts_take_json() -> None:
+    with pytest.raises(DecodeError, match="magic byte is 123"):
+        decode(b'{"prompt_id": "p"}', Response)
