@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -93,6 +94,24 @@ class SchemaCatalogue:
             if self._by_id[current_id].get("name") == fullname:
                 return name
         raise UnknownSchemaError(f"schema id {sid} ({fullname}) is no karma record type")
+
+
+@dataclass(frozen=True)
+class SchemaVersion:
+    version: int  # 1 is the first; the highest is the current schema, the one writers use
+    filename: str
+    schema_id: int
+    avsc: dict[str, Any]
+
+
+def versions(name: str) -> list[SchemaVersion]:
+    """Every schema of a record type, oldest first: the earlier ones still decode."""
+    files = (*SCHEMA_HISTORY.get(name, ()), SCHEMA_FILES[name])
+    found = []
+    for number, filename in enumerate(files, start=1):
+        avsc = json.loads(resources.files("karma.schemas").joinpath(filename).read_text())
+        found.append(SchemaVersion(number, filename, schema_id(avsc), avsc))
+    return found
 
 
 @cache

@@ -14,6 +14,7 @@ import typer
 from karma.streams.cli import backends, demo, evaluate, kin, records, simulated_server, workers
 from karma.streams.cli.broker import broker_app
 from karma.streams.cli.logging_setup import DEFAULT_LOG_FILE, LogLevel, set_up_logging
+from karma.streams.cli.schemas import schemas
 
 __all__ = ["app", "main"]
 
@@ -37,6 +38,7 @@ app.command()(records.tail)
 app.command()(demo.demo)
 app.command("eval")(evaluate.evaluate)
 app.command("simulated-server")(simulated_server.simulated_server)
+app.command()(schemas)
 
 
 @app.callback()
