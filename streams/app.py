@@ -25,6 +25,7 @@ from karma.schemas.models import DeadLetter, Record, prompt_id_of_key
 from karma.streams import transport
 from karma.streams.codecs import DecodeError, decode, encode
 from karma.streams.config import KarmaSettings, ModelSpec
+from karma.streams.kafka_clients import faust_credentials
 from karma.streams.lag import LagMonitor
 from karma.streams.metrics import (
     BATCH_SECONDS,
@@ -325,6 +326,7 @@ def new_stage(
     app = faust.App(
         app_id_for(settings, roles, chosen_models),
         broker=[f"{transport.SCHEME}://{server}" for server in settings.bootstrap_servers.split(",")],
+        broker_credentials=faust_credentials(settings),  # TLS and SASL, as every other client
         store=settings.store,
         datadir=str(settings.data_dir),
         topic_partitions=settings.partitions,
@@ -372,5 +374,5 @@ def _watch_loop_lag(app: faust.App, interval_s: float = 0.05) -> None:
 def _report_lag(app: faust.App, settings: KarmaSettings, topics: list[str]) -> None:
     @app.task
     async def report_lag() -> None:
-        monitor = LagMonitor(settings.bootstrap_servers, app.conf.id, topics)
+        monitor = LagMonitor(settings, app.conf.id, topics)
         await monitor.run(settings.lag_interval_s)

@@ -11,6 +11,15 @@ state under ``<home>/broker-<port>/`` (server.properties, data/, broker.log, bro
 
 The same lifecycle is the CLI's `karma broker start|stop|status|reset` (streams/cli/broker.py).
 Needs Java 17+ and Maven on PATH; POSIX only (signals, ``fcntl``).
+
+``BrokerConfig(secure=True)`` (``karma broker start --secure``) serves a SASL_SSL listener on the
+port instead of PLAINTEXT: a CA and a certificate for 127.0.0.1/localhost are made with openssl
+under ``<broker dir>/secure/`` (``ca.pem`` is the clients' ``ssl_cafile``), SCRAM-SHA-512 is
+the only mechanism, and the user ``karma`` is created when the storage is formatted, with a
+random password in ``secure/password`` (mode 0600). The controller listener stays PLAINTEXT on
+loopback; the broker talks to itself over the SASL_SSL listener as ``karma``. The secure files
+belong to the formatted data: ``reset`` deletes both, and a plain start of data formatted with
+``secure`` (or the other way round) is refused. ``status`` and ``stop`` find the mode on disk.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import fcntl
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -36,6 +46,9 @@ from typing import Any
 
 from aiokafka import AIOKafkaClient
 from aiokafka.errors import KafkaError
+from aiokafka.helpers import create_ssl_context
+
+from karma.streams.config import KAFKA_PASSWORD_VARIABLE
 
 __all__ = [
     "BrokerConfig",
@@ -49,7 +62,31 @@ DEFAULT_KAFKA_VERSION = "4.1.1"
 HOST = "127.0.0.1"
 MAVEN_TIMEOUT_S = 900.0
 _MARKER = ".resolved"
+# The secure broker's only SASL mechanism and its one user (clients and the broker itself).
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+SCRAM_USER = "karma"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+# The secure broker's certificates (openssl's config): a CA, and a broker certificate that names
+# 127.0.0.1 and localhost, since clients check the name they connect to against it.
+_OPENSSL_CNF = f"""\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = karma local broker
+[v3_ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[v3_broker]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth, clientAuth
+subjectAltName = IP:{HOST}, DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+"""
 
 # Logs go to stdout, which start() sends to broker.log. The level is a system property so the
 # one-shot storage format can run quietly (-Dkarma.kafka.log.level=WARN).
@@ -103,6 +140,7 @@ class BrokerConfig:
     heap: str = "512m"
     kafka_version: str = DEFAULT_KAFKA_VERSION
     jars_home: Path | None = None  # where kafka-<version>/lib lives; default: home
+    secure: bool = False  # a SASL_SSL listener on `port` (TLS + SCRAM-SHA-512) instead of PLAINTEXT
 
     def __post_init__(self) -> None:
         self.home = Path(self.home)
@@ -114,11 +152,11 @@ class BrokerConfig:
             raise BrokerError(f"controller port must differ from the client port {self.port}")
 
     @classmethod
-    def on_free_ports(cls, home: Path, jars_home: Path | None = None) -> BrokerConfig:
+    def on_free_ports(cls, home: Path, jars_home: Path | None = None, secure: bool = False) -> BrokerConfig:
         """A throw-away broker's config (tests, benchmarks): under `home`, on two loopback ports
         that are free right now."""
         port, controller_port = free_ports(2)
-        return cls(home=home, port=port, controller_port=controller_port, jars_home=jars_home)
+        return cls(home=home, port=port, controller_port=controller_port, jars_home=jars_home, secure=secure)
 
 
 @dataclass(frozen=True)
@@ -128,6 +166,7 @@ class BrokerStatus:
     port: int
     bootstrap: str
     answering: bool  # it answered a metadata request just now
+    secure: bool = False  # its data was formatted for the SASL_SSL listener (start --secure)
 
 
 class LocalBroker:
@@ -145,6 +184,11 @@ class LocalBroker:
         self.log4j_file = self.broker_dir / "log4j2.properties"
         self.log_file = self.broker_dir / "broker.log"
         self.pid_file = self.broker_dir / "broker.pid"
+        self.secure_dir = self.broker_dir / "secure"
+        self.ca_file = self.secure_dir / "ca.pem"  # the clients' ssl_cafile
+        self.password_file = self.secure_dir / "password"  # the SCRAM user's, mode 0600
+        self._keystore = self.secure_dir / "broker.pem"  # encrypted key + certificate chain
+        self._keystore_password_file = self.secure_dir / "keystore.password"
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -158,6 +202,34 @@ class LocalBroker:
     @property
     def bootstrap(self) -> str:
         return f"{HOST}:{self.port}"
+
+    @property
+    def secure(self) -> bool:
+        """Whether this broker's data was formatted for SASL_SSL: read from disk, so that
+        `status` and `stop` need not be told."""
+        return self.password_file.is_file()
+
+    def password(self) -> str:
+        """The SCRAM password of the user `karma` (secure brokers only)."""
+        try:
+            return self.password_file.read_text().strip()
+        except OSError as exc:
+            raise BrokerError(f"no SCRAM password at {self.password_file}: {exc.strerror}") from None
+
+    def client_settings(self) -> dict[str, Any]:
+        """The karma settings a client of this broker needs (`bootstrap_servers`, and for a secure
+        broker `kafka_security`); the password stays in its file, to be exported as
+        KARMA_KAFKA_PASSWORD."""
+        settings: dict[str, Any] = {"bootstrap_servers": self.bootstrap}
+        if self.secure:
+            settings["kafka_security"] = {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": SCRAM_MECHANISM,
+                "sasl_username": SCRAM_USER,
+                "sasl_password_env": KAFKA_PASSWORD_VARIABLE,
+                "ssl_cafile": str(self.ca_file),
+            }
+        return settings
 
     # -- jars ---------------------------------------------------------------------------------
 
@@ -228,10 +300,17 @@ class LocalBroker:
                 raise BrokerError(
                     f"{HOST}:{port} is already in use by another process; stop it or choose another --port"
                 )
+        formatted = (self.data_dir / "meta.properties").is_file()
+        self._check_mode(formatted)
         java = _java()
         lib = self.ensure_jars(progress)
+        if not formatted:
+            # Secrets left without data (a start that failed before formatting) are stale.
+            shutil.rmtree(self.secure_dir, ignore_errors=True)
+            if self.config.secure:
+                self._make_secrets()
         self._write_config()
-        if not (self.data_dir / "meta.properties").is_file():
+        if not formatted:
             self._format_storage(java, lib)
         with self.log_file.open("wb") as log:
             self._proc = subprocess.Popen(
@@ -263,15 +342,17 @@ class LocalBroker:
 
     def status(self) -> BrokerStatus:
         pid = self._running_pid()
-        answering = pid is not None and _answers_metadata(self.bootstrap)
-        return BrokerStatus(pid is not None, pid, self.port, self.bootstrap, answering)
+        answering = pid is not None and _answers_metadata(self.bootstrap, self._probe_options())
+        return BrokerStatus(pid is not None, pid, self.port, self.bootstrap, answering, self.secure)
 
     def reset(self) -> bool:
-        """Delete this broker's data (topics, offsets, cluster id); jars stay. Must be stopped."""
+        """Delete this broker's data (topics, offsets, cluster id, and a secure broker's CA,
+        certificate and password, which belong to it); jars stay. Must be stopped."""
         if self._running_pid() is not None:
             raise BrokerError(f"broker on {self.bootstrap} is running; stop it before reset")
         existed = self.data_dir.exists()
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        shutil.rmtree(self.secure_dir, ignore_errors=True)
         self.log_file.unlink(missing_ok=True)
         return existed
 
@@ -306,16 +387,120 @@ class LocalBroker:
             "log.segment.bytes": str(16 * 1024 * 1024),
             "log.retention.hours": "24",
             "log.retention.check.interval.ms": "60000",
+            **(self._secure_properties() if self.config.secure else {}),
+        }
+
+    def _secure_properties(self) -> dict[str, str]:
+        """The SASL_SSL listener in place of PLAINTEXT. The controller's listener stays PLAINTEXT on
+        loopback; the broker reaches itself over SASL_SSL as `karma`, which the CA lets it verify."""
+        port, cport = self.port, self.controller_port
+        password = self.password()
+        keystore_password = self._keystore_password_file.read_text().strip()
+        return {
+            "listeners": f"SASL_SSL://{HOST}:{port},CONTROLLER://{HOST}:{cport}",
+            "advertised.listeners": f"SASL_SSL://{HOST}:{port}",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": "SASL_SSL",
+            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+            f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{SCRAM_USER}" password="{password}";'
+            ),
+            # Kafka reads PEM key stores; a PEM key file must be encrypted (with a scheme Java 17
+            # reads: PKCS#12 PBE with 3DES, not OpenSSL's default PBES2).
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self._keystore),
+            "ssl.key.password": keystore_password,
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.ca_file),
+            "ssl.client.auth": "none",
+        }
+
+    def _check_mode(self, formatted: bool) -> None:
+        """Formatted data keeps the mode it was formatted in: the SCRAM user exists only if it
+        was created then, and clients were given that CA and password."""
+        if not formatted or self.config.secure == self.secure:
+            return
+        how = "with --secure" if self.secure else "without --secure (it has no SCRAM user)"
+        again = "start it with --secure" if self.secure else "start it without --secure"
+        raise BrokerError(
+            f"the broker data in {self.data_dir} was formatted {how}; {again}, or delete the data with "
+            f"`karma broker reset --port {self.port}` first"
+        )
+
+    def _make_secrets(self) -> None:
+        """A fresh CA, the broker's certificate signed by it, and the passwords, in secure_dir.
+        The CA's key is deleted once it has signed: nothing else is ever signed with it."""
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise BrokerError("openssl is not on PATH; `--secure` needs it to make the broker's certificate")
+        self.secure_dir.mkdir(parents=True, exist_ok=True)
+        self.secure_dir.chmod(0o700)  # the keys inside, temporary ones included, are the owner's alone
+        _write_private(self.password_file, secrets.token_urlsafe(24) + "\n")
+        _write_private(self._keystore_password_file, secrets.token_urlsafe(24) + "\n")
+        d = self.secure_dir
+        cnf, ca_key, key, csr, crt, p8 = (
+            d / name
+            for name in ("openssl.cnf", "ca.key", "broker.key", "broker.csr", "broker.crt", "broker.p8")
+        )
+        cnf.write_text(_OPENSSL_CNF)
+        new_key = [openssl, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"]
+        serial = f"0x{secrets.token_hex(16)}"
+        steps = [
+            [*new_key, str(ca_key)],
+            [openssl, "req", "-x509", "-new", "-key", str(ca_key), "-config", str(cnf),
+             "-extensions", "v3_ca", "-subj", f"/CN=karma local CA {HOST}:{self.port}",
+             "-days", "3650", "-sha256", "-out", str(self.ca_file)],
+            [*new_key, str(key)],
+            [openssl, "req", "-new", "-key", str(key), "-config", str(cnf), "-subj", "/CN=localhost",
+             "-out", str(csr)],
+            [openssl, "x509", "-req", "-in", str(csr), "-CA", str(self.ca_file), "-CAkey", str(ca_key),
+             "-set_serial", serial, "-days", "825", "-sha256", "-extfile", str(cnf),
+             "-extensions", "v3_broker", "-out", str(crt)],
+            # The password through the environment, not the command line (visible in `ps`).
+            [openssl, "pkcs8", "-topk8", "-v1", "PBE-SHA1-3DES", "-in", str(key),
+             "-passout", "env:KARMA_KEYSTORE_PASSWORD", "-out", str(p8)],
+        ]  # fmt: skip
+        env = {**os.environ, "KARMA_KEYSTORE_PASSWORD": self._keystore_password_file.read_text().strip()}
+        try:
+            for step in steps:
+                done = subprocess.run(step, capture_output=True, text=True, env=env, timeout=60, check=False)
+                if done.returncode != 0:
+                    raise BrokerError(
+                        f"openssl {step[1]} failed (exit {done.returncode}) making the broker's certificate "
+                        f"in {d}:\n{_tail(done.stdout + done.stderr)}"
+                    )
+            _write_private(self._keystore, p8.read_text() + crt.read_text() + self.ca_file.read_text())
+        finally:
+            for temporary in (cnf, ca_key, key, csr, crt, p8):
+                temporary.unlink(missing_ok=True)
+        self.ca_file.chmod(0o644)  # the CA certificate is public: clients need it
+
+    def _probe_options(self) -> dict[str, Any]:
+        """aiokafka's security arguments for this broker's own health probe (none: PLAINTEXT)."""
+        if not self.secure:
+            return {}
+        return {
+            "security_protocol": "SASL_SSL",
+            "ssl_context": create_ssl_context(cafile=str(self.ca_file)),
+            "sasl_mechanism": SCRAM_MECHANISM,
+            "sasl_plain_username": SCRAM_USER,
+            "sasl_plain_password": self.password(),
         }
 
     def _write_config(self) -> None:
         self.broker_dir.mkdir(parents=True, exist_ok=True)
         lines = [f"{key}={value}" for key, value in self.server_properties().items()]
-        self.properties_file.write_text(
+        text = (
             "# Written by karma.streams.broker on every start; edits are overwritten.\n"
             + "\n".join(lines)
             + "\n"
         )
+        if self.config.secure:
+            _write_private(self.properties_file, text)  # it holds the passwords
+        else:
+            self.properties_file.write_text(text)
         self.log4j_file.write_text(_LOG4J2)
 
     def _jvm(self, java: str, lib: Path, log_level: str = "INFO") -> list[str]:
@@ -337,6 +522,11 @@ class LocalBroker:
             "kafka.tools.StorageTool", "format",
             "-t", _cluster_id(), "-c", str(self.properties_file),
         ]  # fmt: skip
+        if self.config.secure:
+            # The SCRAM user must exist before the broker starts: it is also how the broker
+            # authenticates to itself. StorageTool takes it on the command line only, so the
+            # password is visible in `ps` for the second the format runs (a local broker's).
+            cmd += ["--add-scram", f"{SCRAM_MECHANISM}=[name={SCRAM_USER},password={self.password()}]"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
             raise BrokerError(
@@ -397,7 +587,7 @@ class LocalBroker:
                     f"Kafka broker on {self.bootstrap} {how} during start-up; "
                     f"last lines of {self.log_file}:\n{self.log_tail()}"
                 )
-            if _answers_metadata(self.bootstrap):
+            if _answers_metadata(self.bootstrap, self._probe_options()):
                 return
             if time.monotonic() > deadline:
                 self.stop(timeout=10)
@@ -473,8 +663,8 @@ def _accepts_tcp(bootstrap: str, timeout: float = 1.0) -> bool:
         return False
 
 
-async def _probe_metadata(bootstrap: str, timeout: float) -> bool:
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+async def _probe_metadata(bootstrap: str, timeout: float, options: dict[str, Any]) -> bool:
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000), **options)
     try:
         await asyncio.wait_for(client.bootstrap(), timeout)
         return bool(client.cluster.brokers())
@@ -494,6 +684,16 @@ def _run(coro: Coroutine[Any, Any, bool]) -> bool:
         return pool.submit(asyncio.run, coro).result()
 
 
-def _answers_metadata(bootstrap: str, timeout: float = 5.0) -> bool:
+def _answers_metadata(bootstrap: str, options: dict[str, Any] | None = None, timeout: float = 5.0) -> bool:
+    """Whether the broker answers a metadata request; `options` are aiokafka's security arguments
+    for a secure broker (none: PLAINTEXT)."""
     # A plain TCP check first keeps aiokafka from logging connection errors while we wait.
-    return _accepts_tcp(bootstrap) and _run(_probe_metadata(bootstrap, timeout))
+    return _accepts_tcp(bootstrap) and _run(_probe_metadata(bootstrap, timeout, options or {}))
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Writes a file only its owner can read (mode 0600, also if it existed with another mode)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(text)

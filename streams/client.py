@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import TopicPartition
 
 from karma.agents.competency import Tally, is_evidence, tally, window_of
 from karma.schemas.models import (
@@ -27,6 +27,7 @@ from karma.schemas.models import (
 )
 from karma.streams.codecs import DecodeError, decode, decode_any, encode
 from karma.streams.config import KarmaSettings
+from karma.streams.kafka_clients import new_consumer, new_producer
 from karma.streams.topics import RECORD_OF_STAGE, TOPICS
 
 # Short names `read_topic` accepts, and the topic each stands for under the prefix.
@@ -39,9 +40,7 @@ class PromptProducer:
     def __init__(self, settings: KarmaSettings, source: str = "sdk") -> None:
         self.settings = settings
         self.source = source
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=True
-        )
+        self._producer = new_producer(settings, acks="all", enable_idempotence=True)
 
     async def __aenter__(self) -> PromptProducer:
         await self._producer.start()
@@ -146,7 +145,7 @@ class TopicNotFoundError(LookupError):
 
 
 async def list_topics(settings: KarmaSettings) -> set[str]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers)
+    consumer = new_consumer(settings)
     try:
         await consumer.start()
         return set(await consumer.topics())
@@ -236,9 +235,9 @@ class TopicReader:
         self.name, self.model = topic_name(settings, topic)
         self._since_ms = since_ms
         # Without a group id, a subscribed consumer is assigned every partition and commits nothing.
-        self._consumer = AIOKafkaConsumer(
+        self._consumer = new_consumer(
+            settings,
             self.name,
-            bootstrap_servers=settings.bootstrap_servers,
             enable_auto_commit=False,
             group_id=None,
             auto_offset_reset="earliest" if from_beginning else "latest",

@@ -195,6 +195,113 @@ class JudgeSettings(BackendSpec):
         return self.model or self.name
 
 
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+# The password variable `karma broker start --secure` prints. It starts with KARMA_ like the
+# settings, so it is listed among OTHER_VARIABLES rather than refused as an unknown setting.
+KAFKA_PASSWORD_VARIABLE = "KARMA_KAFKA_PASSWORD"
+
+
+class KafkaSecurity(StrictModel):
+    """How every Kafka client of the project (the SDK, the CLI, the faust workers, the lag and
+    topic admin clients) authenticates to the cluster and encrypts its connections; made into
+    client arguments in one place, streams/kafka_clients.py. The password itself is never a
+    setting: only the name of the environment variable that holds it, so no config file, log
+    line or child process's settings carry it."""
+
+    security_protocol: SecurityProtocol = Field(
+        default="PLAINTEXT",
+        description="How to talk to the brokers: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT (a password, "
+        "unencrypted) or SASL_SSL (a password over TLS). Must match the listener of bootstrap_servers.",
+    )
+    sasl_mechanism: SaslMechanism = Field(
+        default="PLAIN",
+        description="SASL_*: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, as the cluster's listener enables "
+        "(`karma broker start --secure` enables SCRAM-SHA-512).",
+    )
+    sasl_username: str | None = Field(default=None, min_length=1, description="SASL_*: the user name.")
+    sasl_password_env: str | None = Field(
+        default=None,
+        min_length=1,
+        description="SASL_*: the NAME of the environment variable holding the password (e.g. "
+        f"{KAFKA_PASSWORD_VARIABLE}); it must be set wherever a client starts, worker processes included.",
+    )
+    ssl_cafile: Path | None = Field(
+        default=None,
+        description="SSL/SASL_SSL: PEM file of the CA(s) that signed the brokers' certificates; "
+        "not given: the system's trusted CAs.",
+    )
+    ssl_certfile: Path | None = Field(
+        default=None,
+        description="SSL/SASL_SSL, for brokers that ask for a client certificate (mutual TLS): the "
+        "client's PEM certificate chain.",
+    )
+    ssl_keyfile: Path | None = Field(
+        default=None,
+        description="With ssl_certfile: the client's PEM private key (unencrypted), if not in ssl_certfile.",
+    )
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _an_existing_file(cls, path: Path | None) -> Path | None:
+        # Checked here, not at the first connection: a worker must not start for minutes of
+        # retries on a file name with a typo.
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path} is not a readable file")
+        return path
+
+    @model_validator(mode="after")
+    def _complete_for_its_protocol(self) -> KafkaSecurity:
+        # A setting the protocol does not use is an error, not ignored: TLS files with
+        # PLAINTEXT usually mean a forgotten security_protocol, and the traffic would go in clear.
+        if not self.uses_tls:
+            given = [name for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if getattr(self, name)]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} given, but security_protocol {self.security_protocol} does not use "
+                    "TLS (set security_protocol to SSL or SASL_SSL)"
+                )
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ValueError("ssl_keyfile needs ssl_certfile (the certificate the key belongs to)")
+        if not self.uses_sasl:
+            given = [name for name in ("sasl_username", "sasl_password_env") if getattr(self, name)]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} given, but security_protocol {self.security_protocol} does not use "
+                    "SASL (set security_protocol to SASL_SSL or SASL_PLAINTEXT)"
+                )
+            return self
+        if not self.sasl_username or not self.sasl_password_env:
+            raise ValueError(
+                f"security_protocol {self.security_protocol} needs sasl_username and sasl_password_env "
+                f"(the name of the environment variable holding the password, e.g. {KAFKA_PASSWORD_VARIABLE})"
+            )
+        if not os.environ.get(self.sasl_password_env):
+            raise ValueError(
+                f"sasl_password_env names {self.sasl_password_env}, which is not set in the environment "
+                "(export it with the password of the SASL user)"
+            )
+        return self
+
+    @property
+    def sasl_password(self) -> str | None:
+        """The SASL password, read from the environment when a client is made."""
+        if not self.uses_sasl or not self.sasl_password_env:
+            return None
+        password = os.environ.get(self.sasl_password_env)
+        if not password:
+            raise ConfigError(f"sasl_password_env names {self.sasl_password_env}, which is not set any more")
+        return password
+
+
 DEFAULT_POOL = [
     ModelSpec(name=name)
     for name in ("llama-2-13b-chat", "wizardlm-13b", "vicuna-33b", "llama-2-70b-chat", "gpt-3.5-turbo")
@@ -207,6 +314,10 @@ class KarmaSettings(BaseSettings):
     )
 
     bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security: KafkaSecurity = Field(
+        default_factory=KafkaSecurity,
+        description="TLS and SASL towards the cluster of bootstrap_servers (default: PLAINTEXT).",
+    )
     topic_prefix: str = Field(default="karma.", pattern=r"^[\w.\-]*$")
     app_id: str = Field(default="karma", description="Consumer-group and changelog-topic stem.")
     partitions: int = Field(default=4, ge=1, description="Partitions of every karma topic.")
@@ -327,8 +438,10 @@ class ConfigError(ValueError):
 
 ENV_PREFIX = "KARMA_"
 # KARMA_* variables that are not settings: the config file, the local broker's home and pom,
-# and the test suite's external broker.
-OTHER_VARIABLES = frozenset({"KARMA_CONFIG", "KARMA_HOME", "KARMA_KAFKA_POM", "KARMA_TEST_BOOTSTRAP"})
+# the test suite's external broker, and the Kafka password `karma broker start --secure` prints.
+OTHER_VARIABLES = frozenset(
+    {"KARMA_CONFIG", "KARMA_HOME", "KARMA_KAFKA_POM", "KARMA_TEST_BOOTSTRAP", KAFKA_PASSWORD_VARIABLE}
+)
 
 
 class _StrictEnvSource(PydanticBaseSettingsSource):

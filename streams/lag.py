@@ -12,10 +12,11 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
+from karma.streams.config import KarmaSettings
+from karma.streams.kafka_clients import new_admin, new_consumer
 from karma.streams.metrics import CONSUMER_LAG
 
 log = logging.getLogger(__name__)
@@ -33,12 +34,13 @@ def lag_by_partition(
 class LagMonitor:
     """Reads a group's lag on some topics; `run` keeps the karma_consumer_lag gauge current."""
 
-    def __init__(self, bootstrap_servers: str, group_id: str, topics: Iterable[str]) -> None:
-        self.bootstrap_servers = bootstrap_servers
+    def __init__(self, settings: KarmaSettings, group_id: str, topics: Iterable[str]) -> None:
+        self.settings = settings
         self.group_id = group_id
         self.topics = sorted(set(topics))
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
-        self._offsets = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+        # Through the client factory: the cluster's TLS and SASL settings apply here too.
+        self._admin = new_admin(settings)
+        self._offsets = new_consumer(settings, enable_auto_commit=False)
 
     async def start(self) -> None:
         await self._admin.start()

@@ -23,6 +23,7 @@ from mode.utils.times import want_seconds
 
 from karma.schemas.models import DeadLetter, KinPair, Preference, Prompt, Record, Response
 from karma.streams.config import KarmaSettings
+from karma.streams.kafka_clients import new_admin
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ async def ensure_topics(
 ) -> list[str]:
     """Creates the karma topics (and `extra` ones) that do not exist yet, and waits until the
     broker's metadata shows every one of them; returns the names it created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, request_timeout_ms=10_000)
+    admin = new_admin(settings, request_timeout_ms=10_000)
     await asyncio.wait_for(admin.start(), timeout_s)
     try:
         wanted = [

@@ -11,6 +11,7 @@ import faust
 from karma.agents import generation, judging, rating
 from karma.streams.app import ROLES, new_stage
 from karma.streams.config import KarmaSettings, ModelSpec
+from karma.streams.kafka_clients import check_connection
 from karma.streams.metrics import serve_metrics
 from karma.streams.topics import changelog_topics, ensure_topics
 
@@ -38,7 +39,13 @@ def run_worker(
     models: list[ModelSpec] | None = None,
     loglevel: str = "warning",
 ) -> None:
-    """Creates the topics (changelogs included), serves /metrics, and runs the agents until SIGINT/SIGTERM."""
+    """Checks the connection, creates the topics (changelogs included), serves /metrics, and runs
+    the agents until SIGINT/SIGTERM.
+
+    A cluster that cannot be reached, or refuses the TLS or SASL settings, raises
+    ClusterAccessError (a KafkaError) first, within seconds and before faust or anything else
+    starts, so that the command can say why in one line (`karma worker` exits with code 2)."""
+    asyncio.run(check_connection(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings, roles, models)
     asyncio.run(ensure_topics(settings, changelog_topics(app)))

@@ -1,5 +1,6 @@
 """What the commands share: the two consoles, the --config/--bootstrap options, the progress bar,
-and the two wrappers that turn a bad config or an unreachable broker into a one-line error."""
+and the two wrappers that turn a bad config or an unreachable broker into a one-line error
+(`kafka_problem` words a Kafka error for every command, workers included)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from karma.streams.client import TopicNotFoundError
 from karma.streams.config import ConfigError, KarmaSettings, load_settings
+from karma.streams.kafka_clients import ClusterAccessError
 
 T = TypeVar("T")
 
@@ -42,14 +44,24 @@ def settings_or_exit(config: Path | None, **overrides: Any) -> KarmaSettings:
     raise typer.Exit(2)
 
 
+def kafka_problem(exc: KafkaError) -> str:
+    """A Kafka error as the one line after `error:`. The client factory (streams/kafka_clients.py)
+    has already named the cause of a failed connection (refused, TLS, SASL) and the setting to
+    check; any other Kafka error gets aiokafka's words and the first thing to look at."""
+    if isinstance(exc, ClusterAccessError):
+        return str(exc)
+    return f"Kafka: {exc} (is the broker up? try `karma broker status`)"
+
+
 def run_or_exit(coro: Coroutine[Any, Any, T]) -> T:
-    """Runs a coroutine; an unreachable broker or missing topic is a one-line error, exit code 1."""
+    """Runs a coroutine; an unreachable broker, refused credentials or a missing topic is a
+    one-line error, exit code 1."""
     try:
         return asyncio.run(coro)
     except TopicNotFoundError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        console.print(f"[red]error:[/] {escape(str(exc))}")
     except KafkaError as exc:
-        console.print(f"[red]error:[/] Kafka: {exc} (is the broker up? try `karma broker status`)")
+        console.print(f"[red]error:[/] {escape(kafka_problem(exc))}")
     raise typer.Exit(1)
 
 

@@ -6,10 +6,11 @@ from enum import StrEnum
 from typing import Annotated
 
 import typer
+from aiokafka.errors import KafkaError
 from rich.markup import escape
 
 from karma.streams.app import ROLES
-from karma.streams.cli.common import BootstrapOption, ConfigOption, console, settings_or_exit
+from karma.streams.cli.common import BootstrapOption, ConfigOption, console, kafka_problem, settings_or_exit
 from karma.streams.metrics import MetricsPortInUse
 from karma.streams.topics import TopicMismatchError
 from karma.streams.worker import run_worker
@@ -54,6 +55,9 @@ def worker(
         run_worker(settings, roles, models, loglevel=loglevel)
     except (MetricsPortInUse, TopicMismatchError) as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    except KafkaError as exc:  # raised before faust starts: see run_worker
+        console.print(f"[red]error:[/] {escape(kafka_problem(exc))}")
         raise typer.Exit(2) from None
 
 

@@ -271,9 +271,7 @@ async def _drive(
     ids: dict[str, set[str]] = {stage: set() for stage in ID_FIELDS}  # the distinct ids seen so far
     # The rating stage may also consume `preferences` (online competency): only the topics whose
     # consumers must be done before the counts are final are checked.
-    monitor = LagMonitor(
-        settings.bootstrap_servers, settings.app_id, [settings.topic("responses"), settings.topic("pairs")]
-    )
+    monitor = LagMonitor(settings, settings.app_id, [settings.topic("responses"), settings.topic("pairs")])
     deadline = time.monotonic() + timeout_s
     previous: tuple[int, int, int] | None = None
     lag: dict[TopicPartition, int] = {}

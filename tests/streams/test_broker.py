@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
+import ssl
 import stat
+import textwrap
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.helpers import create_ssl_context
 from typer.testing import CliRunner
 
 from karma.streams.broker import BrokerConfig, BrokerError, LocalBroker
-from karma.streams.cli.broker import broker_app
+from karma.streams.cli.broker import broker_app, client_settings_text
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -262,3 +267,80 @@ def test_cli_status_and_errors(tmp_path: Path, broker_config: MakeConfig) -> Non
     assert result.exit_code == 2
     assert "already in use" in result.output and "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+# -- the secure broker (start --secure), without starting it: tests/e2e/test_security.py does --
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="--secure makes its certificates with openssl")
+def test_secure_broker_material_and_listener(tmp_path: Path) -> None:
+    broker = LocalBroker(BrokerConfig(home=tmp_path, port=19092, secure=True))
+    broker._make_secrets()
+    assert broker.secure and len(broker.password()) >= 24
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in broker.secure_dir.iterdir()}
+    # The CA's key is gone once it has signed; the keys and passwords are the owner's alone.
+    assert modes == {"ca.pem": 0o644, "broker.pem": 0o600, "password": 0o600, "keystore.password": 0o600}
+    assert stat.S_IMODE(broker.secure_dir.stat().st_mode) == 0o700
+
+    props = broker.server_properties()
+    assert props["listeners"] == "SASL_SSL://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
+    assert props["advertised.listeners"] == "SASL_SSL://127.0.0.1:19092"
+    assert props["listener.security.protocol.map"] == "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT"
+    assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert f'password="{broker.password()}"' in props["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"]
+    broker._write_config()
+    assert stat.S_IMODE(broker.properties_file.stat().st_mode) == 0o600  # it holds the passwords
+
+    # The broker's certificate, as a TLS client checks it: signed by ca.pem, for 127.0.0.1.
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    keystore_password = props["ssl.key.password"]
+    server_context.load_cert_chain(props["ssl.keystore.location"], password=keystore_password)
+    client_context = create_ssl_context(cafile=str(broker.ca_file))
+
+    async def handshake() -> None:
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, ssl=server_context)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context)
+            writer.close()
+        finally:
+            server.close()
+
+    asyncio.run(handshake())
+
+
+def test_the_mode_belongs_to_the_formatted_data(tmp_path: Path) -> None:
+    secure = LocalBroker(BrokerConfig.on_free_ports(tmp_path, secure=True))
+    secure.data_dir.mkdir(parents=True)
+    (secure.data_dir / "meta.properties").write_text("formatted without --secure\n")
+    with pytest.raises(BrokerError, match=r"formatted without --secure .*karma broker reset --port"):
+        secure.start(timeout=5)
+
+    plain = LocalBroker(BrokerConfig(home=tmp_path, port=secure.port, controller_port=secure.controller_port))
+    plain.secure_dir.mkdir()
+    plain.password_file.write_text("from a secure format\n")
+    assert plain.secure  # status and stop read the mode from disk
+    with pytest.raises(BrokerError, match="formatted with --secure; start it with --secure"):
+        plain.start(timeout=5)
+    assert plain.reset() and not plain.secure_dir.exists() and not plain.secure
+
+
+def test_cli_prints_the_client_settings_of_a_secure_broker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broker = LocalBroker(BrokerConfig(home=tmp_path, port=19092))
+    broker.secure_dir.mkdir(parents=True)
+    broker.password_file.write_text("not-to-be-printed\n")
+    text = client_settings_text(broker)
+    yaml_part = text.split("or as environment variables:")[0].split("\n", 1)[1]
+    assert yaml.safe_load(textwrap.dedent(yaml_part)) == broker.client_settings()
+    assert broker.client_settings()["kafka_security"] == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_username": "karma",
+        "sasl_password_env": "KARMA_KAFKA_PASSWORD",
+        "ssl_cafile": str(broker.ca_file),
+    }
+    assert "  export KARMA_KAFKA_SECURITY__SECURITY_PROTOCOL=SASL_SSL" in text.splitlines()
+    assert f'  export KARMA_KAFKA_PASSWORD="$(cat {broker.password_file})"' in text.splitlines()
+    assert "not-to-be-printed" not in text  # the password itself stays in its file

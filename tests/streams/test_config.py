@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from karma.streams.config import ConfigError, KarmaSettings, load_settings
+from karma.streams.processes import settings_env
 
 
 @pytest.fixture(autouse=True)
@@ -150,3 +151,97 @@ def test_a_named_api_key_variable_must_be_set(monkeypatch: pytest.MonkeyPatch) -
 def test_the_example_configs_are_valid(example: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "for-the-example")
     assert len(load_settings(example).pool) >= 2
+
+
+# --- the cluster's TLS and SASL settings (kafka_security) ----------------------------------------
+
+
+def test_kafka_security_defaults_to_plaintext() -> None:
+    security = load_settings().kafka_security
+    assert security.security_protocol == "PLAINTEXT" and not security.uses_sasl and not security.uses_tls
+    assert security.sasl_password is None
+
+
+def test_sasl_needs_a_user_and_a_set_password_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEST_KAFKA_PASSWORD", raising=False)
+    with pytest.raises(
+        ConfigError, match="kafka_security: security_protocol SASL_PLAINTEXT needs sasl_username"
+    ):
+        load_settings(kafka_security={"security_protocol": "SASL_PLAINTEXT", "sasl_username": "karma"})
+    sasl = {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_username": "karma",
+        "sasl_password_env": "TEST_KAFKA_PASSWORD",
+    }
+    with pytest.raises(ConfigError, match="sasl_password_env names TEST_KAFKA_PASSWORD, which is not set"):
+        load_settings(kafka_security=sasl)
+    monkeypatch.setenv("TEST_KAFKA_PASSWORD", "s3cret")
+    security = load_settings(kafka_security=sasl).kafka_security
+    assert security.sasl_password == "s3cret" and security.sasl_mechanism == "PLAIN"
+    assert "s3cret" not in load_settings(kafka_security=sasl).model_dump_json()  # only the variable's name
+
+
+def test_tls_files_must_exist_and_need_a_tls_protocol(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    with pytest.raises(ConfigError, match=rf"kafka_security.ssl_cafile: .*{ca} is not a readable file"):
+        load_settings(kafka_security={"security_protocol": "SSL", "ssl_cafile": str(ca)})
+    ca.write_text("a PEM file\n")
+    assert load_settings(
+        kafka_security={"security_protocol": "SSL", "ssl_cafile": str(ca)}
+    ).kafka_security.uses_tls
+    # TLS files with PLAINTEXT mostly mean a forgotten security_protocol: the traffic would go in clear.
+    with pytest.raises(
+        ConfigError, match="ssl_cafile given, but security_protocol PLAINTEXT does not use TLS"
+    ):
+        load_settings(kafka_security={"ssl_cafile": str(ca)})
+    with pytest.raises(ConfigError, match="sasl_username given, but security_protocol SSL does not use SASL"):
+        load_settings(kafka_security={"security_protocol": "SSL", "sasl_username": "karma"})
+    with pytest.raises(ConfigError, match="ssl_keyfile needs ssl_certfile"):
+        load_settings(kafka_security={"security_protocol": "SSL", "ssl_keyfile": str(ca)})
+    with pytest.raises(ConfigError, match=r"kafka_security.sasl_mechanism: .*'SCRAM-SHA-512'"):
+        load_settings(kafka_security={"security_protocol": "SSL", "sasl_mechanism": "SCRAM-SHA-1"})
+
+
+def test_kafka_security_from_environment_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("a PEM file\n")
+    for key, value in {
+        "SECURITY_PROTOCOL": "SASL_SSL",
+        "SASL_MECHANISM": "SCRAM-SHA-512",
+        "SASL_USERNAME": "karma",
+        "SASL_PASSWORD_ENV": "KARMA_KAFKA_PASSWORD",
+        "SSL_CAFILE": str(ca),
+    }.items():
+        monkeypatch.setenv(f"KARMA_KAFKA_SECURITY__{key}", value)
+    # The password variable `karma broker start --secure` prints is not refused as a setting.
+    monkeypatch.setenv("KARMA_KAFKA_PASSWORD", "s3cret")
+    security = load_settings().kafka_security
+    assert (security.security_protocol, security.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert security.ssl_cafile == ca and security.sasl_password == "s3cret"
+    monkeypatch.setenv("KARMA_KAFKA_SECURITY__SASL_USER", "karma")
+    with pytest.raises(ConfigError, match="unknown key 'sasl_user'; did you mean 'sasl_username'"):
+        load_settings()
+
+
+def test_child_processes_get_the_same_security_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`settings_env` (streams/processes.py) hands a worker its settings as KARMA_* variables;
+    the password variable itself is inherited, never copied into them."""
+    ca = tmp_path / "ca.pem"
+    ca.write_text("a PEM file\n")
+    monkeypatch.setenv("TEST_KAFKA_PASSWORD", "s3cret")
+    settings = load_settings(
+        kafka_security={
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": "SCRAM-SHA-256",
+            "sasl_username": "karma",
+            "sasl_password_env": "TEST_KAFKA_PASSWORD",
+            "ssl_cafile": str(ca),
+        }
+    )
+    variables = settings_env(settings)
+    assert not any("s3cret" in value for value in variables.values())
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings() == settings

@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 
+from karma.streams.config import KarmaSettings
 from karma.streams.lag import LagMonitor, lag_by_partition
 
 A0, A1 = TopicPartition("a", 0), TopicPartition("a", 1)
@@ -44,7 +45,7 @@ def test_monitor_reads_lag_of_a_group_from_the_broker(kafka_bootstrap: str) -> N
             await producer.send_and_wait(topic, b"x", partition=1)
         await producer.stop()
 
-        monitor = LagMonitor(kafka_bootstrap, group, [topic])
+        monitor = LagMonitor(KarmaSettings(bootstrap_servers=kafka_bootstrap), group, [topic])
         await monitor.start()
         try:
             before = await monitor.read()
