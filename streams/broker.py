@@ -31,7 +31,6 @@ import fcntl
 import hashlib
 import os
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -48,6 +47,7 @@ from aiokafka import AIOKafkaClient
 from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
+from karma.streams.broker_secrets import SecretsError, make_broker_secrets, write_private
 from karma.streams.config import KAFKA_PASSWORD_VARIABLE
 
 __all__ = [
@@ -66,27 +66,6 @@ _MARKER = ".resolved"
 SCRAM_MECHANISM = "SCRAM-SHA-512"
 SCRAM_USER = "karma"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-# The secure broker's certificates (openssl's config): a CA, and a broker certificate that names
-# 127.0.0.1 and localhost, since clients check the name they connect to against it.
-_OPENSSL_CNF = f"""\
-[req]
-distinguished_name = dn
-prompt = no
-[dn]
-CN = karma local broker
-[v3_ca]
-basicConstraints = critical, CA:TRUE
-keyUsage = critical, keyCertSign, cRLSign
-subjectKeyIdentifier = hash
-[v3_broker]
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature
-extendedKeyUsage = serverAuth, clientAuth
-subjectAltName = IP:{HOST}, DNS:localhost
-subjectKeyIdentifier = hash
-authorityKeyIdentifier = keyid
-"""
 
 # Logs go to stdout, which start() sends to broker.log. The level is a system property so the
 # one-shot storage format can run quietly (-Dkarma.kafka.log.level=WARN).
@@ -430,52 +409,18 @@ class LocalBroker:
         )
 
     def _make_secrets(self) -> None:
-        """A fresh CA, the broker's certificate signed by it, and the passwords, in secure_dir.
-        The CA's key is deleted once it has signed: nothing else is ever signed with it."""
-        openssl = shutil.which("openssl")
-        if openssl is None:
-            raise BrokerError("openssl is not on PATH; `--secure` needs it to make the broker's certificate")
-        self.secure_dir.mkdir(parents=True, exist_ok=True)
-        self.secure_dir.chmod(0o700)  # the keys inside, temporary ones included, are the owner's alone
-        _write_private(self.password_file, secrets.token_urlsafe(24) + "\n")
-        _write_private(self._keystore_password_file, secrets.token_urlsafe(24) + "\n")
-        d = self.secure_dir
-        cnf, ca_key, key, csr, crt, p8 = (
-            d / name
-            for name in ("openssl.cnf", "ca.key", "broker.key", "broker.csr", "broker.crt", "broker.p8")
-        )
-        cnf.write_text(_OPENSSL_CNF)
-        new_key = [openssl, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"]
-        serial = f"0x{secrets.token_hex(16)}"
-        steps = [
-            [*new_key, str(ca_key)],
-            [openssl, "req", "-x509", "-new", "-key", str(ca_key), "-config", str(cnf),
-             "-extensions", "v3_ca", "-subj", f"/CN=karma local CA {HOST}:{self.port}",
-             "-days", "3650", "-sha256", "-out", str(self.ca_file)],
-            [*new_key, str(key)],
-            [openssl, "req", "-new", "-key", str(key), "-config", str(cnf), "-subj", "/CN=localhost",
-             "-out", str(csr)],
-            [openssl, "x509", "-req", "-in", str(csr), "-CA", str(self.ca_file), "-CAkey", str(ca_key),
-             "-set_serial", serial, "-days", "825", "-sha256", "-extfile", str(cnf),
-             "-extensions", "v3_broker", "-out", str(crt)],
-            # The password through the environment, not the command line (visible in `ps`).
-            [openssl, "pkcs8", "-topk8", "-v1", "PBE-SHA1-3DES", "-in", str(key),
-             "-passout", "env:KARMA_KEYSTORE_PASSWORD", "-out", str(p8)],
-        ]  # fmt: skip
-        env = {**os.environ, "KARMA_KEYSTORE_PASSWORD": self._keystore_password_file.read_text().strip()}
         try:
-            for step in steps:
-                done = subprocess.run(step, capture_output=True, text=True, env=env, timeout=60, check=False)
-                if done.returncode != 0:
-                    raise BrokerError(
-                        f"openssl {step[1]} failed (exit {done.returncode}) making the broker's certificate "
-                        f"in {d}:\n{_tail(done.stdout + done.stderr)}"
-                    )
-            _write_private(self._keystore, p8.read_text() + crt.read_text() + self.ca_file.read_text())
-        finally:
-            for temporary in (cnf, ca_key, key, csr, crt, p8):
-                temporary.unlink(missing_ok=True)
-        self.ca_file.chmod(0o644)  # the CA certificate is public: clients need it
+            make_broker_secrets(
+                self.secure_dir,
+                HOST,
+                self.port,
+                password_file=self.password_file,
+                keystore_password_file=self._keystore_password_file,
+                keystore=self._keystore,
+                ca_file=self.ca_file,
+            )
+        except SecretsError as exc:
+            raise BrokerError(str(exc)) from None
 
     def _probe_options(self) -> dict[str, Any]:
         """aiokafka's security arguments for this broker's own health probe (none: PLAINTEXT)."""
@@ -498,7 +443,7 @@ class LocalBroker:
             + "\n"
         )
         if self.config.secure:
-            _write_private(self.properties_file, text)  # it holds the passwords
+            write_private(self.properties_file, text)  # it holds the passwords
         else:
             self.properties_file.write_text(text)
         self.log4j_file.write_text(_LOG4J2)
@@ -689,11 +634,3 @@ def _answers_metadata(bootstrap: str, options: dict[str, Any] | None = None, tim
     for a secure broker (none: PLAINTEXT)."""
     # A plain TCP check first keeps aiokafka from logging connection errors while we wait.
     return _accepts_tcp(bootstrap) and _run(_probe_metadata(bootstrap, timeout, options or {}))
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Writes a file only its owner can read (mode 0600, also if it existed with another mode)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        os.fchmod(handle.fileno(), 0o600)
-        handle.write(text)
