@@ -246,6 +246,7 @@ class TopicReader:
 
     async def __aenter__(self) -> TopicReader:
         if self.name not in await list_topics(self.settings):
+            await self._consumer.stop()  # never started, but closed, so it is not reported as leaked
             raise TopicNotFoundError(f"topic {self.name} does not exist on {self.settings.bootstrap_servers}")
         await self._consumer.start()
         self._tps = sorted(self._consumer.assignment())
