@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo demo-openai test smoke-transformers lint clean
+.PHONY: demo demo-openai test smoke-transformers smoke-dpo lint clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ smoke-transformers:  ## the transformers backend on a tiny random Llama, CPU (a 
 	test -x .venv-torch/bin/python || $(PYTHON) -m venv .venv-torch
 	.venv-torch/bin/pip install --quiet --editable '.[transformers]'
 	.venv-torch/bin/python deploy/gpu/transformers_smoke.py
+
+# SHARD=path/shard-000000.parquet runs it on one of your `karma export` shards instead.
+smoke-dpo:  ## a `karma export` shard through TRL's DPOTrainer on a tiny random Llama, CPU (.venv-torch, plus trl)
+	test -x .venv-torch/bin/python || $(PYTHON) -m venv .venv-torch
+	.venv-torch/bin/pip install --quiet --editable '.[transformers,export]' 'trl>=1.0'
+	if [ -n "$(SHARD)" ]; then .venv-torch/bin/python deploy/gpu/dpo_smoke.py --shard "$(SHARD)"; else \
+	  .venv-torch/bin/python deploy/gpu/dpo_smoke.py --format parquet && \
+	  .venv-torch/bin/python deploy/gpu/dpo_smoke.py --format jsonl --messages; fi
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from karma.streams.cli import backends, demo, evaluate, kin, records, simulated_server, workers
+from karma.streams.cli import backends, demo, evaluate, export, kin, records, simulated_server, workers
 from karma.streams.cli.broker import broker_app
 from karma.streams.cli.logging_setup import DEFAULT_LOG_FILE, LogLevel, set_up_logging
 from karma.streams.cli.schemas import schemas
@@ -37,6 +37,7 @@ app.command()(backends.judge)
 app.command()(records.tail)
 app.command()(demo.demo)
 app.command("eval")(evaluate.evaluate)
+app.command()(export.export)
 app.command("simulated-server")(simulated_server.simulated_server)
 app.command()(schemas)
 
