@@ -1,8 +1,8 @@
 """The `karma` command line: the typer app, its global options, and the table of its commands.
 
 Each command lives in the module of its group (workers, records, kin, backends, demo, evaluate,
-simulated_server, broker); what they share is in common.py. Every
-command is documented by `karma COMMAND --help`."""
+export, schemas, simulated_server, broker); what they share is in common.py. Every command is
+documented by `karma COMMAND --help`."""
 
 from __future__ import annotations
 
