@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from karma.agents.competency import Tally, is_evidence, tally, window_of
 from karma.schemas.models import (
@@ -234,41 +234,49 @@ class TopicReader:
         self.settings = settings
         self.name, self.model = topic_name(settings, topic)
         self._since_ms = since_ms
-        # Without a group id, a subscribed consumer is assigned every partition and commits nothing.
-        self._consumer = new_consumer(
-            settings,
-            self.name,
-            enable_auto_commit=False,
-            group_id=None,
-            auto_offset_reset="earliest" if from_beginning else "latest",
-        )
+        self._from_beginning = from_beginning
+        self._consumer: AIOKafkaConsumer | None = None
         self._tps: list[TopicPartition] = []
 
     async def __aenter__(self) -> TopicReader:
         if self.name not in await list_topics(self.settings):
-            await self._consumer.stop()  # never started, but closed, so it is not reported as leaked
             raise TopicNotFoundError(f"topic {self.name} does not exist on {self.settings.bootstrap_servers}")
-        await self._consumer.start()
-        self._tps = sorted(self._consumer.assignment())
+        # Without a group id, a subscribed consumer is assigned every partition and commits nothing.
+        self._consumer = consumer = new_consumer(
+            self.settings,
+            self.name,
+            enable_auto_commit=False,
+            group_id=None,
+            auto_offset_reset="earliest" if self._from_beginning else "latest",
+        )
+        await consumer.start()
+        self._tps = sorted(consumer.assignment())
         if self._since_ms is not None:
-            found = await self._consumer.offsets_for_times(dict.fromkeys(self._tps, self._since_ms))
-            ends = await self._consumer.end_offsets(self._tps)
+            found = await consumer.offsets_for_times(dict.fromkeys(self._tps, self._since_ms))
+            ends = await consumer.end_offsets(self._tps)
             for tp in self._tps:
                 # No message that recent: start at the end, where the next one will be.
-                self._consumer.seek(tp, found[tp].offset if found[tp] else ends[tp])
+                consumer.seek(tp, found[tp].offset if found[tp] else ends[tp])
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        await self._consumer.stop()
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    @property
+    def _live(self) -> AIOKafkaConsumer:
+        if self._consumer is None:
+            raise RuntimeError("a TopicReader reads inside `async with` only")
+        return self._consumer
 
     async def poll(self, timeout_ms: int = 200) -> list[Received]:
         """What the next fetch brings (possibly nothing, after `timeout_ms`)."""
-        batch = await self._consumer.getmany(timeout_ms=timeout_ms)
+        batch = await self._live.getmany(timeout_ms=timeout_ms)
         return [_received(msg, self.model) for messages in batch.values() for msg in messages]
 
     async def to_end(self) -> AsyncIterator[Received]:
-        ends = await self._consumer.end_offsets(self._tps)
-        while not all([await self._consumer.position(tp) >= ends[tp] for tp in self._tps]):
+        ends = await self._live.end_offsets(self._tps)
+        while not all([await self._live.position(tp) >= ends[tp] for tp in self._tps]):
             for received in await self.poll():
                 yield received
 

@@ -33,7 +33,7 @@ def test_library_log_lines_go_to_the_log_file_not_the_terminal(tmp_path: Path) -
     assert result.returncode == 1
     # The CLI's own one-line error, and nothing else: no library line in between.
     assert result.stderr.splitlines() and all(
-        line.startswith("error: Kafka:") for line in result.stderr.splitlines()
+        line.startswith("error: nothing listens on 127.0.0.1:") for line in result.stderr.splitlines()
     ), result.stderr
     assert "Unable connect" not in result.stdout + result.stderr
     log = (tmp_path / "karma-out" / "karma.log").read_text()
@@ -43,7 +43,7 @@ def test_library_log_lines_go_to_the_log_file_not_the_terminal(tmp_path: Path) -
 def test_loglevel_shows_library_lines_on_stderr(tmp_path: Path) -> None:
     result = _tail_closed_port(tmp_path, "--loglevel", "warning", "--log-file", "elsewhere.log")
     assert result.returncode == 1
-    assert LIBRARY_LINE in result.stderr and "error: Kafka:" in result.stderr
+    assert LIBRARY_LINE in result.stderr and "error: nothing listens on" in result.stderr
     assert LIBRARY_LINE not in result.stdout
     assert LIBRARY_LINE in (tmp_path / "elsewhere.log").read_text()
     assert not (tmp_path / "karma-out").exists()
