@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,25 @@ from karma.streams.export.shards import MANIFEST_DIR, Manifest, resume_offsets
 from karma.streams.processes import settings_env
 from tests.e2e.conftest import Pipeline, ids, make_prompts
 
+# Every exporter a test starts; whatever is still running when the test ends (a failed wait, say)
+# is killed then, so no --follow exporter outlives its test.
+STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_exporter_outlives_its_test() -> Iterator[None]:
+    yield
+    while STARTED:
+        exporter = STARTED.pop()
+        if exporter.poll() is None:
+            exporter.kill()
+            exporter.wait(10)
+
 
 def start_export(pipeline: Pipeline, out: Path, *args: str) -> subprocess.Popen[bytes]:
     """`karma export --out OUT ARGS` as a child process, as an operator starts it."""
     log = (pipeline.workdir / "export.log").open("ab")
-    return subprocess.Popen(
+    exporter = subprocess.Popen(
         [sys.executable, "-m", "karma.streams.cli", "export", "--out", str(out), *args],
         env={**os.environ, **settings_env(pipeline.settings)},
         cwd=pipeline.workdir,
@@ -34,6 +49,8 @@ def start_export(pipeline: Pipeline, out: Path, *args: str) -> subprocess.Popen[
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    STARTED.append(exporter)
+    return exporter
 
 
 def export_log(pipeline: Pipeline) -> str:
