@@ -27,6 +27,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from tiny_llama import save_tiny_llama  # beside this script
+
 from karma.schemas.models import Candidate, Preference, Winner
 from karma.streams.codecs import encode
 from karma.streams.export.rows import COLUMNS, RowFilter
@@ -113,39 +115,19 @@ def _texts(value: Any) -> list[str]:
 def build_tiny_model(dataset: Any, folder: Path) -> tuple[Any, Any]:
     """A word-level tokenizer trained on the shard's texts and a random 2-layer Llama on its
     vocabulary, saved to `folder`: no hub download."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer, LlamaForCausalLM
 
     corpus = [t for row in dataset for c in ("prompt", "chosen", "rejected") for t in _texts(row[c])]
     corpus.append("user assistant :")  # the chat template's own words
-    specials = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
-    raw = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    raw.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=specials))
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]"
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE  # used only when the shard holds chat messages
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
     # Saved and loaded back: DPOTrainer builds the frozen reference model from the policy's path.
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    # The template is used only when the shard holds chat messages.
+    vocabulary = save_tiny_llama(
+        folder, corpus, chat_template=CHAT_TEMPLATE, hidden_size=32, max_positions=512
+    )
     model = LlamaForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     parameters = sum(p.numel() for p in model.parameters())
-    print(f"--- tiny Llama: vocabulary {len(tokenizer)}, {parameters} parameters")
+    print(f"--- tiny Llama: vocabulary {vocabulary}, {parameters} parameters")
     return model, tokenizer
 
 

@@ -30,6 +30,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tiny_llama import CHAT_TEMPLATE, save_tiny_llama  # beside this script
+
 from karma.agents.backends import BackendError, Generation, GenerationRequest, JudgeRequest
 from karma.agents.backends import transformers as transformers_backend
 from karma.agents.backends.transformers import TransformersGenerator, TransformersJudge
@@ -44,42 +46,11 @@ SENTENCES = [
     "the seasons come from the tilt of the earth",
 ]
 PROMPTS = ["why is the sky blue", "what is a thread", "how does kafka keep order", "name the seasons"]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
-    "{% if add_generation_prompt %}assistant : {% endif %}"
-)
 
 
 def build_tiny_checkpoint(folder: Path, chat_template: bool) -> None:
     """A word-level tokenizer and a random 2-layer Llama on its vocabulary, saved to `folder`."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
-    raw = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    raw.train_from_iterator(SENTENCES, trainers.WordLevelTrainer(special_tokens=specials))
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, pad_token="[PAD]", unk_token="[UNK]", bos_token="[BOS]", eos_token="[EOS]"
-    )
-    if chat_template:
-        tokenizer.chat_template = CHAT_TEMPLATE
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=2048,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    save_tiny_llama(folder, SENTENCES, chat_template=CHAT_TEMPLATE if chat_template else None)
 
 
 async def generate_twice(folder: Path, temperature: float, failures: list[str]) -> None:
