@@ -85,7 +85,11 @@ def judge_pair(judge: SimulatedJudge, pair: KinPair) -> Preference:
 
 def register(stage: Stage) -> None:
     settings = stage.settings
+    # Not ready (/readyz) while the backend is built; it is closed when the worker stops.
+    stage.health.expect_backends(STAGE)
     judge: Judge = make_judge(settings)
+    stage.closers.append(judge.close)
+    stage.health.mark_backends_loaded(STAGE)
 
     async def judge_batch(events: list[Any]) -> None:
         pairs = await stage.decode_batch(events, KinPair, STAGE)

@@ -15,7 +15,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import faust
@@ -25,6 +25,7 @@ from karma.schemas.models import DeadLetter, Record, prompt_id_of_key
 from karma.streams import transport
 from karma.streams.codecs import DecodeError, decode, encode
 from karma.streams.config import KarmaSettings, ModelSpec
+from karma.streams.health import Health
 from karma.streams.kafka_clients import faust_credentials
 from karma.streams.lag import LagMonitor
 from karma.streams.metrics import (
@@ -65,12 +66,40 @@ def raw_topic(app: faust.App, *names: str, partitions: int) -> faust.TopicT:
 
 @dataclass
 class Stage:
-    """What every agent needs: settings, its app, the topics, and the dead-letter path."""
+    """What every agent needs: settings, its app, the topics, and the dead-letter path; and what
+    the worker needs of the stages: their health, and their model backends to close at shutdown."""
 
     settings: KarmaSettings
     app: faust.App
     names: TopicNames
     topics: dict[str, faust.TopicT]
+    health: Health = field(default_factory=Health)
+    # The `close` of every model backend the stages built (agents/generation.py, judging.py).
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Shutdown: no new batch is handed out once stopping; `_idle` is set while none is handled.
+    _stopping: bool = field(default=False, init=False)
+    _in_flight: int = field(default=0, init=False)
+    _idle: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+
+    async def finish_batches(self) -> None:
+        """Stops handing out batches and waits for those being handled (their outputs sent, their
+        messages acked). Events already fetched but not yet in a batch stay unacked, so they are
+        not committed and the group redelivers them: handed back rather than worked off."""
+        self._stopping = True
+        self.health.mark_stopping()
+        if self._in_flight:
+            await self._idle.wait()
+
+    async def close_backends(self, timeout_s: float = 10.0) -> None:
+        """Closes the model backends (HTTP sessions, in-process engines), each within `timeout_s`:
+        one that fails or hangs is logged, and the others are closed all the same."""
+        closers, self.closers = self.closers, []
+        for close in closers:
+            try:
+                await asyncio.wait_for(close(), timeout_s)
+            except Exception as exc:  # TimeoutError included: shutdown goes on regardless
+                log.warning("closing a model backend failed: %r", exc)
+        log.info("closed backends (%d)", len(closers))
 
     async def publish(self, stage: str, topic: str, key: str, value: bytes) -> None:
         """Queues one output record (faust's producer flushes before every offset commit, so an
@@ -95,9 +124,16 @@ class Stage:
         returns, that is once every one of them has its output or its dead letter."""
         async for events in self.batches(stream, batch_size or self.settings.batch_size):
             started = time.perf_counter()
-            await self.handle_safely(events, stage, handle, on_retry)
-            for event in events:
-                await stream.ack(event)  # only now: handled, or dead-lettered
+            self._in_flight += 1
+            self._idle.clear()
+            try:
+                await self.handle_safely(events, stage, handle, on_retry)
+                for event in events:
+                    await stream.ack(event)  # only now: handled, or dead-lettered
+            finally:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._idle.set()  # `finish_batches` may be waiting for this
             spent = time.perf_counter() - started
             BATCH_SECONDS.labels(stage).observe(spent)
             latency = STAGE_LATENCY.labels(stage)
@@ -134,6 +170,10 @@ class Stage:
                     if event is None or event is _ENDED:
                         break
                     batch.append(event)
+                if self._stopping:
+                    # Handed back, unacked (see `finish_batches`); faust cancels this agent
+                    # when it stops, which ends the wait.
+                    await loop.create_future()
                 yield batch
         finally:
             pumping.cancel()
@@ -352,7 +392,8 @@ def new_stage(
         for spec in TOPICS
     }
     stage = Stage(settings=settings, app=app, names=names, topics=topics)
-    _watch_loop_lag(app)
+    _watch_loop_lag(app, stage.health)
+    _track_health(stage)
     if settings.lag_interval_s:
         consumed = {name for role in roles for name in CONSUMES[role]}
         if not settings.competency.online:
@@ -361,7 +402,7 @@ def new_stage(
     return stage
 
 
-def _watch_loop_lag(app: faust.App, interval_s: float = 0.05) -> None:
+def _watch_loop_lag(app: faust.App, health: Health, interval_s: float = 0.05) -> None:
     @app.task
     async def watch_loop_lag() -> None:
         loop = asyncio.get_running_loop()
@@ -369,6 +410,33 @@ def _watch_loop_lag(app: faust.App, interval_s: float = 0.05) -> None:
             started = loop.time()
             await asyncio.sleep(interval_s)
             LOOP_LAG.observe(max(0.0, loop.time() - started - interval_s))
+            health.beat()  # the loop ran this tick: /healthz says alive
+
+
+def _track_health(stage: Stage) -> None:
+    """Keeps `stage.health` up to date from faust's signals, and closes the stage's backends
+    when the app stops: faust sends `on_before_shutdown` once its consumer has stopped, after the
+    batches in flight were handled and committed (streams/worker.py `KarmaWorker`), and before
+    the producer's last flush."""
+    app, health = stage.app, stage.health
+
+    @app.on_partitions_revoked.connect
+    async def revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+        health.mark_revoked()
+
+    @app.on_partitions_assigned.connect
+    async def assigned(sender: Any, assigned: Any, **kwargs: Any) -> None:
+        health.mark_assigned(assigned)
+
+    # Sent when tables are recovered, just before the assignment's streams resume.
+    @app.on_rebalance_complete.connect
+    async def rebalanced(sender: Any, **kwargs: Any) -> None:
+        health.mark_consuming()
+
+    @app.on_before_shutdown.connect
+    async def shutting_down(sender: Any, **kwargs: Any) -> None:
+        health.mark_stopping()
+        await stage.close_backends()
 
 
 def _report_lag(app: faust.App, settings: KarmaSettings, topics: list[str]) -> None:

@@ -381,6 +381,13 @@ class KarmaSettings(BaseSettings):
     lag_interval_s: float = Field(
         default=10.0, ge=0, description="How often karma_consumer_lag_messages is read; 0 disables it."
     )
+    shutdown_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="On SIGTERM a worker finishes its in-flight batches, commits, closes its model "
+        "backends and exits 0; if that takes longer than this, it exits at once (code 1), leaving "
+        "what it had not committed to be redelivered. A second SIGTERM exits at once.",
+    )
 
     # Fast group joins and restarts: see docs/design.md, "Runtime facts".
     session_timeout_s: float = 6.0

@@ -1,8 +1,20 @@
-"""Prometheus metrics of every worker: `karma_` prefix, base units, no prompt ids in labels."""
+"""Prometheus metrics of every worker: `karma_` prefix, base units, no prompt ids in labels.
+
+The metrics port also answers the worker's health checks (`/healthz`, `/readyz`): the paths and
+their checks are given to `serve_metrics` (streams/health.py decides them), and everything else
+goes to prometheus_client's own WSGI app, served as its `start_http_server` does.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+import socket
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client.exposition import ThreadingWSGIServer
 
 MESSAGES_IN = Counter("karma_messages_in", "Messages a stage consumed.", ["stage"])
 MESSAGES_OUT = Counter("karma_messages_out", "Messages a stage published.", ["stage", "topic"])
@@ -62,18 +74,61 @@ CONSUMER_LAG = Gauge(
 )
 
 
+# A check answers (healthy, why): 200 or 503, with `why` as the plain-text body.
+Check = Callable[[], tuple[bool, str]]
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
 class MetricsPortInUse(OSError):
     """The /metrics port is taken, typically by another worker on this host."""
 
 
-def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
-    """Serves /metrics on a background thread; port 0 disables it."""
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on stderr: probes every few seconds would fill the worker log."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return None
+
+
+def metrics_app(checks: Mapping[str, Check] | None = None) -> WsgiApp:
+    """A WSGI app: each path of `checks` answers its check, anything else is prometheus_client's."""
+    metrics = make_wsgi_app()
+    checks = dict(checks or {})
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        check = checks.get(environ.get("PATH_INFO", ""))
+        if check is None:
+            return metrics(environ, start_response)  # type: ignore[no-any-return]
+        try:
+            healthy, why = check()
+        except Exception as exc:  # a broken check must say so, not hang up on the prober
+            healthy, why = False, f"check failed: {type(exc).__name__}: {exc}"
+        body = f"{why}\n".encode()
+        start_response(
+            "200 OK" if healthy else "503 Service Unavailable",
+            [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+        )
+        return [body]
+
+    return app
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1", checks: Mapping[str, Check] | None = None) -> None:
+    """Serves /metrics, and the paths of `checks`, on a daemon thread; port 0 disables it."""
     if not port:
         return
+
     try:
-        start_http_server(port, addr=host)
+
+        class Server(ThreadingWSGIServer):
+            # A class per call, as prometheus_client does: the family follows the host (IPv4 or 6).
+            address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+
+        httpd = make_server(host, port, metrics_app(checks), Server, handler_class=_QuietHandler)
     except OSError as exc:
         raise MetricsPortInUse(
             f"cannot serve /metrics on {host}:{port} ({exc.strerror}); "
             "give each worker on a host its own --metrics-port, or 0 to disable"
         ) from None
+    threading.Thread(target=httpd.serve_forever, name="karma-metrics", daemon=True).start()

@@ -245,3 +245,10 @@ def test_child_processes_get_the_same_security_settings(
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
     assert load_settings() == settings
+
+
+def test_shutdown_timeout_is_bounded_and_positive() -> None:
+    assert KarmaSettings().shutdown_timeout_s == 30.0
+    assert KarmaSettings(shutdown_timeout_s=5).shutdown_timeout_s == 5.0
+    with pytest.raises(ValidationError):
+        KarmaSettings(shutdown_timeout_s=0)  # a worker that may not take any time cannot commit
