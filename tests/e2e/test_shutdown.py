@@ -5,6 +5,7 @@ as its expected preferences. A second SIGTERM exits at once."""
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from typing import Any
 
@@ -14,6 +15,17 @@ from tests.e2e.test_health import poll
 
 POOL = ["llama-2-13b-chat", "wizardlm-13b", "vicuna-33b", "llama-2-70b-chat", "gpt-3.5-turbo"]
 SHUTDOWN_TIMEOUT_S = 30.0
+
+
+def terminate(pipeline: Any, worker: subprocess.Popen[bytes], what: str) -> tuple[int, float]:
+    """SIGTERM to the worker as an operator sends it: its exit code and how long it took."""
+    signalled = time.monotonic()
+    worker.send_signal(signal.SIGTERM)
+    code = worker.wait(timeout=SHUTDOWN_TIMEOUT_S + 30)
+    took = time.monotonic() - signalled
+    pipeline.workers.remove(worker)
+    print(f"{what} to exit: {took:.1f} s")
+    return code, took
 
 
 def test_sigterm_mid_stream_exits_0_in_bounded_time_and_loses_nothing(pipeline_factory: Any) -> None:
@@ -28,12 +40,7 @@ def test_sigterm_mid_stream_exits_0_in_bounded_time_and_loses_nothing(pipeline_f
     before = pipeline.wait_for("preferences", lambda r: len(set(ids(r))) >= 20)
     assert set(ids(before)) < expected, "SIGTERM must come mid-stream for this test to mean anything"
 
-    signalled = time.monotonic()
-    worker.send_signal(signal.SIGTERM)
-    code = worker.wait(timeout=SHUTDOWN_TIMEOUT_S + 30)
-    took = time.monotonic() - signalled
-    pipeline.workers.remove(worker)
-    print(f"SIGTERM to exit: {took:.1f} s")
+    code, took = terminate(pipeline, worker, "SIGTERM")
     assert code == 0, pipeline.log()
     assert took < SHUTDOWN_TIMEOUT_S + 5, (took, pipeline.log())
     assert "closed backends" in pipeline.log(), pipeline.log()
@@ -76,11 +83,6 @@ def test_sigterm_during_start_up_exits_0(pipeline_factory: Any) -> None:
     worker = pipeline.start_worker()
     poll(pipeline, "/healthz", lambda a: a is not None, "served")  # served before faust starts
 
-    signalled = time.monotonic()
-    worker.send_signal(signal.SIGTERM)
-    code = worker.wait(timeout=SHUTDOWN_TIMEOUT_S + 30)
-    took = time.monotonic() - signalled
-    pipeline.workers.remove(worker)
-    print(f"SIGTERM during start-up to exit: {took:.1f} s")
+    code, took = terminate(pipeline, worker, "SIGTERM during start-up")
     assert code == 0, pipeline.log()
     assert took < SHUTDOWN_TIMEOUT_S + 5, (took, pipeline.log())
