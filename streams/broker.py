@@ -85,7 +85,7 @@ class BrokerError(RuntimeError):
     """The local broker could not be resolved, started, stopped or reset."""
 
 
-def _default_home() -> Path:
+def default_home() -> Path:
     return Path(os.environ.get("KARMA_HOME", ".cache/karma"))
 
 
@@ -113,18 +113,26 @@ def free_ports(count: int = 2) -> list[int]:
 class BrokerConfig:
     """Where a local broker keeps its state and which loopback ports it listens on."""
 
-    home: Path = field(default_factory=_default_home)
+    home: Path = field(default_factory=default_home)
     port: int = 9092
     controller_port: int | None = None  # default: port + 1
     heap: str = "512m"
     kafka_version: str = DEFAULT_KAFKA_VERSION
     jars_home: Path | None = None  # where kafka-<version>/lib lives; default: home
     secure: bool = False  # a SASL_SSL listener on `port` (TLS + SCRAM-SHA-512) instead of PLAINTEXT
+    # A node of a cluster (streams/cluster.py sets these; a lone broker keeps the defaults):
+    node_id: int = 1
+    quorum_voters: str | None = None  # controller.quorum.voters; default: this node alone
+    replicas: int = 1  # replication factor of new topics, internal ones included
+    state_dir: Path | None = None  # default: <home>/broker-<port>
+    cluster_id: str | None = None  # formatted into the storage; default: a new random one
 
     def __post_init__(self) -> None:
         self.home = Path(self.home)
         if self.jars_home is not None:
             self.jars_home = Path(self.jars_home)
+        if self.state_dir is not None:
+            self.state_dir = Path(self.state_dir)
         if self.controller_port is None:
             self.controller_port = self.port + 1
         if self.controller_port == self.port:
@@ -136,6 +144,12 @@ class BrokerConfig:
         that are free right now."""
         port, controller_port = free_ports(2)
         return cls(home=home, port=port, controller_port=controller_port, jars_home=jars_home, secure=secure)
+
+    @property
+    def min_insync_replicas(self) -> int:
+        """A majority of the replicas: 2 of 3, so a cluster takes acks=all writes with a node down
+        and never acknowledges a write that a single node holds."""
+        return self.replicas // 2 + 1
 
 
 @dataclass(frozen=True)
@@ -157,7 +171,9 @@ class LocalBroker:
         jars_home = (self.config.jars_home or self.config.home).resolve()
         self.kafka_dir = jars_home / f"kafka-{self.config.kafka_version}"
         self.lib_dir = self.kafka_dir / "lib"
-        self.broker_dir = home / f"broker-{self.config.port}"
+        self.broker_dir = (
+            self.config.state_dir.resolve() if self.config.state_dir else home / f"broker-{self.config.port}"
+        )
         self.data_dir = self.broker_dir / "data"
         self.properties_file = self.broker_dir / "server.properties"
         self.log4j_file = self.broker_dir / "log4j2.properties"
@@ -270,10 +286,15 @@ class LocalBroker:
         ``timeout`` covers the broker's start-up, not the one-time Maven resolution;
         ``progress`` is told when that resolution begins.
         """
+        pid = self.launch(progress)
+        self.wait_until_answering(pid, time.monotonic() + timeout)
+
+    def launch(self, progress: Callable[[str], None] | None = None) -> int:
+        """Start the broker process unless it runs, without waiting for it to answer (the nodes of
+        a cluster answer only once a quorum of them runs); return its pid."""
         pid = self._running_pid()
         if pid is not None:
-            self._wait_until_answering(pid, time.monotonic() + timeout)
-            return
+            return pid
         for port in (self.port, self.controller_port):
             if _port_in_use(port):
                 raise BrokerError(
@@ -301,7 +322,7 @@ class LocalBroker:
                 start_new_session=True,
             )
         self.pid_file.write_text(f"{self._proc.pid}\n")
-        self._wait_until_answering(self._proc.pid, time.monotonic() + timeout)
+        return self._proc.pid
 
     def stop(self, timeout: float = 30) -> bool:
         """SIGTERM the broker (SIGKILL after ``timeout``); False if it was not running."""
@@ -318,6 +339,10 @@ class LocalBroker:
         self.pid_file.unlink(missing_ok=True)
         self._proc = None
         return True
+
+    def running(self) -> bool:
+        """Whether the process recorded in broker.pid is alive (no network probe)."""
+        return self._running_pid() is not None
 
     def status(self) -> BrokerStatus:
         pid = self._running_pid()
@@ -339,27 +364,30 @@ class LocalBroker:
 
     def server_properties(self) -> dict[str, str]:
         port, cport = self.port, self.controller_port
+        node = self.config.node_id
+        replicas, min_isr = str(self.config.replicas), str(self.config.min_insync_replicas)
         return {
             "process.roles": "broker,controller",
-            "node.id": "1",
+            "node.id": str(node),
             "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{cport}",
             "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "inter.broker.listener.name": "PLAINTEXT",
             "controller.listener.names": "CONTROLLER",
-            "controller.quorum.voters": f"1@{HOST}:{cport}",  # static quorum: no --standalone
+            # A static quorum (no --standalone): every node is a voter, known from the start.
+            "controller.quorum.voters": self.config.quorum_voters or f"{node}@{HOST}:{cport}",
             "log.dirs": str(self.data_dir),
             "num.partitions": "4",
             "auto.create.topics.enable": "true",
-            "default.replication.factor": "1",
-            "min.insync.replicas": "1",
-            "offsets.topic.replication.factor": "1",
+            "default.replication.factor": replicas,
+            "min.insync.replicas": min_isr,
+            "offsets.topic.replication.factor": replicas,
             "offsets.topic.num.partitions": "8",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_isr,
             "transaction.state.log.num.partitions": "8",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": min_isr,
             "group.initial.rebalance.delay.ms": "0",
             "num.network.threads": "2",
             "num.io.threads": "4",
@@ -465,7 +493,7 @@ class LocalBroker:
         cmd = [
             *self._jvm(java, lib, log_level="WARN"),
             "kafka.tools.StorageTool", "format",
-            "-t", _cluster_id(), "-c", str(self.properties_file),
+            "-t", self.config.cluster_id or new_cluster_id(), "-c", str(self.properties_file),
         ]  # fmt: skip
         if self.config.secure:
             # The SCRAM user must exist before the broker starts: it is also how the broker
@@ -522,7 +550,9 @@ class LocalBroker:
             time.sleep(0.1)
         return True
 
-    def _wait_until_answering(self, pid: int, deadline: float) -> None:
+    def wait_until_answering(self, pid: int, deadline: float, brokers: int = 1) -> None:
+        """Wait until the broker answers metadata naming at least `brokers` brokers (a cluster's
+        node waits for its peers); stop it and raise BrokerError if it exits or the deadline passes."""
         while True:
             if not self._alive(pid):
                 code = self._proc.poll() if self._proc is not None else None
@@ -532,7 +562,7 @@ class LocalBroker:
                     f"Kafka broker on {self.bootstrap} {how} during start-up; "
                     f"last lines of {self.log_file}:\n{self.log_tail()}"
                 )
-            if _answers_metadata(self.bootstrap, self._probe_options()):
+            if _answers_metadata(self.bootstrap, self._probe_options(), brokers=brokers):
                 return
             if time.monotonic() > deadline:
                 self.stop(timeout=10)
@@ -561,7 +591,7 @@ def _tail(text: str, lines: int = 30) -> str:
     return "\n".join(text.strip().splitlines()[-lines:]) or "(no output)"
 
 
-def _cluster_id() -> str:
+def new_cluster_id() -> str:
     """A random Kafka Uuid in its base64url form (never starting with '-', like Kafka's)."""
     while True:
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
@@ -608,11 +638,11 @@ def _accepts_tcp(bootstrap: str, timeout: float = 1.0) -> bool:
         return False
 
 
-async def _probe_metadata(bootstrap: str, timeout: float, options: dict[str, Any]) -> bool:
+async def _probe_metadata(bootstrap: str, timeout: float, options: dict[str, Any], brokers: int) -> bool:
     client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000), **options)
     try:
         await asyncio.wait_for(client.bootstrap(), timeout)
-        return bool(client.cluster.brokers())
+        return len(client.cluster.brokers()) >= brokers
     except (KafkaError, OSError, TimeoutError):
         return False
     finally:
@@ -629,8 +659,10 @@ def _run(coro: Coroutine[Any, Any, bool]) -> bool:
         return pool.submit(asyncio.run, coro).result()
 
 
-def _answers_metadata(bootstrap: str, options: dict[str, Any] | None = None, timeout: float = 5.0) -> bool:
-    """Whether the broker answers a metadata request; `options` are aiokafka's security arguments
-    for a secure broker (none: PLAINTEXT)."""
+def _answers_metadata(
+    bootstrap: str, options: dict[str, Any] | None = None, timeout: float = 5.0, brokers: int = 1
+) -> bool:
+    """Whether the broker answers a metadata request that names at least `brokers` brokers;
+    `options` are aiokafka's security arguments for a secure broker (none: PLAINTEXT)."""
     # A plain TCP check first keeps aiokafka from logging connection errors while we wait.
-    return _accepts_tcp(bootstrap) and _run(_probe_metadata(bootstrap, timeout, options or {}))
+    return _accepts_tcp(bootstrap) and _run(_probe_metadata(bootstrap, timeout, options or {}, brokers))
