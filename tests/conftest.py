@@ -7,6 +7,11 @@ Set ``KARMA_TEST_BOOTSTRAP=host:port`` to run against an existing broker instead
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -60,13 +65,7 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
     return broker.bootstrap
 
 
-# The simulated OpenAI-compatible server (agents/backends/simulated_server.py), as a real process.
-# (Imported here because this part was appended after the broker fixtures.)
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
+# -- the simulated OpenAI-compatible server (agents/backends/simulated_server.py), as a real process --
 
 SIMULATED_SERVER_START_TIMEOUT = 30.0
 
