@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from karma.agents.backends.zebra import ZebraJudge
 from karma.agents.competency import Tally, assess, fit_bradley_terry, is_evidence, kin_of, tally, window_of
 from karma.agents.kinship import KinRule, Profiles, load_profiles
-from karma.schemas.models import Candidate, Preference, Winner
+from karma.schemas.models import Preference, Winner
+from tests import records
 
 SCALE = 0.1
 
@@ -130,27 +131,16 @@ def test_the_window_is_fausts_oldest_hopping_window_holding_now(now: float, size
 
 
 def _verdict(model_a: str, model_b: str, judge: str) -> Preference:
-    def candidate(model: str, superiority: float) -> Candidate:
-        return Candidate(
-            response_id=f"r-{model}", model=model, text="x", superiority=superiority, simulated=True
-        )
-
-    return Preference(
-        preference_id="pair-1",
+    return records.preference(
+        "p-1",
+        records.candidate(model_a, text="x", superiority=0.4),
+        records.candidate(model_b, text="x", superiority=0.6),
+        Winner.B,
         pair_id="pair-1",
-        prompt_id="p-1",
         prompt_text="q",
-        response_a=candidate(model_a, 0.4),
-        response_b=candidate(model_b, 0.6),
-        winner=Winner.B,
-        consistent=True,
-        verdict_ab=Winner.B,
-        verdict_ba=Winner.B,
+        gap=0.2,
         confidence=1.0,
         judge=judge,
-        simulated=True,
-        policy="kin",
-        gap=0.2,
     )
 
 

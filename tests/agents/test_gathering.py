@@ -8,7 +8,8 @@ from typing import Any
 from karma.agents.gathering import Gathered, Gatherer
 from karma.agents.kinship import KinRule, load_profiles
 from karma.agents.pairing import make_pairs
-from karma.schemas.models import KinPair, Response, response_id_for
+from karma.schemas.models import KinPair, Response
+from tests import records
 
 POOL = ["llama-2-13b-chat", "wizardlm-13b", "vicuna-33b", "llama-2-70b-chat", "gpt-3.5-turbo"]
 PROFILES = load_profiles()
@@ -33,17 +34,13 @@ def gatherer(pool: list[str] = POOL, retention_max: int = 1000, **stores: Any) -
 
 
 def answer(model: str, prompt_id: str = "p-1", error: str | None = None) -> Response:
-    return Response(
-        response_id=response_id_for(prompt_id, model),
-        prompt_id=prompt_id,
-        prompt_text="Why is the sky blue?",
-        model=model,
+    return records.response(
+        prompt_id,
+        model,
         text="" if error else f"answer of {model} with a few words",
-        backend="simulated",
-        simulated=True,
-        num_tokens=0 if error else 7,
-        latency_ms=1.0,
         error=error,
+        prompt_text="Why is the sky blue?",
+        num_tokens=0 if error else 7,
     )
 
 

@@ -6,23 +6,17 @@ import pytest
 
 from karma.agents.backends.simulated import SimulatedJudge
 from karma.agents.judging import judge_pair
-from karma.schemas.models import Candidate, KinPair, Winner
+from karma.schemas.models import KinPair, Winner
+from tests import records
 
 
 def _pair(i: int, sup_a: float = 0.5, sup_b: float = 0.5, simulated: bool = True) -> KinPair:
-    return KinPair(
+    return records.kin_pair(
+        f"p-{i}",
+        records.candidate("a", f"r-a{i}", text="x", superiority=sup_a, simulated=simulated),
+        records.candidate("b", f"r-b{i}", text="y", superiority=sup_b, simulated=simulated),
         pair_id=f"pair-{i}",
-        prompt_id=f"p-{i}",
         prompt_text="q",
-        response_a=Candidate(
-            response_id=f"r-a{i}", model="a", text="x", superiority=sup_a, simulated=simulated
-        ),
-        response_b=Candidate(
-            response_id=f"r-b{i}", model="b", text="y", superiority=sup_b, simulated=simulated
-        ),
-        policy="kin",
-        similarity=0.99,
-        gap=0.0,
     )
 
 

@@ -22,6 +22,7 @@ from karma.streams.app import Stage
 from karma.streams.codecs import DecodeError, decode, encode
 from karma.streams.config import KarmaSettings
 from karma.streams.topics import TopicNames
+from tests import records
 
 PROMPT_TEXT = "Why is the sky blue?"
 START_MS = 1_000_000.0
@@ -171,17 +172,8 @@ class Rig:
 
 
 def answer(model: str, prompt_id: str = "p-1") -> Response:
-    return Response(
-        response_id=response_id_for(prompt_id, model),
-        prompt_id=prompt_id,
-        prompt_text=PROMPT_TEXT,
-        model=model,
-        text=f"answer of {model} with a few words",
-        backend="simulated",
-        simulated=True,
-        num_tokens=7,
-        latency_ms=1.0,
-    )
+    text = f"answer of {model} with a few words"
+    return records.response(prompt_id, model, text=text, prompt_text=PROMPT_TEXT, num_tokens=7)
 
 
 def answered(rig: Rig, model: str, prompt_id: str = "p-1", partition: int = 0) -> Event:
@@ -324,16 +316,7 @@ def test_ticks_go_to_every_partition() -> None:
 
 def verdict(pair: KinPair, winner: Winner, judge: str = "simulated") -> Preference:
     """A verdict on `pair`; its id names the judge, so two judges' verdicts are two verdicts."""
-    preference = Preference.of_pair(
-        pair,
-        winner=winner,
-        consistent=True,
-        verdict_ab=winner,
-        verdict_ba=winner,
-        confidence=0.9,
-        judge=judge,
-        simulated=True,
-    )
+    preference = records.preference_on(pair, winner, consistent=True, judge=judge)
     return preference.model_copy(update={"preference_id": f"{pair.pair_id}-{judge}"})
 
 

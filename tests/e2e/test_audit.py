@@ -18,10 +18,8 @@ from aiokafka import AIOKafkaProducer
 from typer.testing import CliRunner
 
 from karma.schemas.models import (
-    Candidate,
     DeadLetter,
     KinPair,
-    Preference,
     Prompt,
     Record,
     Response,
@@ -34,6 +32,7 @@ from karma.streams.codecs import encode
 from karma.streams.config import KarmaSettings
 from karma.streams.processes import settings_env
 from karma.streams.topics import ensure_topics
+from tests import records
 from tests.conftest import free_ports
 
 LLAMA, WIZARD, VICUNA = "llama-2-13b-chat", "wizardlm-13b", "vicuna-33b"
@@ -41,6 +40,7 @@ LLAMA, WIZARD, VICUNA = "llama-2-13b-chat", "wizardlm-13b", "vicuna-33b"
 # expect exactly these, by the rating stage's own make_pairs.
 KIN = [(LLAMA, WIZARD), (WIZARD, VICUNA)]
 HOUR_MS = 3_600_000
+ANSWER = "an answer of five words"
 
 
 def _settings(kafka_bootstrap: str) -> KarmaSettings:
@@ -56,53 +56,12 @@ def _settings(kafka_bootstrap: str) -> KarmaSettings:
 
 
 def _response(prompt_id: str, model: str, error: str | None = None) -> Response:
-    return Response(
-        response_id=response_id_for(prompt_id, model),
-        prompt_id=prompt_id,
-        prompt_text="Why?",
-        model=model,
-        text="" if error else "an answer of five words",
-        backend="simulated",
-        simulated=not error,
-        num_tokens=5,
-        latency_ms=1.0,
-        error=error,
-    )
+    text = "" if error else ANSWER
+    return records.response(prompt_id, model, text=text, error=error, simulated=not error)
 
 
 def _pair(prompt_id: str, a: str, b: str) -> KinPair:
-    def candidate(model: str) -> Candidate:
-        return Candidate(
-            response_id=response_id_for(prompt_id, model),
-            model=model,
-            text="an answer of five words",
-            superiority=0.5,
-            simulated=True,
-        )
-
-    return KinPair(
-        pair_id=pair_id_for(prompt_id, response_id_for(prompt_id, a), response_id_for(prompt_id, b)),
-        prompt_id=prompt_id,
-        prompt_text="Why?",
-        response_a=candidate(a),
-        response_b=candidate(b),
-        policy="kin",
-        similarity=0.99,
-        gap=0.05,
-    )
-
-
-def _preference(pair: KinPair) -> Preference:
-    return Preference.of_pair(
-        pair,
-        winner=Winner.B,
-        consistent=True,
-        verdict_ab=Winner.B,
-        verdict_ba=Winner.B,
-        confidence=0.8,
-        judge="simulated-judge",
-        simulated=True,
-    )
+    return records.kin_pair(prompt_id, a, b, text=ANSWER, gap=0.05)
 
 
 class Publisher:
@@ -139,7 +98,7 @@ class Publisher:
     async def judged(self, prompt_id: str, a: str, b: str) -> None:
         pair = _pair(prompt_id, a, b)
         await self.send("pairs", prompt_id, pair)
-        await self.send("preferences", prompt_id, _preference(pair))
+        await self.send("preferences", prompt_id, records.preference_on(pair, Winner.B, confidence=0.8))
 
 
 async def _publish(settings: KarmaSettings, script: Any) -> None:

@@ -9,7 +9,6 @@ from karma.schemas.catalogue import SCHEMA_FILES, load_avsc
 from karma.schemas.models import (
     RECORD_TYPES,
     Candidate,
-    KinPair,
     Preference,
     Prompt,
     Winner,
@@ -17,6 +16,7 @@ from karma.schemas.models import (
     prompt_id_of_key,
     response_id_for,
 )
+from tests import records
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMA_FILES))
@@ -53,40 +53,20 @@ def test_ids_are_deterministic_and_pair_ids_order_free() -> None:
     assert pair_id_for("p-1", "r-a", "r-b") != pair_id_for("p-2", "r-a", "r-b")
 
 
-def _candidate(rid: str, model: str) -> Candidate:
-    return Candidate(response_id=rid, model=model, text="t", superiority=0.5, simulated=True)
-
-
 def test_a_pair_needs_two_distinct_responses() -> None:
+    same = records.candidate("a", "r-1", text="t")
     with pytest.raises(ValidationError, match="distinct"):
-        KinPair(
-            pair_id="pair-1",
-            prompt_id="p-1",
-            prompt_text="q",
-            response_a=_candidate("r-1", "a"),
-            response_b=_candidate("r-1", "a"),
-            policy="kin",
-            similarity=1.0,
-            gap=0.0,
-        )
+        records.kin_pair("p-1", same, same, pair_id="pair-1", prompt_text="q", similarity=1.0)
 
 
 def _preference(winner: Winner) -> Preference:
-    return Preference(
-        preference_id="pair-1",
+    return records.preference(
+        "p-1",
+        records.candidate("a", "r-a", text="t"),
+        records.candidate("b", "r-b", text="t"),
+        winner,
         pair_id="pair-1",
-        prompt_id="p-1",
         prompt_text="q",
-        response_a=_candidate("r-a", "a"),
-        response_b=_candidate("r-b", "b"),
-        winner=winner,
-        consistent=winner is not Winner.TIE,
-        verdict_ab=winner,
-        verdict_ba=winner,
-        confidence=0.9,
-        judge="simulated-judge",
-        simulated=True,
-        policy="kin",
         gap=0.1,
     )
 

@@ -9,10 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from karma.schemas.models import (
-    Candidate,
     DeadLetter,
     KinPair,
-    Preference,
     Prompt,
     Record,
     Response,
@@ -23,6 +21,7 @@ from karma.schemas.models import (
 from karma.streams.audit import Ledger, State, build_ledger, expected_pairs_for
 from karma.streams.client import Received
 from karma.streams.config import KarmaSettings
+from tests import records
 
 POOL = ["m-a", "m-b", "m-c"]
 T0 = 1_700_000_000_000
@@ -69,19 +68,7 @@ class Topics:
         return self.put("prompts", None, key, ts, error="magic byte is 123, expected 0")
 
     def answer(self, prompt_id: str, model: str, ts: int = T0, error: str | None = None) -> Received:
-        response = Response(
-            response_id=response_id_for(prompt_id, model),
-            prompt_id=prompt_id,
-            prompt_text="Why?",
-            model=model,
-            text="" if error else f"answer of {model}",
-            backend="simulated",
-            simulated=True,
-            num_tokens=3,
-            latency_ms=1.0,
-            created_at_ms=ts,
-            error=error,
-        )
+        response = records.response(prompt_id, model, error=error, num_tokens=3, created_at_ms=ts)
         return self.put("responses", response, prompt_id, ts)
 
     def answers(self, prompt_id: str, models: list[str] = POOL, ts: int = T0) -> None:
@@ -89,33 +76,13 @@ class Topics:
             self.answer(prompt_id, model, ts)
 
     def pair(self, prompt_id: str, a: str, b: str, ts: int = T0) -> Received:
-        pair = KinPair(
-            pair_id=pair_id_for(prompt_id, response_id_for(prompt_id, a), response_id_for(prompt_id, b)),
-            prompt_id=prompt_id,
-            prompt_text="Why?",
-            response_a=_candidate(prompt_id, a),
-            response_b=_candidate(prompt_id, b),
-            policy="all",
-            similarity=0.99,
-            gap=0.01,
-            created_at_ms=ts,
-        )
+        pair = records.kin_pair(prompt_id, a, b, policy="all", gap=0.01, created_at_ms=ts)
         return self.put("pairs", pair, prompt_id, ts)
 
     def preference(self, pair_msg: Received, ts: int = T0) -> Received:
         pair = pair_msg.record
         assert isinstance(pair, KinPair)
-        preference = Preference.of_pair(
-            pair,
-            winner=Winner.A,
-            consistent=True,
-            verdict_ab=Winner.A,
-            verdict_ba=Winner.A,
-            confidence=0.9,
-            judge="simulated-judge",
-            simulated=True,
-            created_at_ms=ts,
-        )
+        preference = records.preference_on(pair, Winner.A, created_at_ms=ts)
         return self.put("preferences", preference, pair.prompt_id, ts)
 
     def judged_pair(self, prompt_id: str, a: str, b: str, ts: int = T0) -> Received:
@@ -160,16 +127,6 @@ class Topics:
             backstop_ms=BACKSTOP_MS,
             expected_pairs=expected_pairs,
         )
-
-
-def _candidate(prompt_id: str, model: str) -> Candidate:
-    return Candidate(
-        response_id=response_id_for(prompt_id, model),
-        model=model,
-        text=f"answer of {model}",
-        superiority=0.5,
-        simulated=True,
-    )
 
 
 def only(ledger: Ledger, state: State) -> None:
@@ -488,20 +445,7 @@ def test_the_ledger_as_json_lists_the_worst_first_up_to_show() -> None:
 def test_the_expected_pairs_are_the_rating_stages_make_pairs() -> None:
     models = ["llama-2-13b-chat", "wizardlm-13b", "vicuna-33b"]
     settings = KarmaSettings(pool=[{"name": m} for m in models], competency={"online": False})  # type: ignore[list-item,arg-type]
-    answers = {
-        m: Response(
-            response_id=response_id_for("p-1", m),
-            prompt_id="p-1",
-            prompt_text="Why?",
-            model=m,
-            text="an answer of five words",
-            backend="simulated",
-            simulated=True,
-            num_tokens=5,
-            latency_ms=1.0,
-        )
-        for m in models
-    }
+    answers = {m: records.response("p-1", m, text="an answer of five words") for m in models}
     expected = expected_pairs_for(settings)("p-1", "Why?", answers)
     # The default kin rule pairs these two neighbours (see the README, "The kin rule").
     assert sorted(expected.values()) == [("llama-2-13b-chat", "wizardlm-13b"), ("wizardlm-13b", "vicuna-33b")]

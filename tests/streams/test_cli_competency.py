@@ -19,30 +19,17 @@ from karma.streams.codecs import encode
 from karma.streams.config import KarmaSettings
 from karma.streams.processes import settings_env
 from karma.streams.topics import ensure_topics
+from tests import records
 
 POOL = ["llama-2-13b-chat", "wizardlm-13b", "vicuna-33b"]
 
 
 def _preference(i: int, a: str, b: str, winner: Winner) -> Preference:
     def candidate(model: str) -> Candidate:
-        return Candidate(response_id=f"r-{i}-{model}", model=model, text="t", superiority=0.5, simulated=True)
+        return records.candidate(model, f"r-{i}-{model}", text="t")
 
-    return Preference(
-        preference_id=f"pair-{i}",
-        pair_id=f"pair-{i}",
-        prompt_id=f"p-{i}",
-        prompt_text="q",
-        response_a=candidate(a),
-        response_b=candidate(b),
-        winner=winner,
-        consistent=winner is not Winner.TIE,
-        verdict_ab=winner,
-        verdict_ba=winner,
-        confidence=0.9,
-        judge="simulated-judge",
-        simulated=True,
-        policy="kin",
-        gap=0.0,
+    return records.preference(
+        f"p-{i}", candidate(a), candidate(b), winner, pair_id=f"pair-{i}", prompt_text="q"
     )
 
 

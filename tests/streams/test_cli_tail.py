@@ -16,53 +16,22 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import NewTopic
 from typer.testing import CliRunner
 
-from karma.schemas.models import Candidate, DeadLetter, KinPair, Preference, Prompt, Winner
+from karma.schemas.models import Prompt, Winner
 from karma.streams.cli import app
 from karma.streams.codecs import encode, encode_raw
 from karma.streams.config import KarmaSettings
 from karma.streams.processes import settings_env
 from karma.streams.topics import ensure_topics
+from tests import records
 
-CANDIDATE = Candidate(response_id="r-1", model="m1", text="one", superiority=0.4, simulated=True)
+CANDIDATE = records.candidate("m1", "r-1", text="one", superiority=0.4)
 OTHER = CANDIDATE.model_copy(update={"response_id": "r-2", "model": "m2", "text": "two"})
 PROMPT = Prompt(prompt_id="p-1", text="What is Kafka?", source="test")
-PAIR = KinPair(
-    pair_id="pair-1",
-    prompt_id="p-1",
-    prompt_text="What is Kafka?",
-    response_a=CANDIDATE,
-    response_b=OTHER,
-    policy="kin",
-    similarity=0.97,
-    gap=0.05,
+PAIR = records.kin_pair(
+    "p-1", CANDIDATE, OTHER, pair_id="pair-1", prompt_text=PROMPT.text, similarity=0.97, gap=0.05
 )
-PREFERENCE = Preference(
-    preference_id="pair-1",
-    pair_id="pair-1",
-    prompt_id="p-1",
-    prompt_text="What is Kafka?",
-    response_a=CANDIDATE,
-    response_b=OTHER,
-    winner=Winner.A,
-    consistent=True,
-    verdict_ab=Winner.A,
-    verdict_ba=Winner.A,
-    confidence=0.8,
-    judge="simulated-judge",
-    simulated=True,
-    policy="kin",
-    gap=0.05,
-)
-DEAD = DeadLetter(
-    reason="bad",
-    error_type="decode",
-    stage="generation",
-    source_topic="x.prompts",
-    source_partition=0,
-    source_offset=3,
-    key=b"k",
-    value=b"\xff\x00",
-)
+PREFERENCE = records.preference_on(PAIR, Winner.A, consistent=True, confidence=0.8)
+DEAD = records.dead_letter("x.prompts", 3, reason="bad", key=b"k", value=b"\xff\x00")
 
 
 @pytest.fixture(autouse=True)

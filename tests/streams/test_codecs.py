@@ -13,9 +13,7 @@ from fastavro import parse_schema, schemaless_writer
 
 from karma.schemas.catalogue import SCHEMA_HISTORY, SchemaCatalogue, UnknownSchemaError, load_avsc, schema_id
 from karma.schemas.models import (
-    Candidate,
     DeadLetter,
-    KinPair,
     Preference,
     Prompt,
     Response,
@@ -23,58 +21,45 @@ from karma.schemas.models import (
     prompt_id_for,
 )
 from karma.streams.codecs import DecodeError, decode, decode_any, decode_raw, encode, encode_raw
+from tests import records
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
-CANDIDATE = Candidate(response_id="r-1", model="m1", text="hello", superiority=0.4, simulated=True)
+QUESTION = "What is Kafka?"
+CANDIDATE = records.candidate("m1", "r-1", text="hello", superiority=0.4)
 RECORDS = [
-    Prompt(prompt_id="p-1", text="What is Kafka?", source="test", metadata={"k": "v"}),
-    Response(
-        response_id="r-1",
-        prompt_id="p-1",
-        prompt_text="What is Kafka?",
-        model="m1",
-        text="A log.",
-        backend="simulated",
-        simulated=True,
-        num_tokens=2,
-        latency_ms=1.5,
+    Prompt(prompt_id="p-1", text=QUESTION, source="test", metadata={"k": "v"}),
+    records.response(
+        "p-1", "m1", response_id="r-1", prompt_text=QUESTION, text="A log.", num_tokens=2, latency_ms=1.5
     ),
-    KinPair(
+    records.kin_pair(
+        "p-1",
+        CANDIDATE,
+        CANDIDATE.model_copy(update={"response_id": "r-2", "model": "m2"}),
         pair_id="pair-1",
-        prompt_id="p-1",
-        prompt_text="What is Kafka?",
-        response_a=CANDIDATE,
-        response_b=CANDIDATE.model_copy(update={"response_id": "r-2", "model": "m2"}),
-        policy="kin",
+        prompt_text=QUESTION,
         similarity=0.97,
         gap=0.05,
     ),
-    Preference(
-        preference_id="pair-1",
+    records.preference(
+        "p-1",
+        CANDIDATE,
+        CANDIDATE.model_copy(update={"response_id": "r-2"}),
+        Winner.TIE,
         pair_id="pair-1",
-        prompt_id="p-1",
-        prompt_text="What is Kafka?",
-        response_a=CANDIDATE,
-        response_b=CANDIDATE.model_copy(update={"response_id": "r-2"}),
-        winner=Winner.TIE,
+        prompt_text=QUESTION,
+        gap=0.05,
         consistent=False,
         verdict_ab=Winner.A,
         verdict_ba=Winner.B,
         confidence=0.5,
-        judge="simulated-judge",
-        simulated=True,
-        policy="kin",
-        gap=0.05,
         soft_label=0.25,
     ),
-    DeadLetter(
-        reason="bad",
-        error_type="decode",
-        stage="generation",
-        prompt_id="p-1",
-        source_topic="karma.prompts",
+    records.dead_letter(
+        "karma.prompts",
+        41,
         source_partition=2,
-        source_offset=41,
+        reason="bad",
+        prompt_id="p-1",
         key=b"k",
         value=b"\xff\x00garbage",
     ),

@@ -22,6 +22,7 @@ from karma.streams.evaluation.runner import (
     simulator_assumptions,
     with_pool,
 )
+from tests import records
 
 QUALITY = {"a": 0.9, "b": 0.5, "c": 0.5, "d": 0.1}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -38,30 +39,25 @@ def pref(
     superiority: dict[str, float] | None = None,
 ) -> Preference:
     def candidate(model: str) -> Candidate:
-        return Candidate(
-            response_id=f"r-{prompt}-{model}",
-            model=model,
+        return records.candidate(
+            model,
+            f"r-{prompt}-{model}",
             text=f"{model} says",
             superiority=0.5 if superiority is None else superiority[model],
-            simulated=True,
         )
 
-    return Preference(
-        preference_id=pid,
+    return records.preference(
+        prompt,
+        candidate(model_a),
+        candidate(model_b),
+        winner,
         pair_id=pid,
-        prompt_id=prompt,
         prompt_text="q",
-        response_a=candidate(model_a),
-        response_b=candidate(model_b),
-        winner=winner,
+        gap=gap,
         consistent=consistent,
         verdict_ab=winner if consistent else Winner.A,
         verdict_ba=winner if consistent else Winner.B,
         confidence=0.5,
-        judge="simulated-judge",
-        simulated=True,
-        policy="kin",
-        gap=gap,
     )
 
 

@@ -31,6 +31,7 @@ from karma.streams.export.shards import (
     offset_gaps,
     resume_offsets,
 )
+from tests import records
 
 TOPIC = "t.preferences"
 JSONL = Layout(ShardFormat.JSONL)
@@ -46,30 +47,19 @@ def pref(
     soft_label: float | None = None,
 ) -> Preference:
     def candidate(side: str) -> Candidate:
-        return Candidate(
-            response_id=f"r-{n}-{side}",
-            model=f"model-{side}",
-            text=f"answer {side} to {n}",
-            superiority=0.5,
-            simulated=True,
-        )
+        return records.candidate(f"model-{side}", f"r-{n}-{side}", text=f"answer {side} to {n}")
 
-    return Preference(
-        preference_id=f"pair-{n}",
+    return records.preference(
+        f"p-{n}",
+        candidate("a"),
+        candidate("b"),
+        winner,
         pair_id=f"pair-{n}",
-        prompt_id=f"p-{n}",
         prompt_text=f"question {n}?",
-        response_a=candidate("a"),
-        response_b=candidate("b"),
-        winner=winner,
-        consistent=True,
-        verdict_ab=winner,
-        verdict_ba=winner,
-        confidence=confidence,
-        judge="simulated-judge",
-        simulated=True,
         policy=policy,
         gap=0.1,
+        consistent=True,
+        confidence=confidence,
         soft_label=soft_label,
     )
 

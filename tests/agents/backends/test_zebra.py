@@ -14,26 +14,21 @@ from karma.agents.judge_prompt import parse_verdict
 from karma.agents.judging import requests_for, resolve_pair
 from karma.schemas.models import Candidate, KinPair, Preference, Winner
 from karma.streams.config import JudgeSettings, KarmaSettings
+from tests import records
 
 
 def _pair(sup_a: float, sup_b: float, simulated: bool = True) -> KinPair:
     def candidate(side: str, superiority: float) -> Candidate:
-        return Candidate(
-            response_id=f"r-{side}",
-            model=f"model-{side}",
-            text=f"answer {side}",
-            superiority=superiority,
-            simulated=simulated,
+        return records.candidate(
+            f"model-{side}", f"r-{side}", text=f"answer {side}", superiority=superiority, simulated=simulated
         )
 
-    return KinPair(
+    return records.kin_pair(
+        "p-z",
+        candidate("a", sup_a),
+        candidate("b", sup_b),
         pair_id="pair-z",
-        prompt_id="p-z",
         prompt_text="q",
-        response_a=candidate("a", sup_a),
-        response_b=candidate("b", sup_b),
-        policy="kin",
-        similarity=0.99,
         gap=abs(sup_a - sup_b),
     )
 
