@@ -14,6 +14,15 @@ once it stops nothing more is delivered (faust's own records after a stop are sk
 seek that follows every stop re-reads them). Gap tracking, commits every `commit_every` acks,
 and yielding to the loop every 100 records are faust's, unchanged.
 
+Two fetch-position fixes, for records that were fetched but never delivered (see
+`BatchDrainConsumer._getmany` and `perform_seek`): faust hands the consumer thread its live set
+of active partitions, which aiokafka re-reads while a fetch waits (and reads as "every
+partition" once empty), so a fetch issued during changelog recovery came back with the paused
+stream partitions' backlog after recovery ended, and faust dropped it (the flow was stopped, or
+the partition not active); the seek that follows re-reads only partitions with a committed
+offset. A worker restarted before its predecessor had committed lost that backlog for good and
+consumed nothing more (seen in tests/e2e/test_faults.py, the rating worker killed mid-stream).
+
 Plugged in by URL scheme: `karma://host:port` (registered in pyproject.toml under the entry
 point group `faust.transports`, faust's own way to add a transport).
 """
@@ -24,7 +33,7 @@ import asyncio
 from collections.abc import AsyncGenerator
 from typing import Any, cast
 
-from faust.transport.consumer import CONSUMER_FETCHING
+from faust.transport.consumer import CONSUMER_FETCHING, RecordMap, ensure_TP
 from faust.transport.drivers import aiokafka
 from faust.types import TP, Message
 from mode import Service, ServiceT
@@ -36,7 +45,41 @@ _YIELD_EVERY = 100
 
 
 class BatchDrainConsumer(aiokafka.Consumer):
-    """aiokafka.Consumer whose fetcher delivers each fetched batch in one task."""
+    """aiokafka.Consumer whose fetcher delivers each fetched batch in one task, and which never
+    leaves a partition's position past records it fetched and did not deliver."""
+
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> RecordMap:
+        """A fetch of the partitions active now, not of faust's live set: aiokafka re-reads the
+        set it is given each time a fetch wakes while it waits (up to `timeout`), and takes an
+        empty one for every assigned partition. With the live set, a fetch issued for the
+        changelogs during recovery returned the stream partitions' records once faust paused
+        the changelogs (set empty) or resumed the streams (set changed) before the fetch woke;
+        faust then dropped them (flow stopped, or partition not active when asked), and
+        aiokafka's position had moved past them."""
+        if active_partitions is None:  # a client-only app fetches everything
+            return await super()._getmany(None, timeout)
+        return await super()._getmany(frozenset(active_partitions), timeout)  # type: ignore[arg-type]
+
+    async def perform_seek(self) -> None:
+        """faust's seek to the committed offsets, and to the beginning for a stream partition
+        with none (aiokafka leaves those where they are): records fetched there and dropped at a
+        flow stop (a rebalance, or recovery's end) are re-read rather than skipped, as they are
+        on a partition with a committed offset. At-least-once: what was handled but not yet
+        committed is handled again, as after any seek to committed offsets."""
+        committed = await self.seek_to_committed()
+        self._read_offset.update(
+            {tp: offset if offset is not None and offset >= 0 else None for tp, offset in committed.items()}
+        )
+        self._committed_offset.update(
+            {
+                ensure_TP(tp): offset if offset else None
+                for tp, offset in committed.items()
+                if offset is not None
+            }
+        )
+        uncommitted = [tp for tp, offset in committed.items() if not offset and not self._is_changelog_tp(tp)]
+        if uncommitted:
+            await cast(aiokafka.AIOKafkaConsumerThread, self._thread).seek_to_beginning(*uncommitted)
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover - faust's thread
         consumer_should_stop = cast(Service, self)._stopped.is_set

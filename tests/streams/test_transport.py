@@ -103,3 +103,65 @@ def test_a_delivery_blocked_on_a_full_queue_is_abandoned_when_the_flow_stops() -
     consumer = asyncio.run(scenario())
     assert delivered == [0]
     assert consumer._read_offset[TOPIC_TP] == 0
+
+
+class FakeThread:
+    """The consumer thread's calls these tests reach, recorded."""
+
+    def __init__(self, committed: dict[TP, int | None] | None = None) -> None:
+        self.committed = committed or {}
+        self.asked: list[Any] = []
+        self.rewound: list[TP] = []
+        self.while_fetching: Any = lambda: None
+
+    async def getmany(self, active_partitions: Any, timeout: float) -> dict[TP, list[Any]]:
+        self.asked.append(active_partitions)
+        self.while_fetching()  # what faust does on the main thread while the fetch waits
+        return {}
+
+    async def seek_to_committed(self) -> dict[TP, int | None]:
+        return dict(self.committed)
+
+    async def seek_to_beginning(self, *partitions: TP) -> None:
+        self.rewound.extend(partitions)
+
+
+def test_a_fetch_asks_for_the_partitions_active_when_it_starts_not_for_faust_s_live_set() -> None:
+    """aiokafka re-reads the set while a fetch waits, and takes an empty one for every partition:
+    a fetch issued for the changelogs must not come back with the paused streams' records once
+    recovery pauses the changelogs and resumes the streams (the rating worker's lost backlog)."""
+    changelog = TP("karma-rate-rating-prompts-changelog", 0)
+
+    async def scenario() -> FakeThread:
+        consumer = consumer_with(lambda msg: None)
+        thread = consumer._thread = FakeThread()  # type: ignore[assignment]
+        active = consumer._set_active_tps({changelog})
+
+        def recovery_ends() -> None:
+            consumer.pause_partitions({changelog})  # "Done reading from changelog topics"
+            consumer.resume_partitions({TOPIC_TP})  # the stream partitions, before their seek
+
+        thread.while_fetching = recovery_ends
+        await consumer._getmany(active, timeout=1.0)
+        return thread
+
+    thread = asyncio.run(scenario())
+    assert thread.asked == [{changelog}]
+
+
+def test_a_seek_rewinds_a_stream_partition_with_no_committed_offset_to_its_beginning() -> None:
+    """faust's seek re-reads dropped records only where an offset was committed; a partition with
+    none is rewound too, so a batch dropped at a flow stop is fetched again, not skipped."""
+    committed_tp, changelog = TP("karma.responses", 1), TP("karma-rate-rating-prompts-changelog", 0)
+
+    async def scenario() -> tuple[BatchDrainConsumer, FakeThread]:
+        consumer = consumer_with(lambda msg: None)
+        thread = consumer._thread = FakeThread({TOPIC_TP: None, committed_tp: 7, changelog: None})  # type: ignore[assignment]
+        consumer._is_changelog_tp = lambda tp: tp.topic.endswith("-changelog")  # type: ignore[method-assign]
+        consumer._read_offset[TOPIC_TP] = 1398  # read before the batch was dropped
+        await consumer.perform_seek()
+        return consumer, thread
+
+    consumer, thread = asyncio.run(scenario())
+    assert thread.rewound == [TOPIC_TP]  # changelogs are recovery's to seek
+    assert consumer._read_offset[TOPIC_TP] is None and consumer._read_offset[committed_tp] == 7
