@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from typer.testing import CliRunner
 
-from karma.streams.broker import BrokerError
+from karma.streams.broker import DEFAULT_KAFKA_VERSION, BrokerError
 from karma.streams.cli.broker import broker_app
 from karma.streams.cluster import LocalCluster
 from tests.conftest import JARS_HOME
@@ -47,7 +47,8 @@ def home_sharing_jars(tmp_path: Path) -> Path:
     """A --home whose jar cache is the test session's (no second Maven resolution)."""
     home = tmp_path / "home"
     home.mkdir()
-    (home / "kafka-4.1.1").symlink_to(JARS_HOME / "kafka-4.1.1", target_is_directory=True)
+    jars = f"kafka-{DEFAULT_KAFKA_VERSION}"
+    (home / jars).symlink_to(JARS_HOME / jars, target_is_directory=True)
     return home
 
 
