@@ -10,6 +10,9 @@ state under ``<home>/broker-<port>/`` (server.properties, data/, broker.log, bro
     broker.stop()
 
 The same lifecycle is the CLI's `karma broker start|stop|status|reset` (streams/cli/broker.py).
+A broker is also one node of a local cluster (streams/cluster.py): the config's ``node_id``,
+``quorum_voters``, ``replicas``, ``state_dir`` and ``cluster_id`` say which, and ``launch`` starts
+its process without waiting, since a node answers only once a quorum of its peers runs.
 Needs Java 17+ and Maven on PATH; POSIX only (signals, ``fcntl``).
 
 ``BrokerConfig(secure=True)`` (``karma broker start --secure``) serves a SASL_SSL listener on the
