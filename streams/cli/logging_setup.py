@@ -10,6 +10,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from karma.streams.log_filters import quiet_repeats
+
 
 class LogLevel(StrEnum):
     debug = "debug"
@@ -65,7 +67,10 @@ def set_up_logging(loglevel: str | None, log_file: Path | None) -> None:
     Python's last-resort handler would print aiokafka's retried, harmless errors (e.g.
     NotLeaderForPartition on a topic created a moment ago) between the CLI's own lines. A faust
     worker replaces the root handlers with its own at start-up: `worker --loglevel` governs it.
+    aiokafka's retry loops log a repeated warning or error once per 30 s (streams/log_filters.py),
+    in workers too.
     """
+    quiet_repeats()
     root = logging.getLogger()
     for handler in _installed_handlers:
         root.removeHandler(handler)

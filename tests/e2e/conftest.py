@@ -73,6 +73,11 @@ class Pipeline:
         path = self.workdir / "worker.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else "(no log)"
 
+    def log_lines(self) -> list[str]:
+        """The workers' whole log, line by line."""
+        path = self.workdir / "worker.log"
+        return path.read_text(errors="replace").splitlines() if path.exists() else []
+
     def submit(self, prompts: list[Prompt], raw: dict[int, bytes] | None = None) -> None:
         """Publishes prompts in order; raw[i] is sent as bytes just before prompt i."""
 
