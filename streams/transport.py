@@ -15,7 +15,7 @@ seek that follows every stop re-reads them). Gap tracking, commits every `commit
 and yielding to the loop every 100 records are faust's, unchanged.
 
 Two fetch-position fixes, for records that were fetched but never delivered (see
-`BatchDrainConsumer._getmany` and `perform_seek`): faust hands the consumer thread its live set
+`BatchDrainConsumer._getmany` and `seek_to_committed`): faust hands the consumer thread its live set
 of active partitions, which aiokafka re-reads while a fetch waits (and reads as "every
 partition" once empty), so a fetch issued during changelog recovery came back with the paused
 stream partitions' backlog after recovery ended, and faust dropped it (the flow was stopped, or
@@ -30,10 +30,10 @@ point group `faust.transports`, faust's own way to add a transport).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, cast
 
-from faust.transport.consumer import CONSUMER_FETCHING, RecordMap, ensure_TP
+from faust.transport.consumer import CONSUMER_FETCHING, RecordMap
 from faust.transport.drivers import aiokafka
 from faust.types import TP, Message
 from mode import Service, ServiceT
@@ -60,26 +60,18 @@ class BatchDrainConsumer(aiokafka.Consumer):
             return await super()._getmany(None, timeout)
         return await super()._getmany(frozenset(active_partitions), timeout)  # type: ignore[arg-type]
 
-    async def perform_seek(self) -> None:
-        """faust's seek to the committed offsets, and to the beginning for a stream partition
-        with none (aiokafka leaves those where they are): records fetched there and dropped at a
-        flow stop (a rebalance, or recovery's end) are re-read rather than skipped, as they are
-        on a partition with a committed offset. At-least-once: what was handled but not yet
-        committed is handled again, as after any seek to committed offsets."""
-        committed = await self.seek_to_committed()
-        self._read_offset.update(
-            {tp: offset if offset is not None and offset >= 0 else None for tp, offset in committed.items()}
-        )
-        self._committed_offset.update(
-            {
-                ensure_TP(tp): offset if offset else None
-                for tp, offset in committed.items()
-                if offset is not None
-            }
-        )
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        """faust's seek to the committed offsets (its `perform_seek` calls this after every flow
+        stop), and to the beginning for a stream partition with none, where aiokafka leaves the
+        position as it is: records fetched there and dropped at a flow stop (a rebalance, or
+        recovery's end) are re-read rather than skipped, as they are on a partition with a
+        committed offset. At-least-once: what was handled but not yet committed is handled
+        again, as after any seek to committed offsets."""
+        committed = await super().seek_to_committed()
         uncommitted = [tp for tp, offset in committed.items() if not offset and not self._is_changelog_tp(tp)]
         if uncommitted:
             await cast(aiokafka.AIOKafkaConsumerThread, self._thread).seek_to_beginning(*uncommitted)
+        return committed
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover - faust's thread
         consumer_should_stop = cast(Service, self)._stopped.is_set
