@@ -41,6 +41,11 @@ def load_avsc(name: str) -> dict[str, Any]:
         filename = SCHEMA_FILES[name]
     except KeyError:
         raise KeyError(f"no bundled schema named {name!r}; known: {sorted(SCHEMA_FILES)}") from None
+    return _read_avsc(filename)
+
+
+def _read_avsc(filename: str) -> dict[str, Any]:
+    """A bundled .avsc file (current or earlier version), parsed as JSON."""
     return json.loads(resources.files("karma.schemas").joinpath(filename).read_text())
 
 
@@ -62,8 +67,7 @@ class SchemaCatalogue:
             self._name_by_id[self._id_by_name[name]] = name
         for name, files in SCHEMA_HISTORY.items():
             for filename in files:
-                text = resources.files("karma.schemas").joinpath(filename).read_text()
-                self._name_by_id.setdefault(self.register(json.loads(text)), name)
+                self._name_by_id.setdefault(self.register(_read_avsc(filename)), name)
 
     def register(self, schema: dict[str, Any]) -> int:
         """Adds a schema (e.g. an older version, to read old bytes) and returns its id."""
@@ -109,7 +113,7 @@ def versions(name: str) -> list[SchemaVersion]:
     files = (*SCHEMA_HISTORY.get(name, ()), SCHEMA_FILES[name])
     found = []
     for number, filename in enumerate(files, start=1):
-        avsc = json.loads(resources.files("karma.schemas").joinpath(filename).read_text())
+        avsc = _read_avsc(filename)
         found.append(SchemaVersion(number, filename, schema_id(avsc), avsc))
     return found
 
