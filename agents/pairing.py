@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from karma.agents.gathering import Gathered
 from karma.agents.kinship import KinRule, Profiles, Scored
@@ -46,29 +47,28 @@ def make_pairs(
         policy, scored, profiles, rule, seed_key=gathered.prompt_id, hybrid_weight=hybrid_weight
     )
     for chosen in chosen_pairs:
-        a, b = (gathered.responses[chosen.a.model], gathered.responses[chosen.b.model])
+        a, b = (_candidate(gathered.responses[side.model], side) for side in (chosen.a, chosen.b))
         pairs.append(
             KinPair(
-                pair_id=pair_id_for(gathered.prompt_id, a["response_id"], b["response_id"]),
+                pair_id=pair_id_for(gathered.prompt_id, a.response_id, b.response_id),
                 prompt_id=gathered.prompt_id,
                 prompt_text=gathered.prompt_text,
-                response_a=Candidate(
-                    response_id=a["response_id"],
-                    model=chosen.a.model,
-                    text=a["text"],
-                    superiority=chosen.a.superiority,
-                    simulated=a["simulated"],
-                ),
-                response_b=Candidate(
-                    response_id=b["response_id"],
-                    model=chosen.b.model,
-                    text=b["text"],
-                    superiority=chosen.b.superiority,
-                    simulated=b["simulated"],
-                ),
+                response_a=a,
+                response_b=b,
                 policy=policy,
                 similarity=chosen.similarity,
                 gap=chosen.gap,
             )
         )
     return pairs
+
+
+def _candidate(response: Mapping[str, Any], scored: Scored) -> Candidate:
+    """One side of a pair: the gathered response and the superiority it was scored with."""
+    return Candidate(
+        response_id=response["response_id"],
+        model=scored.model,
+        text=response["text"],
+        superiority=scored.superiority,
+        simulated=response["simulated"],
+    )
