@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from karma.schemas.catalogue import SCHEMA_FILES, versions
+from karma.schemas.models import RECORD_TYPES
 from karma.streams.cli.common import console, out
 from karma.streams.codecs import MAGIC_BYTE
 from karma.streams.topics import TOPICS
@@ -42,7 +43,7 @@ def schema_catalogue() -> list[dict[str, Any]]:
                 "earlier": [
                     {"version": v.version, "schema_id": v.schema_id, "file": v.filename} for v in known[:-1]
                 ],
-                "accepts_json": name == "prompt",
+                "accepts_json": RECORD_TYPES[name].accepts_json,
                 "avsc": current.avsc,
             }
         )
