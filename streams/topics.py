@@ -47,10 +47,8 @@ TOPICS: tuple[TopicSpec, ...] = (
     # Internal: the rating stage's clock. Same partitions as `responses`, one tick per partition.
     TopicSpec("ticks", "rating.ticks", None),
 )
-SPEC_OF = {spec.short: spec for spec in TOPICS}
 # The topics that carry records (all but the internal clock), in pipeline order.
 STAGES = tuple(spec.short for spec in TOPICS if spec.record is not None)
-TICKS = SPEC_OF["ticks"].name
 RECORD_OF_STAGE: dict[str, type[Record]] = {
     spec.short: spec.record for spec in TOPICS if spec.record is not None
 }
