@@ -250,13 +250,17 @@ class TopicReader:
             auto_offset_reset="earliest" if self._from_beginning else "latest",
         )
         await consumer.start()
-        self._tps = sorted(consumer.assignment())
-        if self._since_ms is not None:
-            found = await consumer.offsets_for_times(dict.fromkeys(self._tps, self._since_ms))
-            ends = await consumer.end_offsets(self._tps)
-            for tp in self._tps:
-                # No message that recent: start at the end, where the next one will be.
-                consumer.seek(tp, found[tp].offset if found[tp] else ends[tp])
+        try:
+            self._tps = sorted(consumer.assignment())
+            if self._since_ms is not None:
+                found = await consumer.offsets_for_times(dict.fromkeys(self._tps, self._since_ms))
+                ends = await consumer.end_offsets(self._tps)
+                for tp in self._tps:
+                    # No message that recent: start at the end, where the next one will be.
+                    consumer.seek(tp, found[tp].offset if found[tp] else ends[tp])
+        except BaseException:  # __aexit__ is not called when __aenter__ raises
+            await consumer.stop()
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
