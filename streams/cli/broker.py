@@ -55,24 +55,34 @@ def _mode(secure: bool) -> str:
     return "SASL_SSL" if secure else "PLAINTEXT"
 
 
-def client_settings_text(broker: LocalBroker) -> str:
-    """What a client of a secure broker sets: the YAML of a --config file, or the same as KARMA_*
-    variables, and in both cases the password variable, read from its file when exported (so the
-    password itself is not printed)."""
-    settings = broker.client_settings()
-    variables = [f"{ENV_PREFIX}BOOTSTRAP_SERVERS={shlex.quote(settings['bootstrap_servers'])}"]
-    section: dict[str, Any] = settings.get("kafka_security", {})
-    variables += [
-        f"{ENV_PREFIX}KAFKA_SECURITY__{key.upper()}={shlex.quote(str(value))}"
-        for key, value in section.items()
+def settings_lines(settings: dict[str, Any]) -> list[str]:
+    """karma settings as a client sets them: the YAML of a --config file, or the same as KARMA_*
+    variables (a nested section's keys joined with `__`, as the settings read them)."""
+
+    def variables(section: dict[str, Any], prefix: str) -> list[str]:
+        lines = []
+        for key, value in section.items():
+            if isinstance(value, dict):
+                lines += variables(value, f"{prefix}{key.upper()}__")
+            else:
+                lines.append(f"  export {prefix}{key.upper()}={shlex.quote(str(value))}")
+        return lines
+
+    return [
+        "client settings, in a config file (--config FILE or KARMA_CONFIG):",
+        *(f"  {line}" for line in yaml.safe_dump(settings, sort_keys=False).splitlines()),
+        "or as environment variables:",
+        *variables(settings, ENV_PREFIX),
     ]
+
+
+def client_settings_text(broker: LocalBroker) -> str:
+    """What a client of a secure broker sets (settings_lines), and in both cases the password
+    variable, read from its file when exported (so the password itself is not printed)."""
     password = f'{KAFKA_PASSWORD_VARIABLE}="$(cat {shlex.quote(str(broker.password_file))})"'
     return "\n".join(
         [
-            "client settings, in a config file (--config FILE or KARMA_CONFIG):",
-            *(f"  {line}" for line in yaml.safe_dump(settings, sort_keys=False).splitlines()),
-            "or as environment variables:",
-            *(f"  export {line}" for line in variables),
+            *settings_lines(broker.client_settings()),
             "and, either way, the password of the SCRAM user:",
             f"  export {password}",
         ]
@@ -211,13 +221,7 @@ def _start_cluster(cluster: LocalCluster, timeout: float) -> None:
         f"[green]cluster {how}[/]: {cluster.nodes} nodes, topics replicated {cluster.nodes} times, "
         f"min.insync.replicas {cluster.min_insync_replicas}"
     )
-    settings = cluster.client_settings()
-    lines = [
-        "client settings, in a config file (--config FILE or KARMA_CONFIG):",
-        *(f"  {line}" for line in yaml.safe_dump(settings, sort_keys=False).splitlines()),
-        "or as environment variables:",
-        *(f"  export {ENV_PREFIX}{key.upper()}={shlex.quote(str(value))}" for key, value in settings.items()),
-    ]
+    lines = settings_lines(cluster.client_settings())
     _out.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
 
 
