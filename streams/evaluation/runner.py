@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -178,7 +179,8 @@ def run_eval(
     summaries: list[PolicySummary] = []
     words: dict[str, dict[str, int]] = {}  # model -> response id -> words
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="karma-eval-") as data_dir, _bar(progress) as bar:
+    bar_or_none = progress or partial(Progress, disable=True)  # rich draws nothing when disabled
+    with tempfile.TemporaryDirectory(prefix="karma-eval-") as data_dir, bar_or_none() as bar:
         for policy in policies:
             run = settings.model_copy(
                 update={
@@ -233,33 +235,13 @@ def run_eval(
     return EvalResult(summaries=summaries, paths=paths, seconds=seconds)
 
 
-class _NoProgress:
-    """Stands in for a rich Progress when none is wanted."""
-
-    def __enter__(self) -> _NoProgress:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        return None
-
-    def add_task(self, *args: Any, **kwargs: Any) -> TaskID:
-        return TaskID(0)
-
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-def _bar(progress: Callable[[], Progress] | None) -> Progress | _NoProgress:
-    return progress() if progress is not None else _NoProgress()
-
-
 async def _drive(
     settings: KarmaSettings,
     prompts: Sequence[Prompt],
     timeout_s: float,
     worker: subprocess.Popen[bytes],
     log_path: Path,
-    bar: Progress | _NoProgress,
+    bar: Progress,
     task: TaskID,
 ) -> tuple[list[Preference], int]:
     """Submits the prompts, waits until the pipeline has drained, returns its preferences and

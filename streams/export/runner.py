@@ -12,10 +12,10 @@ that commit is only a hint, never read to decide where to start.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -105,7 +105,7 @@ async def run_export(
             )
             ends = None if options.follow else await consumer.end_offsets(tps)
             hint = _CommitHint(consumer, name, say)
-            with _bar(progress) as bar:
+            with (progress or partial(Progress, disable=True))() as bar:  # disabled: draws nothing
                 backlog = None if ends is None else [ends[tp] - positions[tp.partition] for tp in tps]
                 total = None if backlog is None else sum(max(0, n) for n in backlog)
                 task = bar.add_task(f"exporting {name}", total=total)
@@ -238,20 +238,3 @@ class _CommitHint:
             if not self.failed:
                 self.say(f"warning: could not commit the export's offsets to its group ({exc}); carrying on")
             self.failed = True
-
-
-class _NoProgress:
-    def add_task(self, *args: object, **kwargs: object) -> int:
-        return 0
-
-    def update(self, *args: object, **kwargs: object) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def _bar(progress: Callable[[], Progress] | None) -> Iterator[Progress | _NoProgress]:
-    if progress is None:
-        yield _NoProgress()
-        return
-    with progress() as bar:
-        yield bar
