@@ -127,6 +127,8 @@ def parse_verdict(reply: str) -> RawVerdict:
 # (token, [(alternative, logprob), ...]) per generated token, in reply order, alternatives most
 # probable first.
 LogprobTokens = list[tuple[str, list[tuple[str, float]]]]
+# How many alternatives per token a judge backend asks for, for soft_label.
+TOP_LOGPROBS = 5
 
 
 def soft_label(tokens: Sequence[tuple[str, Sequence[tuple[str, float]]]]) -> float | None:

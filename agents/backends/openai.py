@@ -19,7 +19,14 @@ import openai
 from openai import AsyncOpenAI
 
 from karma.agents.backends.base import BackendError, Generation, GenerationRequest, JudgeReply, JudgeRequest
-from karma.agents.judge_prompt import VERDICT_SCHEMA, VerdictError, judge_messages, parse_verdict, soft_label
+from karma.agents.judge_prompt import (
+    TOP_LOGPROBS,
+    VERDICT_SCHEMA,
+    VerdictError,
+    judge_messages,
+    parse_verdict,
+    soft_label,
+)
 
 if TYPE_CHECKING:  # annotations only: config reads the backends' names, not the reverse
     from karma.streams.config import BackendSpec, JudgeSettings, KarmaSettings, ModelSpec
@@ -124,7 +131,7 @@ class OpenAIJudge:
                 "json_schema": {"name": "verdict", "schema": VERDICT_SCHEMA},
             }
         if self.spec.logprobs:
-            options |= {"logprobs": True, "top_logprobs": 5}
+            options |= {"logprobs": True, "top_logprobs": TOP_LOGPROBS}
         return options
 
     async def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply | BackendError]:

@@ -43,13 +43,19 @@ from karma.agents.backends.base import (
 )
 from karma.agents.backends.chat_format import Message, render_chat
 from karma.agents.backends.sdk import Sdk, SharedModelClient, named
-from karma.agents.judge_prompt import LogprobTokens, VerdictError, judge_messages, parse_verdict, soft_label
+from karma.agents.judge_prompt import (
+    TOP_LOGPROBS,
+    LogprobTokens,
+    VerdictError,
+    judge_messages,
+    parse_verdict,
+    soft_label,
+)
 
 if TYPE_CHECKING:  # annotations only: config reads the backends' names, not the reverse
     from karma.streams.config import BackendSpec, JudgeSettings, KarmaSettings, ModelSpec
 
 SDK = Sdk("transformers", ("torch", "transformers"), extra="transformers")
-TOP_LOGPROBS = 5
 # from_pretrained arguments that concern the tokenizer too; the rest (torch_dtype, device_map,
 # attn_implementation, quantization_config, ...) are the model's alone.
 TOKENIZER_KEYS = ("revision", "trust_remote_code", "cache_dir", "local_files_only", "token", "subfolder")

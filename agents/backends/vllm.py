@@ -41,6 +41,7 @@ from karma.agents.backends.base import (
 from karma.agents.backends.chat_format import Message, render_chat
 from karma.agents.backends.sdk import Sdk, SharedModelClient, named
 from karma.agents.judge_prompt import (
+    TOP_LOGPROBS,
     VERDICT_SCHEMA,
     LogprobTokens,
     VerdictError,
@@ -54,7 +55,6 @@ if TYPE_CHECKING:  # annotations only: config reads the backends' names, not the
 
 SDK = Sdk("vllm", ("vllm",), extra="vllm", needs="vLLM (and a GPU)")
 JSON_SCHEMA = "json_schema"  # the neutral key of `sampling_kwargs`; see make_sampling_params
-TOP_LOGPROBS = 5
 
 ParamsFactory = Callable[[dict[str, Any]], Any]
 
