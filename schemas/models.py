@@ -269,7 +269,10 @@ class DeadLetter(Record):
     source_partition: int
     source_offset: int
     key: bytes | None = None
-    value: bytes | None = None
+    value: bytes | None = None  # cut to a bounded size: value_size and value_sha256 describe the whole
+    value_size: int | None = Field(default=None, ge=0)
+    value_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    record_id: Id | None = None  # the output the letter stands for, when that output was not written
     created_at_ms: int = Field(default_factory=now_ms, ge=0)
 
 

@@ -171,6 +171,20 @@ def test_dead_letters_written_before_prompt_id_still_decode() -> None:
     assert decoded.prompt_id is None and decoded.value == letter.value and decoded.reason == "bad"
 
 
+def test_dead_letters_written_before_their_bounds_still_decode() -> None:
+    """Version 2 (before value_size, value_sha256 and record_id) reads with those as None."""
+    v2 = json.loads((SCHEMAS / SCHEMA_HISTORY["dead_letter"][1]).read_text())
+    added = {"value_size", "value_sha256", "record_id"}
+    assert not added & {f["name"] for f in v2["fields"]} and "prompt_id" in {f["name"] for f in v2["fields"]}
+    letter = next(r for r in RECORDS if isinstance(r, DeadLetter))
+    record = {k: v for k, v in letter.model_dump(mode="python").items() if k not in added}
+    body = io.BytesIO()
+    schemaless_writer(body, parse_schema(v2), record)
+    decoded = decode(struct.pack(">bI", 0, schema_id(v2)) + body.getvalue(), DeadLetter)
+    assert decoded.value_size is None and decoded.value_sha256 is None and decoded.record_id is None
+    assert decoded.prompt_id == letter.prompt_id and decoded.value == letter.value
+
+
 @pytest.mark.parametrize("record", RECORDS, ids=lambda r: type(r).__name__)
 def test_decode_any_finds_the_record_type_by_schema_id(record) -> None:  # type: ignore[no-untyped-def]
     decoded = decode_any(encode(record))
