@@ -370,6 +370,31 @@ class KarmaSettings(BaseSettings):
         description="Tries of a batch whose handler raises unexpectedly, with backoff, before each of its "
         "messages is handled alone and dead-lettered if it still fails.",
     )
+    delivery_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long the producer retries a write the broker refuses with a retriable error "
+        "(not enough replicas, no leader, a broker down) before giving up; a worker whose write still "
+        "fails then stops without committing, so its input is redelivered (see streams/delivery.py).",
+    )
+    max_message_bytes: int = Field(
+        default=1_048_588,
+        ge=1024,
+        description="The largest record a karma topic takes, used only where the worker cannot read the "
+        "topic's own max.message.bytes (Kafka's default; the producer's cap of 1,000,000 bytes applies too).",
+    )
+    min_answer_room_bytes: int = Field(
+        default=16_384,
+        ge=0,
+        description="A prompt is too large to travel (dead-lettered at intake) when its pair and "
+        "preference, which carry its text beside two answers, would leave less than this for each answer.",
+    )
+    dead_letter_max_value_bytes: int = Field(
+        default=65_536,
+        ge=0,
+        description="A dead letter keeps at most this many bytes of the message it came from, with the "
+        "whole value's length and SHA-256, so that a letter always fits its topic.",
+    )
     # Whole seconds: faust's hopping windows step through integer starts.
     window_size_s: int = Field(
         default=600, ge=1, description="Hopping window of per-model state and online competency."
