@@ -6,6 +6,11 @@ engine or a remote server has enough requests in flight to stay busy. A request 
 for good (after the backend's retries) goes to the dead-letter topic with the reason and, as a
 failure record (a Response with `error`), to the responses topic, so the rating stage knows the
 model is accounted for; the other models' responses, and the rest of the batch, go on.
+
+Sizes (streams/sizes.py): a prompt too large to travel beside two answers is dead-lettered
+before any model works on it (`error_type: too_large`, by the group that reports bad prompts);
+an answer too long to travel beside its prompt and another answer is handled as a failure of
+its model (`too_large`), and so is an answer whose record the broker refuses.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from karma.schemas.models import Prompt, Response, response_id_for
 from karma.streams.app import Stage
 from karma.streams.codecs import encode
 from karma.streams.config import ModelSpec
+from karma.streams.delivery import Outbox, Refusal
 from karma.streams.metrics import BACKEND_REQUESTS
+from karma.streams.sizes import TextBudget
 
 STAGE = "generation"
 
@@ -51,30 +58,74 @@ def register(stage: Stage, models: list[ModelSpec]) -> None:
     # serves the pool's first model reports it, so it is dead-lettered once, not once a model.
     reports_bad_prompts = settings.pool[0].name in {spec.name for spec in models}
 
-    async def generate_batch(events: list[Any]) -> None:
-        prompts = await stage.decode_batch(events, Prompt, STAGE, report_errors=reports_bad_prompts)
-        if not prompts:
+    async def generate_batch(events: list[Any], outbox: Outbox) -> None:
+        prompts = await stage.decode_batch(events, Prompt, outbox, report_errors=reports_bad_prompts)
+        budget = stage.delivery.text_budget()
+        travelling = []
+        for event, prompt in prompts:
+            too_large = budget.prompt_too_large(prompt.text)
+            if too_large is None:
+                travelling.append((event, prompt))
+            elif reports_bad_prompts:  # before any model works on it (streams/sizes.py)
+                await outbox.dead_letter(
+                    event,
+                    reason=f"prompt {prompt.prompt_id}: {too_large}",
+                    error_type="too_large",
+                    prompt_id=prompt.prompt_id,
+                )
+        if not travelling:
             return
-        requests = [GenerationRequest(p.prompt_id, p.text, settings.seed) for _, p in prompts]
+        requests = [GenerationRequest(p.prompt_id, p.text, settings.seed) for _, p in travelling]
         # Every model works on the batch at the same time.
         outcomes = await asyncio.gather(*(g.generate(requests) for g in generators))
         for generator, results in zip(generators, outcomes, strict=True):
-            for (event, prompt), result in zip(prompts, results, strict=True):
+            for (event, prompt), result in zip(travelling, results, strict=True):
                 outcome = "ok" if not isinstance(result, BackendError) else result.kind
                 BACKEND_REQUESTS.labels(STAGE, generator.backend, generator.model, outcome).inc()
-                if isinstance(result, BackendError):
-                    await stage.dead_letter(
-                        event,
-                        stage=STAGE,
-                        reason=f"prompt {prompt.prompt_id}, model {generator.model}: {result.reason}",
-                        error_type=result.kind,
-                        prompt_id=prompt.prompt_id,
-                    )
-                # The answer or the failure record: the rating stage completes a prompt when
-                # every model is accounted for, instead of waiting out a clock.
-                response = to_response(prompt, generator, result)
-                await stage.publish(STAGE, "responses", prompt.prompt_id, encode(response))
+                await publish_answer(outbox, event, prompt, generator, result, budget)
 
     @stage.app.agent(stage.topics["prompts"], name="generate")
     async def generate(stream):  # type: ignore[no-untyped-def]
         await stage.in_batches(stream, STAGE, generate_batch)
+
+
+async def publish_answer(
+    outbox: Outbox,
+    event: Any,
+    prompt: Prompt,
+    generator: Generator,
+    result: Generation | BackendError,
+    budget: TextBudget,
+) -> None:
+    """The answer, or a dead letter and the failure record that accounts for the model: when the
+    backend failed, when the answer is too long to travel beside its prompt and another answer,
+    or when the broker refuses the answer's record."""
+    if not isinstance(result, BackendError):
+        too_large = budget.answer_too_large(prompt.text, result.text)
+        if too_large is not None:
+            result = BackendError(too_large, kind="too_large")
+    if isinstance(result, BackendError):
+        await outbox.dead_letter(
+            event,
+            reason=f"prompt {prompt.prompt_id}, model {generator.model}: {result.reason}",
+            error_type=result.kind,
+            prompt_id=prompt.prompt_id,
+        )
+
+    async def failure_record(refusal: Refusal) -> None:
+        why = f"the answer's record was not written: {refusal.detail}"
+        failed = BackendError(why, kind=refusal.error_type)
+        record = to_response(prompt, generator, failed)
+        await outbox.publish("responses", prompt.prompt_id, encode(record), record_id=record.response_id)
+
+    # The answer or the failure record: the rating stage completes a prompt when every model is
+    # accounted for, instead of waiting out a clock.
+    response = to_response(prompt, generator, result)
+    await outbox.publish(
+        "responses",
+        prompt.prompt_id,
+        encode(response),
+        record_id=response.response_id,
+        cause=event,
+        on_refused=None if response.failed else failure_record,
+    )

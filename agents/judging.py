@@ -18,6 +18,7 @@ from karma.agents.verdicts import resolve, unswap
 from karma.schemas.models import Candidate, KinPair, Preference, Winner
 from karma.streams.app import Stage
 from karma.streams.codecs import encode
+from karma.streams.delivery import Outbox
 from karma.streams.metrics import BACKEND_REQUESTS, VERDICTS
 
 STAGE = "judging"
@@ -91,8 +92,8 @@ def register(stage: Stage) -> None:
     stage.closers.append(judge.close)
     stage.health.mark_backends_loaded(STAGE)
 
-    async def judge_batch(events: list[Any]) -> None:
-        pairs = await stage.decode_batch(events, KinPair, STAGE)
+    async def judge_batch(events: list[Any], outbox: Outbox) -> None:
+        pairs = await stage.decode_batch(events, KinPair, outbox)
         if not pairs:
             return
         replies = await judge.judge([r for _, pair in pairs for r in requests_for(pair, settings.seed)])
@@ -103,9 +104,8 @@ def register(stage: Stage) -> None:
                 BACKEND_REQUESTS.labels(STAGE, judge.backend, judge.name, outcome).inc()
             error = next((r for r in (first, second) if isinstance(r, BackendError)), None)
             if error is not None:
-                await stage.dead_letter(
+                await outbox.dead_letter(
                     event,
-                    stage=STAGE,
                     reason=f"pair {pair.pair_id}: {error.reason}",
                     error_type=error.kind,
                     prompt_id=pair.prompt_id,
@@ -114,7 +114,15 @@ def register(stage: Stage) -> None:
             assert isinstance(first, JudgeReply) and isinstance(second, JudgeReply)
             preference = resolve_pair(pair, first, second, judge.name)
             VERDICTS.labels(preference.winner.value, str(preference.consistent).lower()).inc()
-            await stage.publish(STAGE, "preferences", pair.prompt_id, encode(preference))
+            # Refused by the broker, it is replaced by a letter on the pair's message, which
+            # settles the pair for `karma audit` as a judge's letter does.
+            await outbox.publish(
+                "preferences",
+                pair.prompt_id,
+                encode(preference),
+                record_id=preference.preference_id,
+                cause=event,
+            )
 
     @stage.app.agent(stage.topics["pairs"], name="judge")
     async def judge_pairs(stream):  # type: ignore[no-untyped-def]

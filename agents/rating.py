@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,7 @@ from karma.agents.pairing import LiveCompetency, make_pairs
 from karma.schemas.models import KinPair, Preference, Response
 from karma.streams.app import Stage, raw_topic
 from karma.streams.codecs import DecodeError, decode, encode
+from karma.streams.delivery import ConfirmedTable, Outbox
 from karma.streams.metrics import (
     COMPARISONS,
     DUPLICATES,
@@ -54,12 +55,17 @@ from karma.streams.metrics import (
     PENDING_PROMPTS,
     SUPERIORITY,
 )
+from karma.streams.sizes import RECORD_OVERHEAD_BYTES, text_cost
 
 STAGE = "rating"
 
 
 def _now_ms() -> float:
     return time.time() * 1000
+
+
+def _no_writes() -> list[Awaitable[Any]]:
+    return []
 
 
 @dataclass(frozen=True)
@@ -72,17 +78,29 @@ class Tables:
     # Hopping: `competency[key]` is faust's WindowSet (`+=` adds in the current event's
     # windows), `competency[key][window]` the value in one window.
     competency: Any
+    # The changelog writes the tables made since last asked, to be confirmed with the outputs
+    # (streams/delivery.py ConfirmedTable); plain mappings make none.
+    written: Callable[[], list[Awaitable[Any]]] = _no_writes
+    # The changelog topic that keeps the answers (None: no changelog), whose record limit bounds
+    # what one answer may take in the state.
+    answers_changelog: str | None = None
 
 
 def declare_tables(stage: Stage) -> Tables:
     """The stage's changelogged tables on the worker's app."""
     settings, app = stage.settings, stage.app
+    prompts = app.Table("rating-prompts", default=None, partitions=settings.partitions)
+    answers = app.Table("rating-answers", default=None, partitions=settings.partitions)
+    competency = app.Table("rating-competency", default=float, partitions=settings.partitions)
+    changelogged = [table for table in (prompts, answers, competency) if isinstance(table, ConfirmedTable)]
     return Tables(
-        prompts=app.Table("rating-prompts", default=None, partitions=settings.partitions),
-        answers=app.Table("rating-answers", default=None, partitions=settings.partitions),
-        competency=app.Table("rating-competency", default=float, partitions=settings.partitions).hopping(
+        prompts=prompts,
+        answers=answers,
+        competency=competency.hopping(
             settings.window_size_s, settings.window_step_s, expires=settings.window_size_s * 2
         ),
+        written=lambda: [write for table in changelogged for write in table.take_writes()],
+        answers_changelog=answers.changelog_topic.get_topic_name(),
     )
 
 
@@ -107,6 +125,9 @@ class RatingStage:
         self.rule = settings.kin.rule()
         self.pool = settings.model_names
         self.online = settings.competency.online
+        # Verdict evidence of the batch being handled: (event, competency key, amount), written
+        # with the rest of the state, after the batch's outputs are confirmed.
+        self._evidence: list[tuple[Any, str, float]] = []
         # What pairing uses; refreshed from the competency table once per tick interval.
         self.current = LiveCompetency(superiority={m: self.profiles.superiority(m) for m in self.pool})
         self.gatherer = Gatherer(
@@ -139,8 +160,12 @@ class RatingStage:
 
     # -- inputs -------------------------------------------------------------------------------
 
-    async def rate_batch(self, stream: Any, events: list[Any]) -> None:
-        """Handles one batch of the stage's topics, then writes the state it changed."""
+    async def rate_batch(self, stream: Any, events: list[Any], outbox: Outbox) -> None:
+        """Handles one batch of the stage's topics, then writes the state it changed.
+
+        The pairs and letters go out first and are confirmed (`outbox.confirm`) before the state
+        that records them as emitted is written: a worker that dies in between has written no
+        state for them, so the redelivered batch decides and sends them again (same ids)."""
         now = self.clock()
         by_partition = {}
         names = self.stage.names
@@ -150,33 +175,69 @@ class RatingStage:
             by_partition[event.message.partition] = event
             topic = event.message.topic
             if topic == names.ticks:
-                await self.on_tick(event, now)
+                await self.on_tick(event, now, outbox)
             elif topic == names.preferences:
-                await self.on_preference(event)
+                await self.on_preference(event, outbox)
             else:
-                await self.on_response(event, now)
+                await self.on_response(event, now, outbox)
+        await outbox.confirm()
         self.gatherer.flush(lambda partition: stream._set_current_event(by_partition[partition]))
+        competency = self.tables.competency
+        for event, key, amount in self._evidence:
+            stream._set_current_event(event)  # the verdict's partition and time window
+            competency[key] += amount
+        self._evidence.clear()
+        outbox.track(self.tables.written())  # confirmed before the batch is acked
         PENDING_PROMPTS.set(self.gatherer.open_prompts)
 
-    async def on_response(self, event: Any, now_ms: float) -> None:
+    def discard(self) -> None:
+        """Forgets what a failed attempt decided and did not write (it is handled again)."""
+        self.gatherer.discard()
+        self._evidence.clear()
+
+    async def on_response(self, event: Any, now_ms: float, outbox: Outbox) -> None:
         MESSAGES_IN.labels(STAGE).inc()
         try:
             response = decode(event.value, Response)
         except DecodeError as exc:
-            await self.stage.dead_letter(event, stage=STAGE, reason=exc.reason, error_type=exc.kind)
+            await outbox.dead_letter(event, reason=exc.reason, error_type=exc.kind)
             return
+        too_large = self.too_large_to_keep(response)
+        if too_large is not None:
+            # Its answer cannot be kept in the state: dead-lettered, and its model accounted for.
+            await outbox.dead_letter(
+                event, reason=too_large, error_type="too_large", record_id=response.response_id
+            )
+            response = response.model_copy(update={"text": "", "error": too_large})
         outcome = self.gatherer.on_response(response, event.message.partition, now_ms)
         if outcome.duplicate:
             DUPLICATES.labels(STAGE).inc()  # a replay after a restart: already counted
         if outcome.late:
             LATE_ANSWERS.inc()
-        await self.publish(outcome)
+        await self.publish(outcome, event.message.partition, outbox)
 
-    async def on_preference(self, event: Any) -> None:
+    def too_large_to_keep(self, response: Response) -> str | None:
+        """Why a response's answer (or its prompt) would not fit a record of the changelog that
+        keeps them, or None. Generation bounds both below the karma topics' limit; this holds
+        them to the changelog's, should that be lower."""
+        if response.failed or self.tables.answers_changelog is None:
+            return None
+        topic = self.tables.answers_changelog
+        limit = self.stage.delivery.limits.of(topic)
+        for what, text in (("answer", response.text), ("prompt", response.prompt_text)):
+            if text_cost(text) + RECORD_OVERHEAD_BYTES > limit.max_bytes:
+                return (
+                    f"response {response.response_id} of prompt {response.prompt_id}: its {what} "
+                    f"({text_cost(text):,} bytes as JSON) cannot be kept in the rating state: "
+                    f"{limit.describe(topic)}"
+                )
+        return None
+
+    async def on_preference(self, event: Any, outbox: Outbox) -> None:
         try:
             preference = decode(event.value, Preference)
         except DecodeError as exc:
-            await self.stage.dead_letter(event, stage=STAGE, reason=exc.reason, error_type=exc.kind)
+            await outbox.dead_letter(event, reason=exc.reason, error_type=exc.kind)
             return
         if not self.gatherer.counted_verdict(preference.prompt_id, preference.preference_id):
             DUPLICATES.labels(STAGE).inc()  # a replayed verdict: its evidence is already in
@@ -186,16 +247,18 @@ class RatingStage:
         a, b = preference.response_a.model, preference.response_b.model
         key = pair_key(a, b)
         n_key, score_key = tally_keys(*key, event.message.partition)
-        competency = self.tables.competency
-        competency[n_key] += 1.0
-        competency[score_key] += score_of_first(key, a, preference.winner)
+        # Written with the verdict's id in its prompt's entry (rate_batch), never before: a retried
+        # batch counts it once.
+        self._evidence.append((event, n_key, 1.0))
+        self._evidence.append((event, score_key, score_of_first(key, a, preference.winner)))
 
-    async def on_tick(self, event: Any, now_ms: float) -> None:
+    async def on_tick(self, event: Any, now_ms: float, outbox: Outbox) -> None:
         """Refreshes the superiority when due, and expires what is due on the tick's partition."""
         if self.online and now_ms - self.current.refreshed_at >= self.settings.tick_interval_s * 1000:
             self.current.refreshed_at = now_ms
             self.refresh_competency()
-        await self.publish(self.gatherer.on_tick(event.message.partition, now_ms))
+        partition = event.message.partition
+        await self.publish(self.gatherer.on_tick(partition, now_ms), partition, outbox)
 
     def rebuild(self) -> None:
         """After every rebalance's recovery: the time queues of the partitions held now."""
@@ -204,18 +267,18 @@ class RatingStage:
 
     # -- outputs ------------------------------------------------------------------------------
 
-    async def publish(self, outcome: Outcome) -> None:
+    async def publish(self, outcome: Outcome, partition: int, outbox: Outbox) -> None:
+        """The pairs and letters of one input; a pair refused by its topic is replaced by a
+        letter that names it (`record_id`) on the prompt's partition."""
         for pair in outcome.pairs:
             PAIRS.labels(pair.policy).inc()
             KIN_GAP.observe(pair.gap)
-            await self.stage.publish(STAGE, "pairs", pair.prompt_id, encode(pair))
+            await outbox.publish(
+                "pairs", pair.prompt_id, encode(pair), record_id=pair.pair_id, partition=partition
+            )
         for letter in outcome.letters:
-            await self.stage.dead_letter_prompt(
-                letter.prompt_id,
-                letter.partition,
-                stage=STAGE,
-                reason=letter.reason,
-                error_type=letter.error_type,
+            await outbox.dead_letter_prompt(
+                letter.prompt_id, letter.partition, reason=letter.reason, error_type=letter.error_type
             )
 
     async def send_ticks(self) -> None:
@@ -272,8 +335,8 @@ def register(stage: Stage) -> None:
         await stage.in_batches(
             stream,
             STAGE,
-            lambda events: rating.rate_batch(stream, events),
-            on_retry=rating.gatherer.discard,
+            lambda events, outbox: rating.rate_batch(stream, events, outbox),
+            on_retry=rating.discard,
             batch_size=settings.rating_batch_size,
         )
 

@@ -16,28 +16,22 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import faust
 from faust.sensors import Monitor
 
-from karma.schemas.models import DeadLetter, Record, prompt_id_of_key
+from karma.schemas.models import Record
 from karma.streams import transport
-from karma.streams.codecs import DecodeError, decode, encode
+from karma.streams.codecs import DecodeError, decode
 from karma.streams.config import KarmaSettings, ModelSpec
+from karma.streams.delivery import ConfirmedTable, Delivery, DeliveryFailed, Outbox
 from karma.streams.health import Health
 from karma.streams.kafka_clients import faust_credentials
 from karma.streams.lag import LagMonitor
-from karma.streams.metrics import (
-    BATCH_SECONDS,
-    DEAD_LETTERS,
-    HANDLER_FAILURES,
-    LOOP_LAG,
-    MESSAGES_IN,
-    MESSAGES_OUT,
-    STAGE_LATENCY,
-)
+from karma.streams.metrics import BATCH_SECONDS, HANDLER_FAILURES, LOOP_LAG, MESSAGES_IN, STAGE_LATENCY
 from karma.streams.recovery import SeekSafeTableManager
+from karma.streams.sizes import PRODUCER_MAX_REQUEST_BYTES, RecordLimits
 from karma.streams.topics import TOPICS, TopicNames
 
 # The roles a worker can run, and the topics (short names, streams/topics.py) each one reads,
@@ -50,6 +44,12 @@ CONSUMES: dict[str, tuple[str, ...]] = {
 ROLES = tuple(CONSUMES)
 log = logging.getLogger(__name__)
 R = TypeVar("R", bound=Record)
+# A batch handler: the batch's events, and the outbox everything it writes goes through.
+Handler = Callable[[list[Any], Outbox], Awaitable[None]]
+# Exit codes of a worker that stops without committing: a message it cannot even dead-letter
+# (EX_SOFTWARE), a write the cluster does not take (EX_TEMPFAIL: start it again later).
+EX_UNHANDLED = 70
+EX_UNDELIVERED = 75
 
 
 def raw_topic(app: faust.App, *names: str, partitions: int) -> faust.TopicT:
@@ -66,20 +66,26 @@ def raw_topic(app: faust.App, *names: str, partitions: int) -> faust.TopicT:
 
 @dataclass
 class Stage:
-    """What every agent needs: settings, its app, the topics, and the dead-letter path; and what
-    the worker needs of the stages: their health, and their model backends to close at shutdown."""
+    """What every agent needs: settings, its app, the topics, batching, and confirmed delivery
+    (an Outbox per batch, streams/delivery.py); and what the worker needs of the stages: their
+    health, and their model backends to close at shutdown."""
 
     settings: KarmaSettings
     app: faust.App
     names: TopicNames
     topics: dict[str, faust.TopicT]
     health: Health = field(default_factory=Health)
+    delivery: Delivery = field(init=False)
     # The `close` of every model backend the stages built (agents/generation.py, judging.py).
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # Shutdown: no new batch is handed out once stopping; `_idle` is set while none is handled.
     _stopping: bool = field(default=False, init=False)
     _in_flight: int = field(default=0, init=False)
     _idle: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+
+    def __post_init__(self) -> None:
+        # Every topic at the configured limit until streams/worker.py reads the topics' own.
+        self.delivery = Delivery(self.app, self.settings, self.names, RecordLimits.unread(self.settings))
 
     async def finish_batches(self) -> None:
         """Stops handing out batches and waits for those being handled (their outputs sent, their
@@ -101,27 +107,18 @@ class Stage:
                 log.warning("closing a model backend failed: %r", exc)
         log.info("closed backends (%d)", len(closers))
 
-    async def publish(self, stage: str, topic: str, key: str, value: bytes) -> None:
-        """Queues one output record (faust's producer flushes before every offset commit, so an
-        input is committed only after its outputs are written). Straight to the producer: the
-        topic exists (checked at start-up), and faust's channel path costs as much again."""
-        await self.app.producer.send(
-            getattr(self.names, topic), key.encode(), value, partition=None, timestamp=None, headers=None
-        )
-        MESSAGES_OUT.labels(stage, topic).inc()
-
     async def in_batches(
         self,
         stream: Any,
         stage: str,
-        handle: Callable[[list[Any]], Awaitable[None]],
+        handle: Handler,
         on_retry: Callable[[], None] = lambda: None,
         batch_size: int | None = None,
     ) -> None:
         """Feeds `handle` the stream's events in batches (`batch_size`, or what arrived within
         `batch_wait_s`), so a model backend gets many requests at once; each message's latency
         is its share of its batch's time. A batch's messages are acked after `handle_safely`
-        returns, that is once every one of them has its output or its dead letter."""
+        returns, that is once the broker has confirmed every output and dead letter they caused."""
         async for events in self.batches(stream, batch_size or self.settings.batch_size):
             started = time.perf_counter()
             self._in_flight += 1
@@ -182,20 +179,23 @@ class Stage:
         self,
         events: list[Any],
         stage: str,
-        handle: Callable[[list[Any]], Awaitable[None]],
+        handle: Handler,
         on_retry: Callable[[], None] = lambda: None,
     ) -> None:
-        """Runs `handle(events)`. An unexpected exception is retried with backoff
-        (`handler_retries` times, from 0.5 s, doubling): a broker blip or a model hiccup must not
-        cost a message. If the batch still fails, each message is handled alone, and one that
-        still fails goes to the DLQ with the exception (error_type `exception`). `on_retry`
-        forgets the failed attempt's unsaved state. If even the dead letter cannot be sent,
-        the process exits at once, before the batch is acked, so the group redelivers."""
+        """Runs `handle(events, outbox)` and confirms what it wrote (`Outbox.confirm`). An
+        unexpected exception is retried with backoff (`handler_retries` times, from 0.5 s,
+        doubling): a model hiccup must not cost a message. If the batch still fails, each message
+        is handled alone, and one that still fails goes to the DLQ with the exception (error_type
+        `exception`). `on_retry` forgets the failed attempt's unsaved state. A write that cannot
+        be made (DeliveryFailed: the cluster does not take it, or a dead letter cannot be
+        written) stops the process at once, before the batch is acked, so the group redelivers."""
         delay = 0.5
         for attempt in range(1, self.settings.handler_retries + 1):
             try:
-                await handle(events)
+                await self._handle_and_confirm(events, stage, handle)
                 return
+            except DeliveryFailed as exc:
+                _exit_uncommitted(EX_UNDELIVERED, f"{stage}: {exc}")
             except Exception as exc:
                 on_retry()
                 HANDLER_FAILURES.labels(stage).inc()
@@ -204,87 +204,51 @@ class Stage:
                 delay *= 2
         for event in events:
             try:
-                await handle([event])
+                await self._handle_and_confirm([event], stage, handle)
+            except DeliveryFailed as exc:
+                _exit_uncommitted(EX_UNDELIVERED, f"{stage}: {exc}")
             except Exception as exc:
                 on_retry()
                 reason = (
                     f"unexpected {type(exc).__name__}: {exc} (its batch failed "
                     f"{self.settings.handler_retries} time(s), then it failed alone)"
                 )
+                outbox = self.delivery.outbox(stage)
                 try:
-                    await self.dead_letter(event, stage=stage, reason=reason, error_type="exception")
-                except Exception:
-                    log.critical("%s: cannot dead-letter a failing message; exiting uncommitted", stage)
-                    logging.shutdown()
-                    os._exit(70)  # no finally blocks: the batch must not be acked
+                    await outbox.dead_letter(event, reason=reason, error_type="exception")
+                    await outbox.confirm()
+                except Exception as unsent:
+                    _exit_uncommitted(
+                        EX_UNHANDLED, f"{stage}: cannot dead-letter a failing message: {unsent!r}"
+                    )
+
+    async def _handle_and_confirm(self, events: list[Any], stage: str, handle: Handler) -> None:
+        outbox = self.delivery.outbox(stage)
+        await handle(events, outbox)
+        await outbox.confirm()
 
     async def decode_batch(
-        self, events: list[Any], model: type[R], stage: str, *, report_errors: bool = True
+        self, events: list[Any], model: type[R], outbox: Outbox, *, report_errors: bool = True
     ) -> list[tuple[Any, R]]:
         """Each event with its record; one that does not decode goes to the DLQ with the reason,
         unless `report_errors` is False (another consumer group of the same topic reports it)."""
         decoded = []
         for event in events:
-            MESSAGES_IN.labels(stage).inc()
+            MESSAGES_IN.labels(outbox.stage).inc()
             try:
                 decoded.append((event, decode(event.value, model)))
             except DecodeError as exc:
                 if report_errors:
-                    await self.dead_letter(event, stage=stage, reason=exc.reason, error_type=exc.kind)
+                    await outbox.dead_letter(event, reason=exc.reason, error_type=exc.kind)
         return decoded
 
-    async def dead_letter(
-        self,
-        event: Any,
-        *,
-        stage: str,
-        reason: str,
-        error_type: str,
-        prompt_id: str | None = None,
-    ) -> None:
-        """Sends the event's raw bytes to the DLQ with why and where it came from. The letter
-        names its prompt (field and key): `prompt_id`, or else the one the message key carries."""
-        message = event.message
-        raw_key = event.key if isinstance(event.key, bytes) else None
-        await self._send_letter(
-            DeadLetter(
-                reason=reason,
-                error_type=error_type,
-                stage=stage,
-                prompt_id=prompt_id or prompt_id_of_key(raw_key),
-                source_topic=message.topic,
-                source_partition=message.partition,
-                source_offset=message.offset,
-                key=raw_key,
-                value=event.value,
-            )
-        )
 
-    async def dead_letter_prompt(
-        self, prompt_id: str, partition: int, *, stage: str, reason: str, error_type: str
-    ) -> None:
-        """A letter about a prompt that no single message caused (the rating stage's `unpaired`
-        and `incomplete`): it points at the prompt's partition of the responses topic, offset
-        -1, no value."""
-        await self._send_letter(
-            DeadLetter(
-                reason=reason,
-                error_type=error_type,
-                stage=stage,
-                prompt_id=prompt_id,
-                source_topic=self.names.responses,
-                source_partition=partition,
-                source_offset=-1,
-                key=prompt_id.encode(),
-                value=None,
-            )
-        )
-
-    async def _send_letter(self, letter: DeadLetter) -> None:
-        key = letter.prompt_id.encode() if letter.prompt_id else letter.key
-        await self.topics["dlq"].send(key=key, value=encode(letter))
-        DEAD_LETTERS.labels(letter.stage, letter.error_type).inc()
-        MESSAGES_OUT.labels(letter.stage, "dlq").inc()
+def _exit_uncommitted(code: int, why: str) -> NoReturn:
+    """Exits at once (no finally blocks, no faust shutdown): nothing of the batch in hand is
+    acked, so the group redelivers it to whoever runs next."""
+    log.critical("%s; exiting uncommitted (code %d)", why, code)
+    logging.shutdown()
+    os._exit(code)
 
 
 _ENDED = object()
@@ -381,6 +345,11 @@ def new_stage(
         broker_max_poll_records=2000,
         stream_buffer_maxsize=16384,
         producer_linger_ms=5,
+        # The producer retries a retriable write this long (streams/delivery.py); its own record cap is
+        # the one streams/sizes.py measures against.
+        producer_request_timeout=settings.delivery_timeout_s,
+        producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
+        Table=ConfirmedTable,  # changelog writes are confirmed with the outputs (streams/delivery.py)
         web_enabled=False,
         autodiscover=False,
         TableManager=SeekSafeTableManager,  # see streams/recovery.py

@@ -25,9 +25,11 @@ a pair lost before it reached the pairs topic is then invisible to the audit.
 
 Letters are matched to what they concern by the message they point at (source topic,
 partition, offset): a judging letter settles its pair, a letter on a response (`late`,
-`exception`) makes that answer unusable, a generation letter on a prompt message ends a
-prompt that no response ever came for (the rating stage never heard of it, so no backstop
-letter will come). The rating stage's `unpaired` and `incomplete` letters point at no message:
+`exception`, the rating stage's `too_large`) makes that answer unusable, a generation letter
+on a prompt message ends a prompt that no response ever came for (the rating stage never heard
+of it, so no backstop letter will come). A pair the rating stage could not write (`too_large`,
+`refused`) has a letter that points at no message and names the pair in `record_id`: the pair
+is short, not owed. The rating stage's `unpaired` and `incomplete` letters point at no message:
 they are matched by the prompt id they name; `unpaired` ends the prompt, `incomplete` accounts
 for the models its reason names (as whole words), and so does a `late` letter that points at
 no response.
@@ -185,6 +187,9 @@ class _Story:
     lettered_prompt: bool = False  # a letter points at its prompt message
     letters: list[DeadLetter] = field(default_factory=list)
     unplaced: list[DeadLetter] = field(default_factory=list)  # letters that point at no message read
+    # Outputs never written (too large, or refused by the broker) whose letter points at no
+    # message: the rating stage's pairs. Record id -> its letter.
+    unwritten: dict[str, DeadLetter] = field(default_factory=dict)
 
     def letters_of(self, error_type: str) -> list[DeadLetter]:
         return [letter for letter in self.letters if letter.error_type == error_type]
@@ -352,6 +357,8 @@ def _file_letter(
         stories[prompt_id].letters.append(letter)
         if not placed:
             stories[prompt_id].unplaced.append(letter)
+            if letter.record_id is not None:
+                stories[prompt_id].unwritten[letter.record_id] = letter
 
 
 def _account(
@@ -386,9 +393,14 @@ def _account(
         else:
             owed.append(f"preference for pair {pair_id} ({a} vs {b}): no preference and no judging letter")
 
+    unwritten = {rid: letter for rid, letter in story.unwritten.items() if rid not in story.pairs}
+    short += [
+        f"pair {rid}: not written to the pairs topic ({letter.error_type}: {letter.reason})"
+        for rid, letter in unwritten.items()
+    ]
     # Until every model is accounted for the rating stage is still gathering: nothing more is owed.
     if not owed:
-        owed += _owed_pairs(story, pool, usable, ended_by is not None, expected_pairs, short)
+        owed += _owed_pairs(story, pool, usable, ended_by is not None, expected_pairs, short, set(unwritten))
     if story.letters_of("unpaired") and not short:
         short.append("pairs: the rating stage dead-lettered the prompt unpaired")
 
@@ -439,10 +451,12 @@ def _owed_pairs(
     ended: bool,
     expected_pairs: ExpectedPairs | None,
     short: list[str],
+    unwritten: set[str],
 ) -> list[str]:
     """What the rating stage owes once every model is accounted for: the letter that ends a prompt
     with fewer than two answers, or (when they can be known) the pairs its policy picks; pairs
-    that will not come because their messages were dead-lettered go to `short`."""
+    that will not come because their messages were dead-lettered go to `short`, and those it
+    could not write (`unwritten`, already in `short`) are not owed."""
     if len(usable) < 2:
         rating_letter = story.letters_of("unpaired") or story.letters_of("incomplete")
         return (
@@ -453,7 +467,9 @@ def _owed_pairs(
     answers = {m: usable[m] for m in pool if m in usable}
     expected = expected_pairs(story.prompt.prompt_id, story.prompt.text, answers)
     lost = [
-        f"pair {pair_id} ({a} vs {b})" for pair_id, (a, b) in expected.items() if pair_id not in story.pairs
+        f"pair {pair_id} ({a} vs {b})"
+        for pair_id, (a, b) in expected.items()
+        if pair_id not in story.pairs and pair_id not in unwritten
     ]
     if not lost:
         return []

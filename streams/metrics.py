@@ -27,6 +27,13 @@ STAGE_LATENCY = Histogram(
 DEAD_LETTERS = Counter(
     "karma_dlq_messages", "Messages sent to the dead-letter topic.", ["stage", "error_type"]
 )
+PUBLISH_FAILURES = Counter(
+    "karma_publish_failures",
+    "Writes that failed: an output too large or refused by the broker (replaced by a dead letter), or a "
+    "write that could not be made at all (the worker then stops without committing). `error` is the "
+    "client's exception class, or exceeds_limit for a record found over its topic's limit before sending.",
+    ["stage", "topic", "error"],
+)
 PAIRS = Counter("karma_pairs", "Pairs selected.", ["policy"])
 KIN_GAP = Histogram(
     "karma_kin_gap",

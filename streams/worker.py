@@ -28,7 +28,8 @@ from karma.streams.app import ROLES, Stage, new_stage
 from karma.streams.config import KarmaSettings, ModelSpec
 from karma.streams.kafka_clients import check_connection
 from karma.streams.metrics import serve_metrics
-from karma.streams.topics import changelog_topics, ensure_topics
+from karma.streams.sizes import RecordLimits, read_limits
+from karma.streams.topics import all_topic_names, changelog_topics, ensure_topics
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,20 @@ def _exit_now(code: int, why: str) -> None:
     os._exit(code)
 
 
+async def prepare_topics(settings: KarmaSettings, app: faust.App) -> RecordLimits:
+    """Creates the topics (the tables' changelogs included) and reads the record limit of each."""
+    changelogs = changelog_topics(app)
+    await ensure_topics(settings, changelogs)
+    return await read_limits(settings, [*all_topic_names(settings), *(topic.name for topic in changelogs)])
+
+
+def fit_batches_to_limits(app: faust.App, limits: RecordLimits) -> None:
+    """A topic limit below the producer's batch size (16 KiB) would have the broker refuse a
+    batch of records that each fit: batches are kept at most that small."""
+    smallest = min([limit.max_bytes for limit in limits.by_topic.values()], default=limits.fallback.max_bytes)
+    app.conf.producer_max_batch_size = min(app.conf.producer_max_batch_size, smallest)
+
+
 def run_worker(
     settings: KarmaSettings,
     roles: tuple[str, ...] = ROLES,
@@ -130,7 +145,8 @@ def run_worker(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     stage = create_stage(settings, roles, models)
     app = stage.app
-    asyncio.run(ensure_topics(settings, changelog_topics(app)))
+    stage.delivery.limits = asyncio.run(prepare_topics(settings, app))
+    fit_batches_to_limits(app, stage.delivery.limits)
     serve_metrics(
         settings.metrics_port,
         settings.metrics_host,

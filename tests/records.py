@@ -190,6 +190,7 @@ def dead_letter(
     prompt_id: str | None = None,
     key: bytes | None = None,
     value: bytes | None = None,
+    record_id: str | None = None,
     created_at_ms: int | None = None,
 ) -> DeadLetter:
     """A letter about the message at `source_offset` of `source_topic` (partition 0 unless given):
@@ -204,6 +205,7 @@ def dead_letter(
         source_offset=source_offset,
         key=key,
         value=value,
+        record_id=record_id,
         **_stamped(created_at_ms),
     )
 

@@ -58,16 +58,19 @@ class Stream:
 
 
 class WrittenUnder(dict[str, Any]):
-    """A table that records, per write, the partition of the stream's current event."""
+    """A table that records, per write, the partition of the stream's current event (and, in
+    the shared `log`, that a state write happened)."""
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: Stream, log: list[str]) -> None:
         super().__init__()
         self.stream = stream
+        self.log = log
         self.writes: list[tuple[str, int]] = []
 
     def __setitem__(self, key: str, value: Any) -> None:
         assert self.stream.current is not None
         self.writes.append((key, self.stream.current.message.partition))
+        self.log.append("write state")
         super().__setitem__(key, value)
 
 
@@ -114,31 +117,41 @@ class Topic:
         self.sent.append(kwargs)
 
 
-class RecordingStage(Stage):
-    """A Stage whose outputs are recorded instead of sent."""
+class RecordingOutbox:
+    """An Outbox that records what it would send, and (in `log`, shared with the tables) the
+    order of sends, confirmations and state writes. `fail_confirm` makes the next confirm raise,
+    as a write the broker did not take, or a worker killed before the broker answered."""
 
-    def __init__(self, settings: KarmaSettings) -> None:
-        super().__init__(
-            settings=settings,
-            app=None,  # type: ignore[arg-type]
-            names=TopicNames.from_settings(settings),
-            topics={"ticks": Topic()},  # type: ignore[dict-item]
-        )
-        self.published: list[tuple[str, str, str, bytes]] = []
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        self.published: list[tuple[str, str, bytes, dict[str, Any]]] = []
         self.letters: list[dict[str, Any]] = []  # dead_letter: the event and its kwargs
         self.prompt_letters: list[dict[str, Any]] = []
+        self.fail_confirm = False
 
-    async def publish(self, stage: str, topic: str, key: str, value: bytes) -> None:
-        self.published.append((stage, topic, key, value))
+    async def publish(self, short: str, key: str, value: bytes, **kwargs: Any) -> None:
+        self.log.append(f"send {short}")
+        self.published.append((short, key, value, kwargs))
 
     async def dead_letter(self, event: Any, **kwargs: Any) -> None:
+        self.log.append("send dlq")
         self.letters.append({"event": event, **kwargs})
 
     async def dead_letter_prompt(self, prompt_id: str, partition: int, **kwargs: Any) -> None:
+        self.log.append("send dlq")
         self.prompt_letters.append({"prompt_id": prompt_id, "partition": partition, **kwargs})
 
+    def track(self, writes: Any) -> None:
+        self.log.append("track state writes")
+
+    async def confirm(self) -> None:
+        if self.fail_confirm:
+            self.fail_confirm = False
+            raise ConnectionError("the broker did not confirm")
+        self.log.append("confirm")
+
     def pairs(self) -> list[KinPair]:
-        return [decode(value, KinPair) for _, topic, _, value in self.published if topic == "pairs"]
+        return [decode(value, KinPair) for topic, _, value, _ in self.published if topic == "pairs"]
 
 
 @dataclass
@@ -151,15 +164,25 @@ class Clock:
 
 @dataclass
 class Rig:
-    """A RatingStage with everything it touches in reach."""
+    """A RatingStage with everything it touches in reach; `outbox` records what the last batch
+    sent, `log` the order of sends, confirmations and state writes."""
 
     settings: KarmaSettings = field(default_factory=KarmaSettings)
     clock: Clock = field(default_factory=Clock)
     stream: Stream = field(default_factory=Stream)
 
     def __post_init__(self) -> None:
-        self.stage = RecordingStage(self.settings)
-        self.tables = Tables(WrittenUnder(self.stream), WrittenUnder(self.stream), Hopping())
+        self.stage = Stage(
+            settings=self.settings,
+            app=None,  # type: ignore[arg-type]
+            names=TopicNames.from_settings(self.settings),
+            topics={"ticks": Topic()},  # type: ignore[dict-item]
+        )
+        self.log: list[str] = []
+        self.outbox = RecordingOutbox(self.log)
+        self.tables = Tables(
+            WrittenUnder(self.stream, self.log), WrittenUnder(self.stream, self.log), Hopping()
+        )
         self.rating = RatingStage(self.stage, self.tables, clock=self.clock)
         self.offset = 0
 
@@ -168,7 +191,7 @@ class Rig:
         return Event(value, Message(getattr(self.stage.names, topic), partition, self.offset), key)
 
     def rate(self, *events: Event) -> None:
-        asyncio.run(self.rating.rate_batch(self.stream, list(events)))
+        asyncio.run(self.rating.rate_batch(self.stream, list(events), self.outbox))
 
 
 def answer(model: str, prompt_id: str = "p-1") -> Response:
@@ -210,9 +233,10 @@ def test_five_answers_of_the_default_pool_are_paired_as_make_pairs_picks() -> No
         gathered, load_profiles(), settings.kin.rule(), settings.policy, settings.kin.hybrid_weight
     )
     assert expected  # else this test would prove nothing
-    assert [p[:3] for p in rig.stage.published] == [(STAGE, "pairs", "p-1")] * len(expected)
-    assert [without_time(p) for p in rig.stage.pairs()] == [without_time(p) for p in expected]
-    assert not rig.stage.prompt_letters and rig.rating.gatherer.open_prompts == 0
+    assert [p[:2] for p in rig.outbox.published] == [("pairs", "p-1")] * len(expected)
+    assert [p[3]["record_id"] for p in rig.outbox.published] == [p.pair_id for p in expected]
+    assert [without_time(p) for p in rig.outbox.pairs()] == [without_time(p) for p in expected]
+    assert not rig.outbox.prompt_letters and rig.rating.gatherer.open_prompts == 0
 
 
 def test_a_replayed_answer_is_counted_once() -> None:
@@ -222,11 +246,11 @@ def test_a_replayed_answer_is_counted_once() -> None:
     rig.rate(answered(rig, first), answered(rig, first))  # a replay within a batch
     assert rig.tables.prompts["p-1"]["m"] == {first: "ok"}
     rig.rate(*(answered(rig, m) for m in others))
-    pairs = rig.stage.pairs()
+    pairs = rig.outbox.pairs()
     rig.rate(answered(rig, others[-1]))  # a replay after the prompt was paired
     assert duplicates() == before + 2
-    assert rig.stage.pairs() == pairs and pairs  # nothing paired twice
-    assert not rig.stage.letters and not rig.stage.prompt_letters
+    assert rig.outbox.pairs() == pairs and pairs  # nothing paired twice
+    assert not rig.outbox.letters and not rig.outbox.prompt_letters
 
 
 def test_table_writes_go_to_the_partition_of_their_prompt() -> None:
@@ -254,10 +278,10 @@ def test_undecodable_bytes_are_dead_lettered_with_the_decode_error(topic: str) -
     with pytest.raises(DecodeError) as raised:
         decode(bad.value, Response)
     rig.rate(bad)
-    assert rig.stage.letters == [
-        {"event": bad, "stage": STAGE, "reason": raised.value.reason, "error_type": raised.value.kind}
+    assert rig.outbox.letters == [
+        {"event": bad, "reason": raised.value.reason, "error_type": raised.value.kind}
     ]
-    assert raised.value.kind == "decode" and not rig.stage.published
+    assert raised.value.kind == "decode" and not rig.outbox.published
 
 
 def test_a_record_that_does_not_validate_is_dead_lettered_as_validation() -> None:
@@ -266,7 +290,7 @@ def test_a_record_that_does_not_validate_is_dead_lettered_as_validation() -> Non
     record = answer(rig.settings.model_names[0]).model_dump(mode="python") | {"num_tokens": -1}
     bad = rig.event("responses", encode(Response.model_construct(**record)))
     rig.rate(bad)
-    [letter] = rig.stage.letters
+    [letter] = rig.outbox.letters
     assert letter["error_type"] == "validation" and "num_tokens" in letter["reason"]
 
 
@@ -278,17 +302,17 @@ def test_a_tick_after_the_backstop_dead_letters_the_incomplete_prompt() -> None:
 
     rig.clock.now_ms = START_MS + backstop_ms - 1
     rig.rate(rig.event("ticks", b"tick", partition=3))
-    assert not rig.stage.prompt_letters and not rig.stage.published  # not yet
+    assert not rig.outbox.prompt_letters and not rig.outbox.published  # not yet
     rig.clock.now_ms = START_MS + backstop_ms
     rig.rate(rig.event("ticks", b"tick", partition=0))
-    assert not rig.stage.prompt_letters  # another partition's tick expires only its own
+    assert not rig.outbox.prompt_letters  # another partition's tick expires only its own
 
     rig.rate(rig.event("ticks", b"tick", partition=3))
-    [letter] = rig.stage.prompt_letters
+    [letter] = rig.outbox.prompt_letters
     assert letter["prompt_id"] == "p-1" and letter["partition"] == 3
-    assert letter["stage"] == STAGE and letter["error_type"] == "incomplete"
+    assert letter["error_type"] == "incomplete"
     assert all(m in letter["reason"] for m in pool[3:])  # names the silent models
-    assert rig.stage.pairs()  # what came is paired
+    assert rig.outbox.pairs()  # what came is paired
     assert rig.rating.gatherer.open_prompts == 0
 
 
@@ -300,8 +324,8 @@ def test_a_restarted_stage_carries_on_from_its_tables() -> None:
     restarted = RatingStage(rig.stage, rig.tables, clock=rig.clock)
     restarted.rebuild()
     assert restarted.gatherer.open_prompts == 1
-    asyncio.run(restarted.rate_batch(rig.stream, [answered(rig, pool[4])]))
-    assert len(rig.stage.pairs()) > 0 and restarted.gatherer.open_prompts == 0
+    asyncio.run(restarted.rate_batch(rig.stream, [answered(rig, pool[4])], rig.outbox))
+    assert len(rig.outbox.pairs()) > 0 and restarted.gatherer.open_prompts == 0
 
 
 def test_ticks_go_to_every_partition() -> None:
@@ -325,7 +349,7 @@ def test_verdicts_are_tallied_once_and_move_the_superiority_pairing_uses() -> No
     assert rig.settings.competency.online
     # Verdicts are keyed by prompt, so they come on the partition of the prompt's answers.
     rig.rate(*(answered(rig, m, partition=1) for m in rig.settings.model_names))
-    pair = rig.stage.pairs()[0]
+    pair = rig.outbox.pairs()[0]
     a, b = pair.response_a.model, pair.response_b.model
     key = tuple(sorted((a, b)))
     won = verdict(pair, Winner.A)
@@ -353,3 +377,48 @@ def test_offline_the_stage_reads_no_verdicts_and_keeps_the_prior() -> None:
     prior = dict(rig.rating.current.superiority)
     rig.rate(rig.event("ticks", b"tick"))
     assert rig.rating.current.superiority == prior and rig.rating.current.refreshed_at == 0.0
+
+
+# --- outputs before the state that records them -----------------------------------------------
+
+
+def test_pairs_are_confirmed_before_the_state_that_records_them_is_written() -> None:
+    rig = Rig()
+    rig.rate(*(answered(rig, m) for m in rig.settings.model_names))
+    assert rig.outbox.pairs()
+    confirmed = rig.log.index("confirm")
+    assert set(rig.log[:confirmed]) == {"send pairs"}  # every pair sent, nothing written yet
+    assert "write state" in rig.log[confirmed:] and rig.log[-1] == "track state writes"
+    assert rig.tables.prompts["p-1"]["pairs"] == [p.pair_id for p in rig.outbox.pairs()]
+
+
+def test_a_batch_whose_pairs_were_not_confirmed_writes_no_state_and_sends_them_again() -> None:
+    """A worker killed (or a write refused) between sending the pairs and writing the state: the
+    redelivered batch finds no state claiming the pairs, so it decides and sends them again."""
+    rig = Rig()
+    batch = [answered(rig, m) for m in rig.settings.model_names]
+    rig.outbox.fail_confirm = True
+    with pytest.raises(ConnectionError):
+        rig.rate(*batch)
+    first = [p.pair_id for p in rig.outbox.pairs()]
+    assert first and "write state" not in rig.log and not rig.tables.prompts and not rig.tables.answers
+    rig.rating.discard()  # what Stage.handle_safely does before it tries the batch again
+
+    rig.rate(*batch)
+    assert [p.pair_id for p in rig.outbox.pairs()] == first * 2  # the same pairs, sent again
+    assert rig.tables.prompts["p-1"]["pairs"] == first
+
+
+def test_a_retried_batch_counts_each_verdict_once() -> None:
+    rig = Rig()
+    rig.rate(*(answered(rig, m, partition=1) for m in rig.settings.model_names))
+    pair = rig.outbox.pairs()[0]
+    key = tuple(sorted((pair.response_a.model, pair.response_b.model)))
+    verdicts = [rig.event("preferences", encode(verdict(pair, Winner.A)), partition=1)]
+
+    rig.outbox.fail_confirm = True  # the batch fails after the verdict was handled...
+    with pytest.raises(ConnectionError):
+        rig.rate(*verdicts)
+    rig.rating.discard()
+    rig.rate(*verdicts)  # ...and is handled again
+    assert rig.rating.window_tallies() == {key: Tally(1.0, 1.0 if key[0] == pair.response_a.model else 0.0)}

@@ -98,10 +98,12 @@ class Topics:
         *,
         stage: str = "rating",
         at: Received | None = None,
+        record_id: str | None = None,
         ts: int = T0,
     ) -> Received:
         """A dead letter; `at` is the message it points at (none: the responses topic, offset -1,
-        as the rating stage's unpaired and incomplete letters)."""
+        as the rating stage's unpaired and incomplete letters, and its letters for pairs it could
+        not write, which name the pair in `record_id`)."""
         letter = DeadLetter(
             reason=reason,
             error_type=error_type,
@@ -110,6 +112,7 @@ class Topics:
             source_topic=at.topic if at else "t.responses",
             source_partition=at.partition if at else 0,
             source_offset=at.offset if at else -1,
+            record_id=record_id,
             created_at_ms=ts,
         )
         return self.put("dlq", letter, prompt_id, ts)
@@ -267,6 +270,36 @@ def test_a_pair_missing_from_the_pairs_topic_is_not_settled() -> None:
     # With online competency nothing predicts the pairs: only the emitted ones are checked.
     assert topics.ledger(LATER).counts[State.COMPLETE] == 1
     assert topics.ledger(LATER).pairs_checked == "emitted"
+
+
+def test_a_pair_the_rating_stage_could_not_write_is_short_not_owed() -> None:
+    topics = Topics()
+    topics.prompt("p-1")
+    topics.answers("p-1")
+    topics.judged_pair("p-1", "m-a", "m-b")
+    topics.judged_pair("p-1", "m-a", "m-c")
+    unwritten = pair_id_for("p-1", response_id_for("p-1", "m-b"), response_id_for("p-1", "m-c"))
+    other = pair_id_for("p-1", response_id_for("p-1", "m-a"), response_id_for("p-1", "m-z"))
+    # A letter naming another pair does not account for this one.
+    topics.letter("p-1", "too_large", "pairs record not written", record_id=other)
+    only(topics.ledger(LATER, expected_pairs=every_pair), State.UNACCOUNTED)
+    topics.letter("p-1", "too_large", "pairs record not written: 1,200 bytes", record_id=unwritten)
+    for expected in (every_pair, None):  # predicted pairs, or only the emitted ones
+        ledger = topics.ledger(LATER, expected_pairs=expected)
+        only(ledger, State.PARTIAL)
+        assert any(m.startswith(f"pair {unwritten}: not written") for m in ledger.prompts[0].missing)
+
+
+def test_a_refused_answer_with_its_failure_record_and_letter_is_partial() -> None:
+    topics = Topics()
+    prompt = topics.prompt("p-1")
+    topics.answers("p-1", ["m-a", "m-b"])
+    topics.answer("p-1", "m-c", error="the answer's record was not written: MessageSizeTooLargeError")
+    topics.letter("p-1", "refused", "responses record not written", stage="generation", at=prompt)
+    topics.judged_pair("p-1", "m-a", "m-b")
+    ledger = topics.ledger(LATER, expected_pairs=every_pair)
+    only(ledger, State.PARTIAL)
+    assert "MessageSizeTooLargeError" in ledger.prompts[0].missing[0]
 
 
 def test_an_emitted_pair_without_preference_or_letter_is_not_settled() -> None:
