@@ -395,6 +395,11 @@ class KarmaSettings(BaseSettings):
         description="A dead letter keeps at most this many bytes of the message it came from, with the "
         "whole value's length and SHA-256, so that a letter always fits its topic.",
     )
+    allow_untested_versions: bool = Field(
+        default=False,
+        description="Start a worker although the installed faust-streaming or aiokafka is not the release "
+        "its overrides were written against (streams/versions.py); a warning names it.",
+    )
     # Whole seconds: faust's hopping windows step through integer starts.
     window_size_s: int = Field(
         default=600, ge=1, description="Hopping window of per-model state and online competency."

@@ -30,6 +30,7 @@ from karma.streams.kafka_clients import check_connection
 from karma.streams.metrics import serve_metrics
 from karma.streams.sizes import RecordLimits, read_limits
 from karma.streams.topics import all_topic_names, changelog_topics, ensure_topics
+from karma.streams.versions import check_versions
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +139,12 @@ def run_worker(
     """Checks the connection, creates the topics (changelogs included), serves /metrics, /healthz
     and /readyz, and runs the agents until SIGINT/SIGTERM.
 
-    A cluster that cannot be reached, or refuses the TLS or SASL settings, raises
-    ClusterAccessError (a KafkaError) first, within seconds and before faust or anything else
-    starts, so that the command can say why in one line (`karma worker` exits with code 2)."""
+    Installed faust-streaming or aiokafka releases other than those its overrides were written
+    against raise UntestedVersionError (streams/versions.py) before anything else. A cluster
+    that cannot be reached, or refuses the TLS or SASL settings, raises ClusterAccessError (a
+    KafkaError), within seconds and before faust or anything else starts, so that the command
+    can say why in one line (`karma worker` exits with code 2 for both)."""
+    check_versions(settings.allow_untested_versions)
     asyncio.run(check_connection(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     stage = create_stage(settings, roles, models)

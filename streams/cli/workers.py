@@ -13,6 +13,7 @@ from karma.streams.app import ROLES
 from karma.streams.cli.common import BootstrapOption, ConfigOption, console, kafka_problem, settings_or_exit
 from karma.streams.metrics import MetricsPortInUse
 from karma.streams.topics import TopicMismatchError
+from karma.streams.versions import UntestedVersionError
 from karma.streams.worker import run_worker
 
 ALL = "all"  # the role that runs every stage in one worker
@@ -53,7 +54,7 @@ def worker(
     )
     try:
         run_worker(settings, roles, models, loglevel=loglevel)
-    except (MetricsPortInUse, TopicMismatchError) as exc:
+    except (MetricsPortInUse, TopicMismatchError, UntestedVersionError) as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
     except KafkaError as exc:  # raised before faust starts: see run_worker
