@@ -31,7 +31,7 @@ from karma.streams.kafka_clients import faust_credentials
 from karma.streams.lag import LagMonitor
 from karma.streams.metrics import BATCH_SECONDS, HANDLER_FAILURES, LOOP_LAG, MESSAGES_IN, STAGE_LATENCY
 from karma.streams.recovery import SeekSafeTableManager
-from karma.streams.sizes import PRODUCER_MAX_REQUEST_BYTES, RecordLimits
+from karma.streams.sizes import PRODUCER_MAX_BATCH_BYTES, PRODUCER_MAX_REQUEST_BYTES, RecordLimits
 from karma.streams.topics import TOPICS, TopicNames
 
 # The roles a worker can run, and the topics (short names, streams/topics.py) each one reads,
@@ -349,6 +349,7 @@ def new_stage(
         # the one streams/sizes.py measures against.
         producer_request_timeout=settings.delivery_timeout_s,
         producer_max_request_size=PRODUCER_MAX_REQUEST_BYTES,
+        producer_max_batch_size=PRODUCER_MAX_BATCH_BYTES,
         Table=ConfirmedTable,  # changelog writes are confirmed with the outputs (streams/delivery.py)
         web_enabled=False,
         autodiscover=False,

@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 # The producer's own cap on one record (faust's default, passed to it explicitly in streams/app.py
 # so that this check and the producer's agree).
 PRODUCER_MAX_REQUEST_BYTES = 1_000_000
+# The producer's batches per partition (faust's default, also passed explicitly): made smaller at
+# start (streams/worker.py) when a topic takes less, or the broker would refuse whole batches of
+# records that each fit.
+PRODUCER_MAX_BATCH_BYTES = 16_384
 # Room in a response, pair or preference for everything but its texts: ids and model names (at
 # most 256 characters each, schemas/models.py `Id`), the judge's name, policy, scores, timestamps,
 # the Avro framing and the record batch header. tests/streams/test_sizes.py checks a preference

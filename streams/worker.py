@@ -28,7 +28,7 @@ from karma.streams.app import ROLES, Stage, new_stage
 from karma.streams.config import KarmaSettings, ModelSpec
 from karma.streams.kafka_clients import check_connection
 from karma.streams.metrics import serve_metrics
-from karma.streams.sizes import RecordLimits, read_limits
+from karma.streams.sizes import PRODUCER_MAX_BATCH_BYTES, RecordLimits, read_limits
 from karma.streams.topics import all_topic_names, changelog_topics, ensure_topics
 from karma.streams.versions import check_versions
 
@@ -127,7 +127,8 @@ def fit_batches_to_limits(app: faust.App, limits: RecordLimits) -> None:
     """A topic limit below the producer's batch size (16 KiB) would have the broker refuse a
     batch of records that each fit: batches are kept at most that small."""
     smallest = min([limit.max_bytes for limit in limits.by_topic.values()], default=limits.fallback.max_bytes)
-    app.conf.producer_max_batch_size = min(app.conf.producer_max_batch_size, smallest)
+    if smallest < PRODUCER_MAX_BATCH_BYTES:
+        app.conf.producer_max_batch_size = smallest
 
 
 def run_worker(
