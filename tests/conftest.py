@@ -6,6 +6,7 @@ Set ``KARMA_TEST_BOOTSTRAP=host:port`` to run against an existing broker instead
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -16,8 +17,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from karma.streams.broker import BrokerConfig, LocalBroker, free_ports
+from karma.streams.config import KarmaSettings
+from karma.streams.kafka_clients import new_admin
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Jars are resolved once into the repo's cache and shared by every test session (and CI run).
@@ -63,6 +67,34 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
         return external
     broker: LocalBroker = request.getfixturevalue("kafka_broker")
     return broker.bootstrap
+
+
+# -- topic configuration, as an operator changes it ---------------------------------------------
+
+
+def set_topic_config(settings: KarmaSettings, short: str, **configs: str) -> None:
+    """Sets configs of a karma topic (`max_message_bytes="300"` is max.message.bytes) and waits
+    until the broker describes them: a change takes a moment to apply."""
+
+    async def alter() -> None:
+        topic = settings.topic(short)
+        wanted = {name.replace("_", "."): value for name, value in configs.items()}
+        admin = new_admin(settings)
+        await admin.start()
+        try:
+            [response] = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, wanted)])
+            assert not [r for r in response.resources if r[0]], f"alter_configs {topic} {wanted}: {response}"
+            for _ in range(100):
+                query = ConfigResource(ConfigResourceType.TOPIC, topic, dict.fromkeys(wanted))
+                [described] = await admin.describe_configs([query])
+                if {entry[0]: entry[1] for entry in described.resources[0][4]} == wanted:
+                    return
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"{topic} does not show {wanted} after 10 s")
+        finally:
+            await admin.close()
+
+    asyncio.run(alter())
 
 
 # -- the simulated OpenAI-compatible server (agents/backends/simulated_server.py), as a real process --

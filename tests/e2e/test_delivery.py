@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
 from confluent_kafka import Producer
 
@@ -43,27 +42,11 @@ from karma.streams.kafka_clients import new_admin
 from karma.streams.lag import LagMonitor
 from karma.streams.processes import settings_env
 from karma.streams.sizes import record_size
-from tests.conftest import BROKER_START_TIMEOUT, JARS_HOME, REPO_ROOT
+from tests.conftest import BROKER_START_TIMEOUT, JARS_HOME, REPO_ROOT, set_topic_config
 from tests.e2e.conftest import Pipeline, audit, ids, make_prompts
 from tests.e2e.test_competency import _gauges, _live
 
 POOL = ["llama-2-13b-chat", "wizardlm-13b", "vicuna-33b", "llama-2-70b-chat", "gpt-3.5-turbo"]
-
-
-async def _alter(settings: KarmaSettings, topic: str, configs: dict[str, str]) -> None:
-    admin = new_admin(settings)
-    await admin.start()
-    try:
-        [response] = await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs)])
-        errors = [resource for resource in response.resources if resource[0]]
-        assert not errors, f"alter_configs {topic} {configs}: {errors}"
-    finally:
-        await admin.close()
-
-
-def set_topic_config(settings: KarmaSettings, short: str, **configs: str) -> None:
-    """Sets a topic's configuration as an operator would (e.g. max_message_bytes="300")."""
-    asyncio.run(_alter(settings, settings.topic(short), {k.replace("_", "."): v for k, v in configs.items()}))
 
 
 def group_lag(settings: KarmaSettings, group: str, short: str, timeout_s: float = 30.0) -> int:
@@ -82,6 +65,14 @@ def group_lag(settings: KarmaSettings, group: str, short: str, timeout_s: float 
     while (lag := asyncio.run(read())) and time.monotonic() < deadline:
         time.sleep(1)
     return lag
+
+
+def wait_until_ready(pipeline: Pipeline, worker: subprocess.Popen[bytes], timeout_s: float = 90.0) -> None:
+    """Until the worker has said "Worker ready" (faust, once its partitions are assigned)."""
+    deadline = time.monotonic() + timeout_s
+    while not any(f"[{worker.pid}]" in line and "Worker ready" in line for line in pipeline.log_lines()):
+        assert worker.poll() is None and time.monotonic() < deadline, pipeline.log()
+        time.sleep(0.5)
 
 
 def letters_of(pipeline: Pipeline) -> list[DeadLetter]:
@@ -133,11 +124,12 @@ def test_pairs_the_broker_refuses_become_letters_naming_them(pipeline_factory: A
     pairs = [pair for p in prompts for pair in simulated_pairs(settings, p)]
     limit = limit_between(sorted(record_size(pair.prompt_id.encode(), encode(pair)) for pair in pairs))
     # One worker per stage, as in production: what the rating worker learns of the pairs topic
-    # (its lower limit) stays its own, so the generation worker goes on as before.
-    for role in ("generate", "judge"):
-        pipeline.start_worker("worker", role, "--metrics-port", "0")
-    pipeline.start_worker("worker", "rate")
-    pipeline.wait_for_metrics()  # served once the rating worker has read the topics' limits
+    # (its lower limit) stays its own, so the generation worker goes on as before. Each reads the
+    # topics' limits at start: all have, once all are ready.
+    workers = [pipeline.start_worker("worker", role, "--metrics-port", "0") for role in ("generate", "judge")]
+    workers.append(pipeline.start_worker("worker", "rate"))
+    for worker in workers:
+        wait_until_ready(pipeline, worker)
     # Lowered while the worker runs: it read the old limit at start, so the broker refuses.
     set_topic_config(settings, "pairs", max_message_bytes=str(limit))
     pipeline.submit(prompts)
