@@ -27,7 +27,9 @@ from karma.streams.cli.common import (
     settings_or_exit,
 )
 from karma.streams.client import PromptProducer, Received, parse_prompt_file, read_topic
+from karma.streams.codecs import encode
 from karma.streams.config import KarmaSettings
+from karma.streams.sizes import read_limits, record_size
 
 
 def submit(
@@ -51,22 +53,37 @@ def submit(
 
 
 async def _submit(settings: KarmaSettings, file: Path, source: str) -> tuple[int, int]:
+    """Sends every good line and waits for the broker's acknowledgement of each; a bad line, one
+    too large for the prompts topic, and one the broker refuses are reported and skipped. A prompt
+    counts as submitted only once acknowledged."""
     lines = file.read_text().splitlines()
-    sent = skipped = 0
+    topic = settings.topic("prompts")
+    limit = (await read_limits(settings, [topic])).of(topic)
+    skipped = 0
     async with PromptProducer(settings, source=source) as producer:
         with new_progress() as progress:
             task = progress.add_task("submitting", total=len(lines))
             pending = []
             for line_no, prompt, error in parse_prompt_file(lines, source):
+                if prompt is not None and error is None:
+                    size = record_size(prompt.prompt_id.encode(), encode(prompt))
+                    if size > limit.max_bytes:
+                        error = f"the prompt's record is {size:,} bytes; {limit.describe(topic)}"
                 if error is not None:
-                    console.print(f"[yellow]skipped[/] {file}:{line_no}: {error}")
+                    console.print(f"[yellow]skipped[/] {file}:{line_no}: {escape(error)}")
                     skipped += 1
                 elif prompt is not None:
-                    pending.append(await producer.send_prompt(prompt))
-                    sent += 1
+                    pending.append((line_no, await producer.send_prompt(prompt)))
                 progress.advance(task)
-            await asyncio.gather(*pending)
-    return sent, skipped
+            results = await asyncio.gather(*(future for _, future in pending), return_exceptions=True)
+    refused = [
+        (line_no, result)
+        for (line_no, _), result in zip(pending, results, strict=True)
+        if isinstance(result, BaseException)
+    ]
+    for line_no, error in refused:
+        console.print(f"[yellow]skipped[/] {file}:{line_no}: the broker refused it: {escape(repr(error))}")
+    return len(pending) - len(refused), skipped + len(refused)
 
 
 def audit(
