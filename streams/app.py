@@ -20,6 +20,7 @@ from typing import Any, NoReturn, TypeVar
 
 import faust
 from faust.sensors import Monitor
+from mode.utils.queues import FlowControlQueue
 
 from karma.schemas.models import Record
 from karma.streams import transport
@@ -93,6 +94,12 @@ class Stage:
         not committed and the group redelivers them: handed back rather than worked off."""
         self._stopping = True
         self.health.mark_stopping()
+        await self.batches_done()
+
+    async def batches_done(self) -> None:
+        """Returns once no batch is being handled. A rebalance waits for this before the worker
+        rejoins its group (streams/transport.py `on_partitions_revoked`): the batch in hand is
+        finished and committed, the events queued behind it are handed back (`batches`)."""
         if self._in_flight:
             await self._idle.wait()
 
@@ -119,6 +126,9 @@ class Stage:
         `batch_wait_s`), so a model backend gets many requests at once; each message's latency
         is its share of its batch's time. A batch's messages are acked after `handle_safely`
         returns, that is once the broker has confirmed every output and dead letter they caused."""
+        consumer = self.app.consumer
+        if isinstance(consumer, transport.BatchDrainConsumer):
+            consumer.finish_in_hand = self.batches_done  # a rebalance lets the batch in hand finish
         async for events in self.batches(stream, batch_size or self.settings.batch_size):
             started = time.perf_counter()
             self._in_flight += 1
@@ -145,13 +155,30 @@ class Stage:
         ack one it never yielded and yield another twice (seen here: in a backlog of 100,000
         responses one was skipped and its prompt never paired, while its neighbour came twice).
         So a task of our own pumps the stream, with faust's acks off, into a bounded queue (its
-        bound is the back-pressure)."""
+        bound is the back-pressure).
+
+        The queue is under faust's flow control, like the agents' own buffers: a rebalance
+        clears it, and a batch assembled while the flow is stopped is dropped, so the events
+        queued go to the partitions' owner-to-be (uncommitted, they are redelivered) while this
+        worker finishes only the batch in hand (`batches_done`). Left to run them, a worker spent
+        a whole queue's worth of slow model batches in the rebalance, past the rebalance timeout,
+        and the group dropped it (tests/e2e/test_scaling.py)."""
         stream.enable_acks = False
-        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=2 * batch_size)
+        queue: HandBackQueue[Any] = HandBackQueue(
+            maxsize=2 * batch_size, flow_control=self.app.flow_control, clear_on_resume=True
+        )
+
+        flow = self.app.flow_control
 
         async def pump() -> None:
             async for event in stream.events():
-                await queue.put(event)
+                if flow.is_active():
+                    await queue.put(event)
+                    if not flow.is_active():  # it went in after a rebalance cleared the queue
+                        queue.clear()
+                # Not held while the next event is awaited: faust's rebalance waits for every
+                # event still referenced to be acked, and this one will not be.
+                del event
 
         pumping = asyncio.ensure_future(pump())
         loop = asyncio.get_running_loop()
@@ -171,6 +198,11 @@ class Stage:
                     # Handed back, unacked (see `finish_batches`); faust cancels this agent
                     # when it stops, which ends the wait.
                     await loop.create_future()
+                if not flow.is_active():
+                    # A rebalance began: handed back, unacked, and no reference to them kept.
+                    batch.clear()
+                    first = event = None
+                    continue
                 yield batch
         finally:
             pumping.cancel()
@@ -249,6 +281,18 @@ def _exit_uncommitted(code: int, why: str) -> NoReturn:
     log.critical("%s; exiting uncommitted (code %d)", why, code)
     logging.shutdown()
     os._exit(code)
+
+
+class HandBackQueue(FlowControlQueue[Any]):
+    """The batching queue (`Stage.batches`): faust clears it when a rebalance begins, like its own
+    buffers. Clearing also wakes the producer waiting for room, which asyncio's queue would only
+    wake on a `get`; with the queue cleared while full, the pump waited for a `get` that waited
+    for the pump, and the stage stalled (seen in tests/e2e/test_scaling.py)."""
+
+    def clear(self) -> None:
+        super().clear()
+        while self._putters:  # type: ignore[attr-defined]  # asyncio.Queue's, as mode's queue uses
+            self._wakeup_next(self._putters)  # type: ignore[attr-defined]
 
 
 _ENDED = object()
@@ -345,6 +389,9 @@ def new_stage(
         broker_max_poll_records=2000,
         stream_buffer_maxsize=16384,
         producer_linger_ms=5,
+        # A rebalance waits for the batch in hand (`Stage.batches_done`, streams/transport.py), not
+        # for every event faust has handed the agents: those queued are handed back (`Stage.batches`).
+        stream_wait_empty=False,
         # The producer retries a retriable write this long (streams/delivery.py); its own record cap is
         # the one streams/sizes.py measures against.
         producer_request_timeout=settings.delivery_timeout_s,

@@ -422,7 +422,13 @@ class KarmaSettings(BaseSettings):
     # Fast group joins and restarts: see docs/design.md, "Runtime facts".
     session_timeout_s: float = 6.0
     heartbeat_interval_s: float = 1.5
-    rebalance_timeout_s: float = 6.0
+    rebalance_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long the group waits, in a rebalance, for a member to finish the batch in hand "
+        "and rejoin: above the longest batch a stage takes (a slow model's batch), or a busy member is "
+        "dropped from its group at every rebalance and its batch is done twice.",
+    )
 
     @field_validator("pool")
     @classmethod

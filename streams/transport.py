@@ -23,6 +23,9 @@ the partition not active); the seek that follows re-reads only partitions with a
 offset. A worker restarted before its predecessor had committed lost that backlog for good and
 consumed nothing more (seen in tests/e2e/test_faults.py, the rating worker killed mid-stream).
 
+A rebalance first lets the stages finish the batch in hand and commits it
+(`on_partitions_revoked`), since faust forgets the revoked partitions' acks before it commits.
+
 Plugged in by URL scheme: `karma://host:port` (registered in pyproject.toml under the entry
 point group `faust.transports`, faust's own way to add a transport).
 """
@@ -30,7 +33,7 @@ point group `faust.transports`, faust's own way to add a transport).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from typing import Any, cast
 
 from faust.transport.consumer import CONSUMER_FETCHING, RecordMap
@@ -45,8 +48,28 @@ _YIELD_EVERY = 100
 
 
 class BatchDrainConsumer(aiokafka.Consumer):
-    """aiokafka.Consumer whose fetcher delivers each fetched batch in one task, and which never
-    leaves a partition's position past records it fetched and did not deliver."""
+    """aiokafka.Consumer whose fetcher delivers each fetched batch in one task, which never
+    leaves a partition's position past records it fetched and did not deliver, and which commits
+    the batch in hand before a rebalance takes its partitions away."""
+
+    # Set by the stages (streams/app.py `Stage.in_batches`): returns once no batch is handled.
+    finish_in_hand: Callable[[], Awaitable[None]] | None = None
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        """A rebalance: no new batch is handed out, the events queued are handed back (faust's
+        flow control, streams/app.py `Stage.batches`), the stages finish the batch in hand, and
+        what they acked is committed, all before faust's own step, whose first act is to forget
+        the revoked partitions' acks (faust-streaming 0.15.3 `Consumer.on_partitions_revoked`):
+        otherwise the next owner does the batch in hand again."""
+        if self.finish_in_hand is not None and self.assignment():
+            self.app.flow_control.suspend()
+            self.app.flow_control.clear()
+            await self.finish_in_hand()
+            try:
+                await self.commit()
+            except Exception as exc:  # e.g. this member was dropped already: the next owner redoes it
+                self.log.warning("commit before the rebalance failed (redelivered): %r", exc)
+        await super().on_partitions_revoked(revoked)
 
     async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> RecordMap:
         """A fetch of the partitions active now, not of faust's live set: aiokafka re-reads the

@@ -16,12 +16,10 @@ import logging
 import os
 import signal
 import threading
-import warnings
 from collections.abc import Iterable
 from typing import Any
 
 import faust
-from faust.exceptions import AlreadyConfiguredWarning
 
 from karma.agents import generation, judging, rating
 from karma.streams.app import ROLES, Stage, new_stage
@@ -88,12 +86,10 @@ class KarmaWorker(faust.Worker):
     async def _stop_on_signal(self, signal: signal.Signals) -> None:
         # First the batches being handled, then a commit of everything handled, then faust's
         # stop (which closes the backends, see streams/app.py `_track_health`). faust's own
-        # "wait for streams" would also work off every event already fetched (a whole backlog's
-        # worth of buffers, tens of seconds with a slow model): those are handed back instead.
+        # "wait for streams" is off (`stream_wait_empty`, streams/app.py): it would also work off
+        # every event already fetched (a whole backlog's worth of buffers, tens of seconds with a
+        # slow model); those are handed back instead.
         await self.stage.finish_batches()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", AlreadyConfiguredWarning)  # set late on purpose
-            self.stage.app.conf.stream_wait_empty = False
         try:
             await self.stage.app.consumer.commit()
         except Exception as exc:  # e.g. signalled before the consumer started: nothing to commit

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from mode.utils.queues import FlowControlEvent
 
 from karma.streams.app import Stage
 from karma.streams.config import KarmaSettings
@@ -32,8 +34,10 @@ class FakeStream:
 
 
 def stage(batch_size: int = 8, batch_wait_s: float = 0.01) -> Stage:
+    """A Stage whose app is only what batching needs of it: faust's flow control, flowing."""
     settings = KarmaSettings(batch_size=batch_size, batch_wait_s=batch_wait_s)
-    return Stage(settings=settings, app=None, names=None, topics={})  # type: ignore[arg-type]
+    app = SimpleNamespace(flow_control=FlowControlEvent(initially_suspended=False))
+    return Stage(settings=settings, app=app, names=None, topics={})  # type: ignore[arg-type]
 
 
 async def collect(stream: FakeStream, handle_s: float = 0.001) -> list[list[int]]:
@@ -73,3 +77,74 @@ def test_a_lone_event_waits_at_most_batch_wait_s() -> None:
 
     batch, waited = asyncio.run(scenario())
     assert batch == [0] and waited < 1.0
+
+
+def test_a_rebalance_drops_the_queued_events_and_hands_out_only_new_ones() -> None:
+    """faust clears the agents' buffers when a rebalance starts (flow_control.clear()); the events
+    queued for the next batches go too, unyielded and so unacked: redelivered to the partitions'
+    next owner, while the worker finishes only the batch in hand."""
+
+    class Bursts:
+        """Ten events, then (once the test says so) ten more."""
+
+        enable_acks = True
+
+        def __init__(self) -> None:
+            self.more = asyncio.Event()
+
+        async def events(self) -> AsyncIterator[int]:
+            for i in range(10):
+                yield i
+            await self.more.wait()
+            for i in range(100, 110):
+                yield i
+
+    async def scenario() -> list[list[int]]:
+        s, stream = stage(batch_size=4), Bursts()
+        flow = s.app.flow_control
+        yielded = []
+        async for batch in s.batches(stream, 4):
+            yielded.append(batch)
+            if len(yielded) == 1:
+                await asyncio.sleep(0.05)  # the other six are queued by now
+                flow.suspend()  # a rebalance starts: faust stops the flow and clears the buffers
+                flow.clear()
+                flow.resume()
+                stream.more.set()
+            if sum(map(len, yielded)) >= 14:
+                return yielded
+        return yielded
+
+    yielded = asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+    assert yielded[0] == [0, 1, 2, 3]
+    assert [e for batch in yielded[1:] for e in batch] == list(range(100, 110))  # 4-9 dropped
+
+
+def test_a_rebalance_that_clears_a_full_queue_does_not_stall_the_pump() -> None:
+    """The pump waits for room in a full queue; faust clears it at a rebalance. The pump must go on
+    (asyncio wakes a waiting producer only on a get, and the getter waits for the producer)."""
+
+    class Endless:
+        enable_acks = True
+
+        async def events(self) -> AsyncIterator[int]:
+            i = 0
+            while True:
+                yield i
+                i += 1
+
+    async def scenario() -> list[int]:
+        s = stage(batch_size=4)
+        flow = s.app.flow_control
+        batches = s.batches(Endless(), 4)
+        first = await anext(batches)
+        await asyncio.sleep(0.05)  # the queue (8) is full, the pump waits for room
+        flow.suspend()
+        flow.clear()
+        flow.resume()
+        second = await asyncio.wait_for(anext(batches), timeout=5)
+        await batches.aclose()
+        return first + second
+
+    handed = asyncio.run(scenario())
+    assert handed[:4] == [0, 1, 2, 3] and len(handed) == 8 and handed[4] > 4  # 4.. were dropped
