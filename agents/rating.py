@@ -27,6 +27,13 @@ the prompt's entry. Once per tick interval the tallies of the current window, su
 partitions this worker holds, go through `agents.competency.assess`, and the blended
 superiority is what pairing uses from then on. With several rating workers each one learns
 from the verdicts of its own partitions: the same estimate on a share of the evidence.
+
+Outputs before the state that records them: a batch's pairs and letters are sent and confirmed
+by the broker first (`Outbox.confirm`), and only then is the state written that records them
+as emitted, with the batch's verdict evidence (streams/delivery.py confirms those changelog
+writes before the batch is acked). A worker that dies in between has written no state for
+them, so the redelivered batch decides and sends the same pairs again (same ids; consumers
+de-duplicate); a batch that fails and is handled again counts each verdict once.
 """
 
 from __future__ import annotations
