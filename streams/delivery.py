@@ -244,13 +244,17 @@ class Outbox:
         message = event.message
         raw_key = event.key if isinstance(event.key, bytes) else None
         await self._send_letter(
-            reason=reason,
-            error_type=error_type,
-            prompt_id=prompt_id or prompt_id_of_key(raw_key),
-            record_id=record_id,
-            source=(message.topic, message.partition, message.offset),
-            key=raw_key,
-            value=event.value,
+            bounded_letter(
+                stage=self.stage,
+                reason=reason,
+                error_type=error_type,
+                prompt_id=prompt_id or prompt_id_of_key(raw_key),
+                record_id=record_id,
+                source=(message.topic, message.partition, message.offset),
+                key=raw_key,
+                value=event.value,
+                max_value_bytes=self.delivery.letter_value_bytes(),
+            )
         )
 
     async def dead_letter_prompt(
@@ -266,13 +270,17 @@ class Outbox:
         `incomplete`, or a pair not written): it points at the prompt's partition of the responses
         topic, offset -1, no value."""
         await self._send_letter(
-            reason=reason,
-            error_type=error_type,
-            prompt_id=prompt_id,
-            record_id=record_id,
-            source=(self.delivery.names.responses, partition, -1),
-            key=prompt_id.encode(),
-            value=None,
+            bounded_letter(
+                stage=self.stage,
+                reason=reason,
+                error_type=error_type,
+                prompt_id=prompt_id,
+                record_id=record_id,
+                source=(self.delivery.names.responses, partition, -1),
+                key=prompt_id.encode(),
+                value=None,
+                max_value_bytes=0,
+            )
         )
 
     def track(self, writes: Iterable[Awaitable[Any]]) -> None:
@@ -392,28 +400,7 @@ class Outbox:
         self._confirmed(output)
         return True
 
-    async def _send_letter(
-        self,
-        *,
-        reason: str,
-        error_type: str,
-        prompt_id: str | None,
-        record_id: str | None,
-        source: tuple[str, int, int],
-        key: bytes | None,
-        value: bytes | None,
-    ) -> None:
-        letter = bounded_letter(
-            stage=self.stage,
-            reason=reason,
-            error_type=error_type,
-            prompt_id=prompt_id,
-            record_id=record_id,
-            source=source,
-            key=key,
-            value=value,
-            max_value_bytes=self.delivery.letter_value_bytes(),
-        )
+    async def _send_letter(self, letter: DeadLetter) -> None:
         await self._send(
             Output(
                 self.stage,
@@ -422,8 +409,8 @@ class Outbox:
                 letter.prompt_id.encode() if letter.prompt_id else letter.key,
                 encode(letter),
                 prompt_id=letter.prompt_id,
-                record_id=record_id,
-                error_type=error_type,
+                record_id=letter.record_id,
+                error_type=letter.error_type,
             )
         )
 
