@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
@@ -51,6 +52,8 @@ Handler = Callable[[list[Any], Outbox], Awaitable[None]]
 # (EX_SOFTWARE), a write the cluster does not take (EX_TEMPFAIL: start it again later).
 EX_UNHANDLED = 70
 EX_UNDELIVERED = 75
+# Batches handled whose writes the broker has not confirmed yet, per agent (`Stage.in_batches`).
+UNCONFIRMED_BATCHES = 4
 
 
 def raw_topic(app: faust.App, *names: str, partitions: int) -> faust.TopicT:
@@ -124,28 +127,65 @@ class Stage:
     ) -> None:
         """Feeds `handle` the stream's events in batches (`batch_size`, or what arrived within
         `batch_wait_s`), so a model backend gets many requests at once; each message's latency
-        is its share of its batch's time. A batch's messages are acked after `handle_safely`
-        returns, that is once the broker has confirmed every output and dead letter they caused."""
+        is its share of its batch's time. A batch's messages are acked only once the broker has
+        confirmed every output and dead letter they caused (`Outbox.confirm`), and in the order
+        the batches came. The next batch is handled while that confirmation is on its way (at most
+        UNCONFIRMED_BATCHES of them), so the stage does not idle for a broker round trip per batch."""
         consumer = self.app.consumer
         if isinstance(consumer, transport.BatchDrainConsumer):
             consumer.finish_in_hand = self.batches_done  # a rebalance lets the batch in hand finish
-        async for events in self.batches(stream, batch_size or self.settings.batch_size):
-            started = time.perf_counter()
-            self._in_flight += 1
-            self._idle.clear()
-            try:
-                await self.handle_safely(events, stage, handle, on_retry)
-                for event in events:
-                    await stream.ack(event)  # only now: handled, or dead-lettered
-            finally:
-                self._in_flight -= 1
-                if not self._in_flight:
-                    self._idle.set()  # `finish_batches` may be waiting for this
-            spent = time.perf_counter() - started
-            BATCH_SECONDS.labels(stage).observe(spent)
-            latency = STAGE_LATENCY.labels(stage)
-            for _ in events:
-                latency.observe(spent / len(events))
+        unconfirmed: deque[asyncio.Future[None]] = deque()
+        try:
+            async for events in self.batches(stream, batch_size or self.settings.batch_size):
+                started = time.perf_counter()
+                self._in_flight += 1
+                self._idle.clear()
+                try:
+                    outbox = await self.handle_safely(events, stage, handle, on_retry)
+                except BaseException:
+                    self._batch_done()
+                    raise
+                previous = unconfirmed[-1] if unconfirmed else None
+                confirming = self._confirm_then_ack(stream, stage, events, outbox, previous, started)
+                unconfirmed.append(asyncio.ensure_future(confirming))
+                while unconfirmed and (len(unconfirmed) > UNCONFIRMED_BATCHES or unconfirmed[0].done()):
+                    await unconfirmed.popleft()
+        finally:
+            for confirming in unconfirmed:
+                confirming.cancel()  # the agent stops: what is not acked is redelivered
+
+    async def _confirm_then_ack(
+        self,
+        stream: Any,
+        stage: str,
+        events: list[Any],
+        outbox: Outbox,
+        previous: asyncio.Future[None] | None,
+        started: float,
+    ) -> None:
+        """Acks a handled batch once the broker confirmed what it wrote, after the batch before it."""
+        try:
+            await outbox.confirm()
+            if previous is not None:
+                await previous
+            for event in events:
+                await stream.ack(event)  # only now: handled or dead-lettered, and confirmed
+        except DeliveryFailed as exc:
+            _exit_uncommitted(EX_UNDELIVERED, f"{stage}: {exc}")
+        except Exception as exc:  # a bug in confirming: nothing is acked
+            _exit_uncommitted(EX_UNHANDLED, f"{stage}: confirming a batch failed: {exc!r}")
+        finally:
+            self._batch_done()
+        spent = time.perf_counter() - started
+        BATCH_SECONDS.labels(stage).observe(spent)
+        latency = STAGE_LATENCY.labels(stage)
+        for _ in events:
+            latency.observe(spent / len(events))
+
+    def _batch_done(self) -> None:
+        self._in_flight -= 1
+        if not self._in_flight:
+            self._idle.set()  # `batches_done` may be waiting for this
 
     async def batches(self, stream: Any, batch_size: int) -> AsyncIterator[list[Any]]:
         """The stream's events in batches: up to `batch_size`, or what arrived within
@@ -213,19 +253,21 @@ class Stage:
         stage: str,
         handle: Handler,
         on_retry: Callable[[], None] = lambda: None,
-    ) -> None:
-        """Runs `handle(events, outbox)` and confirms what it wrote (`Outbox.confirm`). An
+    ) -> Outbox:
+        """Runs `handle(events, outbox)` and returns the outbox, for the caller to confirm. An
         unexpected exception is retried with backoff (`handler_retries` times, from 0.5 s,
         doubling): a model hiccup must not cost a message. If the batch still fails, each message
-        is handled alone, and one that still fails goes to the DLQ with the exception (error_type
-        `exception`). `on_retry` forgets the failed attempt's unsaved state. A write that cannot
-        be made (DeliveryFailed: the cluster does not take it, or a dead letter cannot be
-        written) stops the process at once, before the batch is acked, so the group redelivers."""
+        is handled alone (and what it wrote confirmed here), and one that still fails goes to the
+        DLQ with the exception (error_type `exception`). `on_retry` forgets the failed attempt's
+        unsaved state. A write that cannot be made (DeliveryFailed: the cluster does not take it,
+        or a dead letter cannot be written) stops the process at once, before the batch is
+        acked, so the group redelivers."""
         delay = 0.5
         for attempt in range(1, self.settings.handler_retries + 1):
+            outbox = self.delivery.outbox(stage)
             try:
-                await self._handle_and_confirm(events, stage, handle)
-                return
+                await handle(events, outbox)
+                return outbox
             except DeliveryFailed as exc:
                 _exit_uncommitted(EX_UNDELIVERED, f"{stage}: {exc}")
             except Exception as exc:
@@ -235,8 +277,10 @@ class Stage:
                 await asyncio.sleep(delay)
                 delay *= 2
         for event in events:
+            outbox = self.delivery.outbox(stage)
             try:
-                await self._handle_and_confirm([event], stage, handle)
+                await handle([event], outbox)
+                await outbox.confirm()
             except DeliveryFailed as exc:
                 _exit_uncommitted(EX_UNDELIVERED, f"{stage}: {exc}")
             except Exception as exc:
@@ -253,11 +297,7 @@ class Stage:
                     _exit_uncommitted(
                         EX_UNHANDLED, f"{stage}: cannot dead-letter a failing message: {unsent!r}"
                     )
-
-    async def _handle_and_confirm(self, events: list[Any], stage: str, handle: Handler) -> None:
-        outbox = self.delivery.outbox(stage)
-        await handle(events, outbox)
-        await outbox.confirm()
+        return self.delivery.outbox(stage)  # every message confirmed above: nothing left
 
     async def decode_batch(
         self, events: list[Any], model: type[R], outbox: Outbox, *, report_errors: bool = True
