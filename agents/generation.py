@@ -20,12 +20,12 @@ from typing import Any
 
 from karma.agents.backends import BackendError, Generation, GenerationRequest, Generator, make_generator
 from karma.schemas.models import Prompt, Response, response_id_for
-from karma.streams.app import Stage
 from karma.streams.codecs import encode
 from karma.streams.config import ModelSpec
 from karma.streams.delivery import Outbox, Refusal
 from karma.streams.metrics import BACKEND_REQUESTS
 from karma.streams.sizes import TextBudget
+from karma.streams.stage import Stage
 
 STAGE = "generation"
 

@@ -16,10 +16,10 @@ from karma.agents.backends.simulated import SimulatedJudge, SimulatedJudgeBacken
 from karma.agents.judge_prompt import RawVerdict
 from karma.agents.verdicts import resolve, unswap
 from karma.schemas.models import Candidate, KinPair, Preference, Winner
-from karma.streams.app import Stage
 from karma.streams.codecs import encode
 from karma.streams.delivery import Outbox
 from karma.streams.metrics import BACKEND_REQUESTS, VERDICTS
+from karma.streams.stage import Stage
 
 STAGE = "judging"
 

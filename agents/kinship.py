@@ -105,7 +105,7 @@ def load_profiles(path: Path | None = None) -> Profiles:
     """Reads benchmark profiles: a CSV (model,bench1,bench2,...) or a YAML mapping
     {model: {benchmark: score}}; None reads the bundled 16-model table."""
     if path is None:
-        text = resources.files("karma.streams").joinpath("data/model_benchmarks.csv").read_text()
+        text = resources.files("karma.agents").joinpath("data/model_benchmarks.csv").read_text()
         where = "bundled model_benchmarks.csv"
     else:
         try:

@@ -49,7 +49,6 @@ from karma.agents.gathering import Gathered, Gatherer, Outcome
 from karma.agents.kinship import load_profiles
 from karma.agents.pairing import LiveCompetency, make_pairs
 from karma.schemas.models import KinPair, Preference, Response
-from karma.streams.app import Stage, raw_topic
 from karma.streams.codecs import DecodeError, decode, encode
 from karma.streams.delivery import ConfirmedTable, Outbox
 from karma.streams.metrics import (
@@ -63,6 +62,7 @@ from karma.streams.metrics import (
     SUPERIORITY,
 )
 from karma.streams.sizes import RECORD_OVERHEAD_BYTES, text_cost
+from karma.streams.stage import Stage, raw_topic
 
 STAGE = "rating"
 

@@ -9,8 +9,9 @@ import tempfile
 import faust
 
 from karma.streams import transport
-from karma.streams.app import PerMessageQuietMonitor, Stage, raw_topic
+from karma.streams.app import PerMessageQuietMonitor
 from karma.streams.config import KarmaSettings
+from karma.streams.stage import Stage, raw_topic
 
 bootstrap, mode = sys.argv[1], sys.argv[2]
 # The same faust settings as the karma workers (streams/app.py new_stage).
@@ -46,7 +47,7 @@ async def read(stream):  # type: ignore[no-untyped-def]
     if mode == "plain":  # faust's own iteration, acks by faust
         async for event in stream.events():
             await handle([event])
-    else:  # the stages' batching (streams/app.py Stage.in_batches)
+    else:  # the stages' batching (streams/stage.py Stage.in_batches)
         await stage.in_batches(stream, "floor", handle, batch_size=256)
 
 

@@ -44,7 +44,7 @@ def default_jars_home() -> Path:
 
 def start_local_broker(home: Path, jars_home: Path, timeout_s: float = 120.0) -> Any:
     """A single-node KRaft broker on two free loopback ports, state under `home`."""
-    from karma.streams.broker import BrokerConfig, BrokerError, LocalBroker
+    from karma.localkafka.broker import BrokerConfig, BrokerError, LocalBroker
 
     broker = LocalBroker(BrokerConfig.on_free_ports(home, jars_home))
     try:

@@ -101,9 +101,9 @@ from karma.agents.policies import select_pairs
 from karma.schemas.models import Candidate, KinPair, Prompt, Response, pair_id_for, response_id_for
 from karma.streams.codecs import encode
 from karma.streams.config import KarmaSettings
-from karma.streams.demo import expected_pairs_per_prompt
-from karma.streams.processes import spawn_worker, stop_worker
 from karma.streams.topics import ensure_topics
+from karma.tools.demo import expected_pairs_per_prompt
+from karma.tools.processes import spawn_worker, stop_worker
 
 SCENARIOS = ("ceiling", "generate", "rate", "judge", "run5", "run16", "backlog", "latency")
 # Short enough to repeat: --repeats applies to these; the others run once.

@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _kafka_bench import _status_kib, default_jars_home, publish, start_local_broker  # noqa: E402
 
+from karma.localkafka.broker import free_ports  # noqa: E402
 from karma.schemas.models import Prompt, Response, response_id_for  # noqa: E402
-from karma.streams.broker import free_ports  # noqa: E402
 from karma.streams.codecs import encode  # noqa: E402
 from karma.streams.config import KarmaSettings  # noqa: E402
-from karma.streams.processes import spawn_worker, stop_worker  # noqa: E402
 from karma.streams.topics import ensure_topics  # noqa: E402
+from karma.tools.processes import spawn_worker, stop_worker  # noqa: E402
 
 POOL = ["llama-2-13b-chat", "wizardlm-13b", "vicuna-33b", "llama-2-70b-chat", "gpt-3.5-turbo"]
 # About the size of a simulated answer (~50 words).

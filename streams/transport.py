@@ -52,12 +52,12 @@ class BatchDrainConsumer(aiokafka.Consumer):
     leaves a partition's position past records it fetched and did not deliver, and which commits
     the batch in hand before a rebalance takes its partitions away."""
 
-    # Set by the stages (streams/app.py `Stage.in_batches`): returns once no batch is handled.
+    # Set by the stages (streams/stage.py `Stage.in_batches`): returns once no batch is handled.
     finish_in_hand: Callable[[], Awaitable[None]] | None = None
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         """A rebalance: no new batch is handed out, the events queued are handed back (faust's
-        flow control, streams/app.py `Stage.batches`), the stages finish the batch in hand, and
+        flow control, streams/stage.py `Stage.batches`), the stages finish the batch in hand, and
         what they acked is committed, all before faust's own step, whose first act is to forget
         the revoked partitions' acks (faust-streaming 0.15.3 `Consumer.on_partitions_revoked`):
         otherwise the next owner does the batch in hand again."""

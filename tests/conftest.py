@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from karma.streams.broker import BrokerConfig, LocalBroker, free_ports
+from karma.localkafka.broker import BrokerConfig, LocalBroker, free_ports
 from karma.streams.config import KarmaSettings
 from karma.streams.kafka_clients import new_admin
 
@@ -114,7 +114,7 @@ def start_simulated_servers(
         log = log_dir / f"simulated-server-{port}.log"
         with log.open("wb") as sink:
             process = subprocess.Popen(
-                [sys.executable, "-m", "karma.streams.cli", "simulated-server", "--port", str(port), *flags],
+                [sys.executable, "-m", "karma.cli", "simulated-server", "--port", str(port), *flags],
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,

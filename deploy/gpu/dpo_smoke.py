@@ -5,7 +5,7 @@ download.
     python deploy/gpu/dpo_smoke.py                      # a shard made here by the exporter's code
     python deploy/gpu/dpo_smoke.py --shard data/prefs/shard-000000.parquet   # one of yours
 
-Without --shard it makes one with the exporter's own code (streams/export/): a dozen
+Without --shard it makes one with the exporter's own code (tools/export/): a dozen
 preferences, ties among them, encoded as on the topic and committed through `ShardBuilder` and
 `ShardStore` into a temporary folder, so the rows are exactly what `karma export` writes. The
 shard (JSONL or Parquet, plain strings or chat messages) is loaded with
@@ -31,8 +31,8 @@ from tiny_llama import save_tiny_llama  # beside this script
 
 from karma.schemas.models import Candidate, Preference, Winner
 from karma.streams.codecs import encode
-from karma.streams.export.rows import COLUMNS, RowFilter
-from karma.streams.export.shards import Layout, ShardBuilder, ShardFormat, ShardStore
+from karma.tools.export.rows import COLUMNS, RowFilter
+from karma.tools.export.shards import Layout, ShardBuilder, ShardFormat, ShardStore
 
 PROMPTS = [
     "why is the sky blue",

@@ -22,8 +22,8 @@ from karma.agents.kinship import (
     normalise,
 )
 
-BUNDLED_TABLE = Path(__file__).resolve().parents[2] / "streams" / "data" / "model_benchmarks.csv"
-# The table as published by the ZEBRA authors (provenance: streams/data/model_benchmarks.md).
+BUNDLED_TABLE = Path(__file__).resolve().parents[2] / "agents" / "data" / "model_benchmarks.csv"
+# The table as published by the ZEBRA authors (provenance: agents/data/model_benchmarks.md).
 PUBLISHED_SHA256 = "e7715c67bd33f1bdfc2c59dc02c6e13b508778cd6ea2d978ea56640a548ce745"
 
 

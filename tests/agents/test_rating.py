@@ -18,9 +18,9 @@ from karma.agents.kinship import load_profiles
 from karma.agents.pairing import make_pairs
 from karma.agents.rating import STAGE, RatingStage, Tables, tally_keys
 from karma.schemas.models import KinPair, Preference, Response, Winner, response_id_for
-from karma.streams.app import Stage
 from karma.streams.codecs import DecodeError, decode, encode
 from karma.streams.config import KarmaSettings
+from karma.streams.stage import Stage
 from karma.streams.topics import TopicNames
 from tests import records
 

@@ -14,8 +14,8 @@ import pytest
 import typer
 import yaml
 
+from karma.cli import app
 from karma.streams.app import ROLES
-from karma.streams.cli import app
 from karma.streams.config import KarmaSettings
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"

@@ -26,8 +26,8 @@ from karma.agents.kinship import Scored, kin_pairs, load_profiles
 from karma.schemas.models import Prompt, pair_id_for, response_id_for
 from karma.streams.client import PromptProducer, Received, read_topic
 from karma.streams.config import KarmaSettings
-from karma.streams.processes import settings_env, spawn_worker, stop_worker
 from karma.streams.topics import ensure_topics
+from karma.tools.processes import settings_env, spawn_worker, stop_worker
 from tests.conftest import free_ports
 
 
@@ -131,7 +131,7 @@ def audit(pipeline: Pipeline) -> dict[str, Any]:
     """`karma audit --json` on the pipeline's topics, as an operator runs it; fails the test with
     the ledger when anything is unaccounted (exit code 1)."""
     run = subprocess.run(
-        [sys.executable, "-m", "karma.streams.cli", "audit", "--json", "--show", "20"],
+        [sys.executable, "-m", "karma.cli", "audit", "--json", "--show", "20"],
         env={**os.environ, **settings_env(pipeline.settings)},
         capture_output=True,
         text=True,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from karma.agents.gathering import Gatherer
-from karma.streams.cli import main
+from karma.cli import main
 
 _write_state = Gatherer.flush
 _calls = 0

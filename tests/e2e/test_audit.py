@@ -17,6 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from typer.testing import CliRunner
 
+from karma.cli import app
 from karma.schemas.models import (
     DeadLetter,
     KinPair,
@@ -27,11 +28,10 @@ from karma.schemas.models import (
     pair_id_for,
     response_id_for,
 )
-from karma.streams.cli import app
 from karma.streams.codecs import encode
 from karma.streams.config import KarmaSettings
-from karma.streams.processes import settings_env
 from karma.streams.topics import ensure_topics
+from karma.tools.processes import settings_env
 from tests import records
 from tests.conftest import free_ports
 
@@ -154,7 +154,7 @@ async def _a_lost_pair(pub: Publisher) -> None:
 
 def _audit(settings: KarmaSettings, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "karma.streams.cli", "audit", *args],
+        [sys.executable, "-m", "karma.cli", "audit", *args],
         env={**os.environ, **settings_env(settings)},
         cwd=cwd,
         capture_output=True,

@@ -1,4 +1,4 @@
-"""A three-node Kafka cluster (streams/cluster.py) that loses a broker mid-stream, as a production
+"""A three-node Kafka cluster (localkafka/cluster.py) that loses a broker mid-stream, as a production
 cluster does: the pipeline runs against all three nodes with every topic replicated three times
 (min.insync.replicas 2), the node that coordinates the workers' group is killed with SIGKILL and
 stays down, and the stream goes on: every prompt ends as exactly its preferences, none invented,
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from karma.streams.cluster import LocalCluster
+from karma.localkafka.cluster import LocalCluster
 from karma.streams.config import KarmaSettings
 from karma.streams.kafka_clients import new_admin
 from tests.conftest import BROKER_START_TIMEOUT, JARS_HOME

@@ -19,7 +19,7 @@ from karma.agents.competency import pool_table
 from karma.agents.kinship import load_profiles
 from karma.streams.client import window_verdicts
 from karma.streams.config import KarmaSettings, ModelSpec
-from karma.streams.processes import settings_env
+from karma.tools.processes import settings_env
 from tests.e2e.conftest import Pipeline, ids, make_prompts
 
 RISING = "llama-2-7b-chat"  # prior superiority 0.41, among the weakest of this pool
@@ -146,7 +146,7 @@ def test_a_model_that_improves_finds_new_kin_and_a_killed_rater_recovers_its_evi
 
     # And `karma competency` prints the same table as JSON.
     result = subprocess.run(
-        [sys.executable, "-m", "karma.streams.cli", "competency", "--json"],
+        [sys.executable, "-m", "karma.cli", "competency", "--json"],
         env={**os.environ, **settings_env(pipeline.settings)},
         capture_output=True,
         text=True,

@@ -34,14 +34,14 @@ from karma.agents.backends.simulated import generator
 from karma.agents.gathering import Gathered
 from karma.agents.kinship import load_profiles
 from karma.agents.pairing import make_pairs
+from karma.localkafka.cluster import LocalCluster
 from karma.schemas.models import DeadLetter, KinPair, Prompt, Response, response_id_for
-from karma.streams.cluster import LocalCluster
 from karma.streams.codecs import encode
 from karma.streams.config import KarmaSettings
 from karma.streams.kafka_clients import new_admin
 from karma.streams.lag import LagMonitor
-from karma.streams.processes import settings_env
 from karma.streams.sizes import record_size
+from karma.tools.processes import settings_env
 from tests.conftest import BROKER_START_TIMEOUT, JARS_HOME, REPO_ROOT, set_topic_config
 from tests.e2e.conftest import Pipeline, audit, ids, make_prompts
 from tests.e2e.test_competency import _gauges, _live

@@ -27,7 +27,7 @@ def test_demo_with_the_zebra_labeller(kafka_bootstrap: str, tmp_path: Path) -> N
         [
             sys.executable,
             "-m",
-            "karma.streams.cli",
+            "karma.cli",
             "demo",
             "--bootstrap",
             kafka_bootstrap,

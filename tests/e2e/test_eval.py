@@ -31,7 +31,7 @@ def karma_eval(
         [
             sys.executable,
             "-m",
-            "karma.streams.cli",
+            "karma.cli",
             "eval",
             "--bootstrap",
             bootstrap,

@@ -18,9 +18,9 @@ import pytest
 
 from karma.schemas.models import Preference, Winner
 from karma.streams.client import Received
-from karma.streams.export.rows import COLUMNS
-from karma.streams.export.shards import MANIFEST_DIR, Manifest, resume_offsets
-from karma.streams.processes import settings_env
+from karma.tools.export.rows import COLUMNS
+from karma.tools.export.shards import MANIFEST_DIR, Manifest, resume_offsets
+from karma.tools.processes import settings_env
 from tests.e2e.conftest import Pipeline, ids, make_prompts
 
 # Every exporter a test starts; whatever is still running when the test ends (a failed wait, say)
@@ -42,7 +42,7 @@ def start_export(pipeline: Pipeline, out: Path, *args: str) -> subprocess.Popen[
     """`karma export --out OUT ARGS` as a child process, as an operator starts it."""
     log = (pipeline.workdir / "export.log").open("ab")
     exporter = subprocess.Popen(
-        [sys.executable, "-m", "karma.streams.cli", "export", "--out", str(out), *args],
+        [sys.executable, "-m", "karma.cli", "export", "--out", str(out), *args],
         env={**os.environ, **settings_env(pipeline.settings)},
         cwd=pipeline.workdir,
         stdout=log,

@@ -14,8 +14,8 @@ from typing import Any
 from karma.agents.gathering import Gathered
 from karma.agents.kinship import load_profiles
 from karma.agents.pairing import make_pairs
+from karma.localkafka.broker import LocalBroker
 from karma.schemas.models import DeadLetter, Prompt, Response, response_id_for
-from karma.streams.broker import LocalBroker
 from tests.conftest import BROKER_START_TIMEOUT, local_broker_config
 from tests.e2e.conftest import Pipeline, audit, ids, make_prompts
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from karma.localkafka.broker import LocalBroker
 from karma.schemas.models import DeadLetter, Prompt, prompt_id_for
-from karma.streams.broker import LocalBroker
 from tests.conftest import local_broker_config
 from tests.e2e.conftest import audit, ids
 

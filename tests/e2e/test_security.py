@@ -22,13 +22,13 @@ from aiokafka.errors import KafkaConnectionError
 from aiokafka.helpers import create_ssl_context
 from typer.testing import CliRunner
 
-from karma.streams.broker import BrokerConfig, LocalBroker, free_ports
-from karma.streams.cli.broker import broker_app
+from karma.cli.broker import broker_app
+from karma.localkafka.broker import BrokerConfig, LocalBroker, free_ports
 from karma.streams.client import list_topics
 from karma.streams.config import KAFKA_PASSWORD_VARIABLE, KarmaSettings
 from karma.streams.kafka_clients import ClusterAccessError
-from karma.streams.processes import settings_env
 from karma.streams.topics import ensure_topics
+from karma.tools.processes import settings_env
 from tests.conftest import BROKER_START_TIMEOUT, JARS_HOME
 from tests.e2e.conftest import Pipeline, ids, make_prompts
 from tests.streams.test_kafka_clients import make_ca
@@ -117,7 +117,7 @@ def test_refused_credentials_end_every_command_in_one_line(
     ):
         started = time.monotonic()
         run = subprocess.run(
-            [sys.executable, "-m", "karma.streams.cli", *args],
+            [sys.executable, "-m", "karma.cli", *args],
             env={**os.environ, **env},
             cwd=tmp_path,  # karma-out/karma.log, where library log lines go, stays here
             capture_output=True,

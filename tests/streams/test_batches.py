@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from mode.utils.queues import FlowControlEvent
 
-from karma.streams.app import Stage
 from karma.streams.config import KarmaSettings
+from karma.streams.stage import Stage
 
 
 class FakeStream:

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from karma.streams.config import ConfigError, KarmaSettings, load_settings
-from karma.streams.processes import settings_env
+from karma.tools.processes import settings_env
 
 
 @pytest.fixture(autouse=True)
@@ -226,7 +226,7 @@ def test_kafka_security_from_environment_variables(monkeypatch: pytest.MonkeyPat
 def test_child_processes_get_the_same_security_settings(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """`settings_env` (streams/processes.py) hands a worker its settings as KARMA_* variables;
+    """`settings_env` (tools/processes.py) hands a worker its settings as KARMA_* variables;
     the password variable itself is inherited, never copied into them."""
     ca = tmp_path / "ca.pem"
     ca.write_text("a PEM file\n")

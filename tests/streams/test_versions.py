@@ -9,8 +9,8 @@ import tomllib
 import pytest
 from typer.testing import CliRunner
 
+from karma.cli import app
 from karma.streams import versions
-from karma.streams.cli import app
 from karma.streams.versions import WRITTEN_AGAINST, UntestedVersionError, check_versions, untested_versions
 from tests.conftest import REPO_ROOT
 

@@ -25,7 +25,7 @@ from karma.agents.backends.simulated import SimulatedGenerator, SimulatedJudge
 from karma.agents.backends.simulated_server import p_first_wins, pair_key, prompt_key
 from karma.agents.judge_prompt import VerdictError, judge_messages, parse_verdict
 from karma.agents.kinship import load_profiles
-from karma.streams.cli import app
+from karma.cli import app
 from tests.conftest import start_simulated_servers, stop_processes
 
 T = TypeVar("T")

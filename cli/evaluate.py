@@ -1,0 +1,114 @@
+"""`karma eval`: compare pairing policies, one pipeline per policy over one prompt set (the work
+itself is in tools/evaluation/; this module is its options and its error messages)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from aiokafka.errors import KafkaError
+from rich.markup import escape
+
+from karma.agents.kinship import ProfileError
+from karma.cli.common import (
+    BootstrapOption,
+    ConfigOption,
+    console,
+    new_progress,
+    out,
+    settings_or_exit,
+)
+from karma.localkafka.broker import BrokerError
+from karma.streams.topics import TopicMismatchError
+from karma.tools.evaluation import (
+    EvalError,
+    load_prompts,
+    parse_policies,
+    run_eval,
+    summary_table,
+    with_pool,
+)
+from karma.tools.processes import broker_for
+
+
+class PoolChoice(StrEnum):
+    profiles = "profiles"
+    config = "config"
+
+
+def evaluate(
+    prompts: Annotated[Path | None, typer.Option(help="JSONL prompts (default: the bundled 50).")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Use only the first N prompts.")] = None,
+    policies: Annotated[
+        str | None, typer.Option(help="Comma-separated policies, e.g. kin,sup (default: all seven).")
+    ] = None,
+    pool: Annotated[
+        PoolChoice,
+        typer.Option(
+            help="profiles: every model of the profile table, simulated; config: the configured pool."
+        ),
+    ] = PoolChoice.profiles,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder of the report.")] = Path("karma-out/eval"),
+    port: Annotated[int, typer.Option(help="Port of the local broker (without --bootstrap).")] = 9092,
+    bootstrap: BootstrapOption = None,
+    timeout: Annotated[float, typer.Option(help="Seconds each policy may take to drain.")] = 300.0,
+    config: ConfigOption = None,
+) -> None:
+    """Compare pairing policies: the pipeline once per policy over one prompt set, then a report.
+
+    Each policy gets a pipeline of its own (fresh topics and consumer group, one `karma run`
+    worker). Reported per policy: pairs per prompt, the kinship-gap distribution, judge
+    position-consistency, tie rate and, where there is a ground truth (the simulated pool),
+    label accuracy against the models' latent quality. Writes OUT/report.md, OUT/report.json
+    (the same numbers), OUT/gap_distribution.png and OUT/quality.png; worker logs go to OUT/logs.
+    Without --bootstrap it starts the local broker (as `karma demo` does) if none answers.
+    """
+    try:
+        chosen = parse_policies(policies)
+    except ValueError as exc:
+        console.print(f"[red]error:[/] --policies: {exc}")
+        raise typer.Exit(2) from None
+    if prompts is not None and not prompts.is_file():
+        console.print(f"[red]error:[/] {prompts} is not a readable file")
+        raise typer.Exit(2)
+    prompt_set = load_prompts(prompts, limit, warn=lambda msg: console.print(f"[yellow]skipped[/] {msg}"))
+    if not prompt_set:
+        console.print("[red]error:[/] no usable prompt")
+        raise typer.Exit(2)
+    try:
+        with broker_for(bootstrap, port, say=console.print) as servers:
+            settings = settings_or_exit(config, bootstrap_servers=servers, metrics_port=0)
+            try:
+                settings = with_pool(settings, pool.value)
+            except ProfileError as exc:
+                console.print(f"[red]error:[/] {exc}")
+                raise typer.Exit(2) from None
+            console.print(
+                f"karma eval: {len(prompt_set)} prompts x {len(settings.pool)} models ({pool.value}), "
+                f"policies {', '.join(chosen)}, broker {settings.bootstrap_servers}"
+            )
+            info = {
+                "prompt_source": str(prompts or "bundled sample_prompts.jsonl"),
+                "pool_source": pool.value,
+            }
+            result = run_eval(
+                settings,
+                chosen,
+                prompt_set,
+                out_dir,
+                timeout_s=timeout,
+                console=console,
+                progress=new_progress,
+                info=info,
+            )
+    except (BrokerError, EvalError, TopicMismatchError) as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    except (KafkaError, TimeoutError) as exc:
+        where = bootstrap or f"127.0.0.1:{port}"
+        console.print(f"[red]error:[/] Kafka: {exc or 'timed out'} (is the broker at {where} up?)")
+        raise typer.Exit(1) from None
+    out.print(summary_table(result.summaries, title=f"karma eval ({result.seconds:.0f} s)"))
+    out.print(f"report: {result.paths['report_md']} (and report.json, gap_distribution.png, quality.png)")
