@@ -21,11 +21,14 @@ demo-openai: $(INSTALLED)  ## the demo with every model and the judge behind an 
 	  for i in $$(seq 100); do curl -sf http://127.0.0.1:8000/health > /dev/null && break; sleep 0.2; done; \
 	  $(VENV)/bin/karma demo --config examples/pool-openai.yaml
 
+# The suite also needs openssl and Prometheus: scripts/ensure-test-tools.sh installs them when missing
+# (apt-get as root, else Prometheus's Debian package unpacked under .cache/tools) or says what to install.
 test: $(INSTALLED)  ## lint, the import contracts (.importlinter), then the whole suite (it starts its own Kafka broker)
+	scripts/ensure-test-tools.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports --no-cache
-	$(VENV)/bin/pytest
+	PATH="$(CURDIR)/.cache/tools/usr/bin:$$PATH" $(VENV)/bin/pytest
 
 smoke-transformers:  ## the transformers backend on a tiny random Llama, CPU (a separate venv: torch is ~5.6 GB)
 	test -x .venv-torch/bin/python || $(PYTHON) -m venv .venv-torch

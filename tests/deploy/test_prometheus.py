@@ -2,8 +2,9 @@
 config and the alert rules and runs their unit tests, and a real `prometheus` scrapes a running
 worker, loads the rules and answers every panel query of the Grafana dashboard.
 
-Prometheus (`prometheus` and `promtool` on PATH) is a prerequisite of the suite like Java and
-Maven: without it these tests fail, saying how to install it (`.ci/run` installs it).
+Prometheus (`prometheus` and `promtool` on PATH) is a prerequisite of the suite: `make test`
+installs it when missing (scripts/ensure-test-tools.sh); run without it, these tests fail, saying
+how to install it.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def tool(name: str) -> str:
         pytest.fail(
             f"`{name}` is not on PATH. Prometheus is a prerequisite of the test suite, like Java and "
             "Maven: install it (Debian/Ubuntu: `apt-get install -y prometheus`, which provides "
-            "`prometheus` and `promtool`; `.ci/run` does this when it is missing)."
+            "`prometheus` and `promtool`; `make test` does it when it is missing)."
         )
     return path
 
