@@ -26,7 +26,8 @@ SCHEMA_FILES: dict[str, str] = {name: f"{name}.avsc" for name in RECORD_TYPES}
 # Earlier versions still readable: bytes written with them keep decoding after an upgrade.
 SCHEMA_HISTORY: dict[str, tuple[str, ...]] = {
     "preference": ("preference.v1.avsc",),  # before soft_label
-    "dead_letter": ("dead_letter.v1.avsc", "dead_letter.v2.avsc"),  # before prompt_id; before value_size
+    # before prompt_id; before value_size; before models
+    "dead_letter": ("dead_letter.v1.avsc", "dead_letter.v2.avsc", "dead_letter.v3.avsc"),
     "response": ("response.v1.avsc",),  # before error (failure records)
 }
 

@@ -273,6 +273,8 @@ class DeadLetter(Record):
     value_size: int | None = Field(default=None, ge=0)
     value_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     record_id: Id | None = None  # the output the letter stands for, when that output was not written
+    # The models it concerns (version 4): what `karma audit` reads, never the reason's prose.
+    models: list[Id] = Field(default_factory=list)
     created_at_ms: int = Field(default_factory=now_ms, ge=0)
 
 

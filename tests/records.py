@@ -191,6 +191,7 @@ def dead_letter(
     key: bytes | None = None,
     value: bytes | None = None,
     record_id: str | None = None,
+    models: list[str] | None = None,
     created_at_ms: int | None = None,
 ) -> DeadLetter:
     """A letter about the message at `source_offset` of `source_topic` (partition 0 unless given):
@@ -206,6 +207,7 @@ def dead_letter(
         key=key,
         value=value,
         record_id=record_id,
+        models=models or [],
         **_stamped(created_at_ms),
     )
 

@@ -185,6 +185,28 @@ def test_dead_letters_written_before_their_bounds_still_decode() -> None:
     assert decoded.prompt_id == letter.prompt_id and decoded.value == letter.value
 
 
+def test_dead_letters_written_before_models_still_decode() -> None:
+    """Version 3 (before models) reads with models empty: a letter written by the code before."""
+    v3 = json.loads((SCHEMAS / SCHEMA_HISTORY["dead_letter"][2]).read_text())
+    fields = {f["name"] for f in v3["fields"]}
+    assert "models" not in fields and "record_id" in fields
+    letter = next(r for r in RECORDS if isinstance(r, DeadLetter)).model_copy(update={"record_id": "r-1"})
+    record = {k: v for k, v in letter.model_dump(mode="python").items() if k != "models"}
+    body = io.BytesIO()
+    schemaless_writer(body, parse_schema(v3), record)
+    decoded = decode(struct.pack(">bI", 0, schema_id(v3)) + body.getvalue(), DeadLetter)
+    assert decoded.models == [] and decoded == letter.model_copy(update={"models": []})
+
+
+def test_a_letter_naming_models_round_trips_and_old_readers_skip_the_field() -> None:
+    """The current schema writes models; a reader still on version 3 reads the rest (FORWARD too)."""
+    letter = records.dead_letter("karma.responses", 3, error_type="incomplete", models=["m1", "m-2/x"])
+    assert decode(encode(letter), DeadLetter).models == ["m1", "m-2/x"]
+    v3 = parse_schema(json.loads((SCHEMAS / SCHEMA_HISTORY["dead_letter"][2]).read_text()))
+    old = decode_raw(encode(letter), v3)
+    assert "models" not in old and old["error_type"] == "incomplete"
+
+
 @pytest.mark.parametrize("record", RECORDS, ids=lambda r: type(r).__name__)
 def test_decode_any_finds_the_record_type_by_schema_id(record) -> None:  # type: ignore[no-untyped-def]
     decoded = decode_any(encode(record))
