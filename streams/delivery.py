@@ -15,9 +15,10 @@ A write that fails is handled by what its failure says about it:
   others of its batch, is sent again alone. Otherwise it is refused;
 - **the broker refused the record** for another reason of its own (an invalid timestamp, a
   policy, ...): refused;
-- a refused output is replaced by a dead letter naming its prompt, the record, the topic and
-  the error (`error_type` `too_large` or `refused`), and the stage's own fallback, if any
-  (generation also publishes the model's failure record, so the rating stage does not wait);
+- a refused output is replaced by a dead letter naming its prompt, the record, the models it
+  concerns (`models`), the topic and the error (`error_type` `too_large` or `refused`), and the
+  stage's own fallback, if any (generation also publishes the model's failure record, so the
+  rating stage does not wait);
 - **the write could not be made** (a retriable error still failing after the producer retried
   it for `delivery_timeout_s`: not enough replicas, no leader, brokers down; or an authorization
   error), and **any dead letter or changelog write that fails**: that is no single message's
@@ -61,6 +62,7 @@ from karma.streams.sizes import (
     RECORD_OVERHEAD_BYTES,
     RecordLimits,
     TextBudget,
+    letter_models_bytes,
     read_limits,
     record_size,
 )
@@ -130,7 +132,8 @@ OnRefused = Callable[["Refusal"], Awaitable[None]]
 @dataclass(frozen=True)
 class Output:
     """One record to write, with what a dead letter needs should it be refused: its prompt, its
-    id, and the message that caused it (`cause`, an event), or else the prompt's partition."""
+    id, the models it concerns, and the message that caused it (`cause`, an event), or else the
+    prompt's partition."""
 
     stage: str
     short: str  # the topic's short name (TopicNames field), the metric label
@@ -139,6 +142,7 @@ class Output:
     value: bytes
     prompt_id: str | None
     record_id: str | None = None
+    models: tuple[str, ...] = ()
     cause: Any = None
     partition: int = 0
     on_refused: OnRefused | None = None
@@ -190,6 +194,7 @@ class Delivery:
         dead-letter topic's own limit leaves less room beside the reason, key and ids."""
         letter_bytes = self.limits.of(self.names.dlq).max_bytes
         room = letter_bytes - RECORD_OVERHEAD_BYTES - 4 * MAX_REASON_CHARS - MAX_KEY_BYTES
+        room -= letter_models_bytes(self.settings.model_names)
         return max(0, min(self.settings.dead_letter_max_value_bytes, room))
 
 
@@ -210,11 +215,13 @@ class Outbox:
         value: bytes,
         *,
         record_id: str,
+        models: Iterable[str] = (),
         cause: Any = None,
         partition: int = 0,
         on_refused: OnRefused | None = None,
     ) -> None:
-        """Sends one output keyed by its prompt id; `confirm` waits for the broker's answer."""
+        """Sends one output keyed by its prompt id; `confirm` waits for the broker's answer.
+        `models`: the models it concerns (its letter names them should it be refused)."""
         await self._send(
             Output(
                 self.stage,
@@ -224,6 +231,7 @@ class Outbox:
                 value,
                 prompt_id=key,
                 record_id=record_id,
+                models=tuple(models),
                 cause=cause,
                 partition=partition,
                 on_refused=on_refused,
@@ -238,9 +246,11 @@ class Outbox:
         error_type: str,
         prompt_id: str | None = None,
         record_id: str | None = None,
+        models: Iterable[str] = (),
     ) -> None:
         """A letter with the event's raw bytes (bounded), why, and where it came from. It names its
-        prompt (field and key): `prompt_id`, or else the one the message key carries."""
+        prompt (field and key): `prompt_id`, or else the one the message key carries; and the
+        models it concerns, if any."""
         message = event.message
         raw_key = event.key if isinstance(event.key, bytes) else None
         await self._send_letter(
@@ -250,6 +260,7 @@ class Outbox:
                 error_type=error_type,
                 prompt_id=prompt_id or prompt_id_of_key(raw_key),
                 record_id=record_id,
+                models=models,
                 source=(message.topic, message.partition, message.offset),
                 key=raw_key,
                 value=event.value,
@@ -265,10 +276,11 @@ class Outbox:
         reason: str,
         error_type: str,
         record_id: str | None = None,
+        models: Iterable[str] = (),
     ) -> None:
         """A letter about a prompt that no single message caused (the rating stage's `unpaired`,
         `incomplete`, or a pair not written): it points at the prompt's partition of the responses
-        topic, offset -1, no value."""
+        topic, offset -1, no value, and names the models it concerns."""
         await self._send_letter(
             bounded_letter(
                 stage=self.stage,
@@ -276,6 +288,7 @@ class Outbox:
                 error_type=error_type,
                 prompt_id=prompt_id,
                 record_id=record_id,
+                models=models,
                 source=(self.delivery.names.responses, partition, -1),
                 key=prompt_id.encode(),
                 value=None,
@@ -371,6 +384,7 @@ class Outbox:
                 error_type=refusal.error_type,
                 prompt_id=output.prompt_id,
                 record_id=output.record_id,
+                models=output.models,
             )
         else:
             await self.dead_letter_prompt(
@@ -379,6 +393,7 @@ class Outbox:
                 reason=reason,
                 error_type=refusal.error_type,
                 record_id=output.record_id,
+                models=output.models,
             )
         if output.on_refused is not None:
             await output.on_refused(refusal)
@@ -446,10 +461,12 @@ def bounded_letter(
     key: bytes | None,
     value: bytes | None,
     max_value_bytes: int,
+    models: Iterable[str] = (),
 ) -> DeadLetter:
     """A dead letter whose size is bounded whatever it is about: the raw value is cut to
     `max_value_bytes` (its whole length and SHA-256 kept), the key to MAX_KEY_BYTES and the
-    reason to MAX_REASON_CHARS (each cut said in the reason)."""
+    reason to MAX_REASON_CHARS (each cut said in the reason). `models` is never cut: a letter
+    names at most the pool, or a pair's two models (`Delivery.letter_value_bytes` leaves room)."""
     notes = []
     if key is not None and len(key) > MAX_KEY_BYTES:
         notes.append(f"key of {len(key):,} bytes cut to {MAX_KEY_BYTES:,}")
@@ -474,4 +491,5 @@ def bounded_letter(
         value_size=None if value is None else len(value),
         value_sha256=None if value is None else hashlib.sha256(value).hexdigest(),
         record_id=record_id,
+        models=list(dict.fromkeys(models)),  # each once, in the order given
     )

@@ -55,6 +55,21 @@ RECORD_OVERHEAD_BYTES = 4096
 # A dead letter's reason and key are cut too, so that the letter always fits its topic.
 MAX_REASON_CHARS = 4096
 MAX_KEY_BYTES = 1024
+# The longest name of a model (schemas/models.py `Id`: 256 characters, at most 4 bytes each).
+MAX_NAME_BYTES = 1024
+
+
+def names_cost(names: Iterable[str]) -> int:
+    """The most these names take as an Avro array of strings: each name with its length prefix,
+    and the array's block count and end."""
+    return sum(len(name.encode()) + 5 for name in names) + 10
+
+
+def letter_models_bytes(pool: Iterable[str]) -> int:
+    """Room for a dead letter's `models`: the whole pool (a prompt's letter names at most its
+    models), and two of the longest names (a pair's, should it come from a stage with another
+    pool)."""
+    return names_cost(pool) + 2 * (MAX_NAME_BYTES + 5)
 
 
 def record_size(key: bytes | None, value: bytes | None) -> int:

@@ -128,11 +128,12 @@ def test_a_record_over_its_topics_limit_is_not_sent_and_gets_a_letter_and_the_st
     before = failures("generation", "responses", "exceeds_limit")
     run(
         Outbox(FakeDelivery(producer, {NAMES.responses: 500}), "generation"),
-        answer_of(600, on_refused=fallback),
+        answer_of(600, on_refused=fallback, models=["m-1"]),
     )
     assert not producer.on(NAMES.responses)  # found before sending
     [letter] = letters(producer)
     assert letter.error_type == "too_large" and letter.prompt_id == "p-1" and letter.record_id == "r-1"
+    assert letter.models == ["m-1"]  # the model whose answer it stands for
     assert f"not written to {NAMES.responses}" in letter.reason and "at most 500 bytes" in letter.reason
     assert (letter.source_topic, letter.source_partition, letter.source_offset) == (NAMES.prompts, 2, 41)
     assert letter.value == PROMPT_EVENT.value  # the message that caused it, for a resubmission
@@ -163,19 +164,28 @@ def test_another_refusal_of_the_record_gets_a_letter_with_the_brokers_error() ->
     producer = Producer(answer=lambda t, v, a: InvalidTimestampError() if t == NAMES.preferences else None)
     outbox = Outbox(FakeDelivery(producer), "judging")
     pair_event = Event(b"pair bytes", Message(NAMES.pairs, 1, 7))
-    run(outbox, lambda o: o.publish("preferences", "p-1", b"v", record_id="pair-1", cause=pair_event))
+    run(
+        outbox,
+        lambda o: o.publish(
+            "preferences", "p-1", b"v", record_id="pair-1", models=("a", "b"), cause=pair_event
+        ),
+    )
     [letter] = letters(producer)
     assert letter.error_type == "refused" and "InvalidTimestampError" in letter.reason
     assert (letter.source_topic, letter.source_offset, letter.record_id) == (NAMES.pairs, 7, "pair-1")
+    assert letter.models == ["a", "b"]
 
 
 def test_a_refused_output_of_no_single_message_is_lettered_on_its_prompts_partition() -> None:
     producer = Producer()
     outbox = Outbox(FakeDelivery(producer, {NAMES.pairs: 200}), "rating")
-    run(outbox, lambda o: o.publish("pairs", "p-1", b"x" * 300, record_id="pair-9", partition=3))
+    run(
+        outbox,
+        lambda o: o.publish("pairs", "p-1", b"x" * 300, record_id="pair-9", models=["b", "a"], partition=3),
+    )
     [letter] = letters(producer)
     assert (letter.source_topic, letter.source_partition, letter.source_offset) == (NAMES.responses, 3, -1)
-    assert letter.record_id == "pair-9" and letter.value is None
+    assert letter.record_id == "pair-9" and letter.value is None and letter.models == ["b", "a"]
 
 
 # --- failures that are no record's fault ----------------------------------------------------
@@ -258,3 +268,20 @@ def test_a_letter_fits_a_small_dead_letter_topic() -> None:
     assert record_size(b"p-1", value) <= 30_000
     letter = decode(value, DeadLetter)
     assert letter.value_size == 900_000 and len(letter.value or b"") == delivery.letter_value_bytes()
+
+
+def test_a_letter_naming_a_whole_pool_of_the_longest_names_still_fits() -> None:
+    # 40 names of 256 characters: without room kept for them, this letter would not fit.
+    settings = KarmaSettings(pool=[{"name": f"{i:02d}" + "m" * 254} for i in range(40)])  # type: ignore[list-item]
+    producer = Producer()
+    delivery = FakeDelivery(producer, {NAMES.dlq: 40_000})
+    delivery.settings = settings
+    big = Event(b"z" * 900_000, Message(NAMES.responses, 0, 1), key=b"k" * 5_000)
+    reason = "\N{GRINNING FACE}" * 10_000  # 4 bytes a character: the most a reason may take
+    run(
+        Outbox(delivery, "rating"),
+        lambda o: o.dead_letter(big, reason=reason, error_type="incomplete", models=settings.model_names),
+    )
+    [value] = producer.on(NAMES.dlq)
+    letter = decode(value, DeadLetter)
+    assert letter.models == settings.model_names and record_size(None, value) <= 40_000
