@@ -110,13 +110,20 @@ async def publish_answer(
             reason=f"prompt {prompt.prompt_id}, model {generator.model}: {result.reason}",
             error_type=result.kind,
             prompt_id=prompt.prompt_id,
+            models=[generator.model],
         )
 
     async def failure_record(refusal: Refusal) -> None:
         why = f"the answer's record was not written: {refusal.detail}"
         failed = BackendError(why, kind=refusal.error_type)
         record = to_response(prompt, generator, failed)
-        await outbox.publish("responses", prompt.prompt_id, encode(record), record_id=record.response_id)
+        await outbox.publish(
+            "responses",
+            prompt.prompt_id,
+            encode(record),
+            record_id=record.response_id,
+            models=[generator.model],
+        )
 
     # The answer or the failure record: the rating stage completes a prompt when every model is
     # accounted for, instead of waiting out a clock.
@@ -126,6 +133,7 @@ async def publish_answer(
         prompt.prompt_id,
         encode(response),
         record_id=response.response_id,
+        models=[generator.model],  # a refused answer's letter names its model
         cause=event,
         on_refused=None if response.failed else failure_record,
     )

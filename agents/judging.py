@@ -1,18 +1,17 @@
 """Judging stage: each pair on karma.pairs is judged in both orders and becomes a preference.
 
 Pairs are taken in batches (like generation) and both orders of every pair of the batch go
-to the judge backend at once. A pass that fails for good (a server that keeps failing, or a
-reply that is still not a valid verdict after `verdict_attempts`) sends the pair to the
-dead-letter topic with the reason: recorded as an error, never guessed.
+to the judge backend at once (`judge_batch`). A pass that fails for good (a server that keeps
+failing, or a reply that is still not a valid verdict after `verdict_attempts`) sends the pair
+to the dead-letter topic with the reason and the pair's two models: recorded as an error, never
+guessed.
 """
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from karma.agents.backends import BackendError, Judge, JudgeReply, JudgeRequest, make_judge
-from karma.agents.backends.simulated import SimulatedJudge, SimulatedJudgeBackend
 from karma.agents.judge_prompt import RawVerdict
 from karma.agents.verdicts import resolve, unswap
 from karma.schemas.models import Candidate, KinPair, Preference, Winner
@@ -77,11 +76,42 @@ def soft_label_of(p_first_ab: float | None, p_first_ba: float | None) -> float |
     return sum(estimates) / len(estimates) if estimates else None
 
 
-def judge_pair(judge: SimulatedJudge, pair: KinPair) -> Preference:
-    """The simulated judge's preference on one pair, synchronously (for tests and tools)."""
-    first, second = asyncio.run(SimulatedJudgeBackend(judge).judge(requests_for(pair)))
-    assert not isinstance(first, BackendError) and not isinstance(second, BackendError)
-    return resolve_pair(pair, first, second, judge.name)
+async def judge_batch(judge: Judge, pairs: list[tuple[Any, KinPair]], outbox: Outbox, seed: int = 0) -> None:
+    """Judges a batch of decoded pairs (each with its event): both orders of every pair go to the
+    judge at once, and each pair becomes a preference, or a dead letter naming the pair's two
+    models when a pass failed for good. What the judging agent runs per batch."""
+    if not pairs:
+        return
+    replies = await judge.judge([r for _, pair in pairs for r in requests_for(pair, seed)])
+    for i, (event, pair) in enumerate(pairs):
+        models = (pair.response_a.model, pair.response_b.model)
+        first, second = replies[2 * i], replies[2 * i + 1]
+        for reply in (first, second):
+            outcome = reply.kind if isinstance(reply, BackendError) else "ok"
+            BACKEND_REQUESTS.labels(STAGE, judge.backend, judge.name, outcome).inc()
+        error = next((r for r in (first, second) if isinstance(r, BackendError)), None)
+        if error is not None:
+            await outbox.dead_letter(
+                event,
+                reason=f"pair {pair.pair_id}: {error.reason}",
+                error_type=error.kind,
+                prompt_id=pair.prompt_id,
+                models=models,
+            )
+            continue
+        assert isinstance(first, JudgeReply) and isinstance(second, JudgeReply)
+        preference = resolve_pair(pair, first, second, judge.name)
+        VERDICTS.labels(preference.winner.value, str(preference.consistent).lower()).inc()
+        # Refused by the broker, it is replaced by a letter on the pair's message, which
+        # settles the pair for `karma audit` as a judge's letter does.
+        await outbox.publish(
+            "preferences",
+            pair.prompt_id,
+            encode(preference),
+            record_id=preference.preference_id,
+            models=models,
+            cause=event,
+        )
 
 
 def register(stage: Stage) -> None:
@@ -92,38 +122,10 @@ def register(stage: Stage) -> None:
     stage.closers.append(judge.close)
     stage.health.mark_backends_loaded(STAGE)
 
-    async def judge_batch(events: list[Any], outbox: Outbox) -> None:
+    async def judge_events(events: list[Any], outbox: Outbox) -> None:
         pairs = await stage.decode_batch(events, KinPair, outbox)
-        if not pairs:
-            return
-        replies = await judge.judge([r for _, pair in pairs for r in requests_for(pair, settings.seed)])
-        for i, (event, pair) in enumerate(pairs):
-            first, second = replies[2 * i], replies[2 * i + 1]
-            for reply in (first, second):
-                outcome = reply.kind if isinstance(reply, BackendError) else "ok"
-                BACKEND_REQUESTS.labels(STAGE, judge.backend, judge.name, outcome).inc()
-            error = next((r for r in (first, second) if isinstance(r, BackendError)), None)
-            if error is not None:
-                await outbox.dead_letter(
-                    event,
-                    reason=f"pair {pair.pair_id}: {error.reason}",
-                    error_type=error.kind,
-                    prompt_id=pair.prompt_id,
-                )
-                continue
-            assert isinstance(first, JudgeReply) and isinstance(second, JudgeReply)
-            preference = resolve_pair(pair, first, second, judge.name)
-            VERDICTS.labels(preference.winner.value, str(preference.consistent).lower()).inc()
-            # Refused by the broker, it is replaced by a letter on the pair's message, which
-            # settles the pair for `karma audit` as a judge's letter does.
-            await outbox.publish(
-                "preferences",
-                pair.prompt_id,
-                encode(preference),
-                record_id=preference.preference_id,
-                cause=event,
-            )
+        await judge_batch(judge, pairs, outbox, settings.seed)
 
     @stage.app.agent(stage.topics["pairs"], name="judge")
     async def judge_pairs(stream):  # type: ignore[no-untyped-def]
-        await stage.in_batches(stream, STAGE, judge_batch)
+        await stage.in_batches(stream, STAGE, judge_events)

@@ -1,13 +1,51 @@
-"""The judging stage asks twice, in both orders, and resolves the two verdicts."""
+"""The judging stage asks twice, in both orders, and resolves the two verdicts: `judge_batch`,
+what the judging agent runs per batch, with the simulated judge and an outbox that records."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 
-from karma.agents.backends.simulated import SimulatedJudge
-from karma.agents.judging import judge_pair
-from karma.schemas.models import KinPair, Winner
+from karma.agents.backends import BackendError, JudgeReply, JudgeRequest
+from karma.agents.backends.simulated import SimulatedJudge, SimulatedJudgeBackend
+from karma.agents.judging import judge_batch
+from karma.schemas.models import KinPair, Preference, Winner
+from karma.streams.codecs import decode
 from tests import records
+
+
+class RecordingOutbox:
+    """What judge_batch sends: preferences (with their publish arguments) and dead letters."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, str, bytes, dict[str, Any]]] = []
+        self.letters: list[dict[str, Any]] = []
+
+    async def publish(self, short: str, key: str, value: bytes, **kwargs: Any) -> None:
+        self.published.append((short, key, value, kwargs))
+
+    async def dead_letter(self, event: Any, **kwargs: Any) -> None:
+        self.letters.append({"event": event, **kwargs})
+
+    def preferences(self) -> list[Preference]:
+        return [decode(value, Preference) for short, _, value, _ in self.published if short == "preferences"]
+
+
+def judged(judge: Any, *pairs: KinPair) -> RecordingOutbox:
+    """One batch of pairs (each with a stand-in event) through judge_batch."""
+    outbox = RecordingOutbox()
+    batch = [(f"event-{pair.pair_id}", pair) for pair in pairs]
+    asyncio.run(judge_batch(judge, batch, outbox, seed=0))  # type: ignore[arg-type]
+    return outbox
+
+
+def judge_pair(judge: SimulatedJudge, pair: KinPair) -> Preference:
+    """The simulated judge's preference on one pair, as the stage makes it."""
+    [preference] = judged(SimulatedJudgeBackend(judge), pair).preferences()
+    return preference
 
 
 def _pair(i: int, sup_a: float = 0.5, sup_b: float = 0.5, simulated: bool = True) -> KinPair:
@@ -45,6 +83,43 @@ def test_length_bias_favours_the_longer_answer_in_both_orders() -> None:
     )
     pref = judge_pair(judge, long_b)
     assert pref.winner is Winner.B and pref.consistent
+
+
+def test_a_batch_is_judged_in_one_call_and_each_preference_names_its_pairs_models() -> None:
+    seen: list[int] = []
+
+    class Counting(SimulatedJudgeBackend):
+        async def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply | BackendError]:
+            seen.append(len(requests))
+            return await super().judge(requests)
+
+    outbox = judged(Counting(SimulatedJudge({"a": 0.5, "b": 0.5})), _pair(1), _pair(2), _pair(3))
+    assert seen == [6]  # both orders of every pair, at once
+    assert [p.pair_id for p in outbox.preferences()] == ["pair-1", "pair-2", "pair-3"]
+    for _, key, _, kwargs in outbox.published:
+        # A preference the broker refuses is replaced by a letter on its pair's message, naming both models.
+        assert key.startswith("p-") and kwargs["models"] == ("a", "b")
+        assert kwargs["cause"] == f"event-{kwargs['record_id']}"
+    assert not outbox.letters
+
+
+def test_a_pass_that_failed_for_good_dead_letters_the_pair_with_its_two_models() -> None:
+    class FailsOnPair2(SimulatedJudgeBackend):
+        async def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply | BackendError]:
+            replies = await super().judge(requests)
+            return [
+                BackendError("no valid verdict in 3 attempt(s)", kind="invalid_verdict")
+                if r.pair_id == "pair-2" and r.first_model == "b"
+                else reply
+                for r, reply in zip(requests, replies, strict=True)
+            ]
+
+    outbox = judged(FailsOnPair2(SimulatedJudge({"a": 0.5, "b": 0.5})), _pair(1), _pair(2))
+    assert [p.pair_id for p in outbox.preferences()] == ["pair-1"]  # the rest of the batch goes on
+    [letter] = outbox.letters
+    assert letter["event"] == "event-pair-2" and letter["prompt_id"] == "p-2"
+    assert letter["error_type"] == "invalid_verdict" and letter["models"] == ("a", "b")
+    assert letter["reason"] == "pair pair-2: no valid verdict in 3 attempt(s)"
 
 
 def test_the_soft_label_averages_both_orders_in_a_terms() -> None:
