@@ -56,6 +56,9 @@ class Letter:
     partition: int
     error_type: str  # unpaired or incomplete
     reason: str
+    # The models it accounts for, so that readers need not parse `reason`: the silent ones
+    # (incomplete), those without an answer (unpaired).
+    models: tuple[str, ...] = ()
 
 
 @dataclass
@@ -248,6 +251,7 @@ class Gatherer:
                     f"prompt {prompt_id}: no word from {', '.join(silent)} within "
                     f"{self.backstop_ms / 1000:g} s; paired what came ({accounts}); "
                     "a late answer will still be paired",
+                    models=tuple(silent),
                 )
             )
         elif len(answered) < 2:
@@ -258,6 +262,7 @@ class Gatherer:
                     "unpaired",
                     f"prompt {prompt_id}: only {len(answered)} of {len(self.pool)} models answered "
                     f"({accounts}); nothing to pair",
+                    models=tuple(failed),
                 )
             )
         return outcome

@@ -213,7 +213,11 @@ class RatingStage:
         if too_large is not None:
             # Its answer cannot be kept in the state: dead-lettered, and its model accounted for.
             await outbox.dead_letter(
-                event, reason=too_large, error_type="too_large", record_id=response.response_id
+                event,
+                reason=too_large,
+                error_type="too_large",
+                record_id=response.response_id,
+                models=[response.model],
             )
             response = response.model_copy(update={"text": "", "error": too_large})
         outcome = self.gatherer.on_response(response, event.message.partition, now_ms)
@@ -276,16 +280,25 @@ class RatingStage:
 
     async def publish(self, outcome: Outcome, partition: int, outbox: Outbox) -> None:
         """The pairs and letters of one input; a pair refused by its topic is replaced by a
-        letter that names it (`record_id`) on the prompt's partition."""
+        letter that names it (`record_id`) and its two models on the prompt's partition."""
         for pair in outcome.pairs:
             PAIRS.labels(pair.policy).inc()
             KIN_GAP.observe(pair.gap)
             await outbox.publish(
-                "pairs", pair.prompt_id, encode(pair), record_id=pair.pair_id, partition=partition
+                "pairs",
+                pair.prompt_id,
+                encode(pair),
+                record_id=pair.pair_id,
+                models=(pair.response_a.model, pair.response_b.model),
+                partition=partition,
             )
         for letter in outcome.letters:
             await outbox.dead_letter_prompt(
-                letter.prompt_id, letter.partition, reason=letter.reason, error_type=letter.error_type
+                letter.prompt_id,
+                letter.partition,
+                reason=letter.reason,
+                error_type=letter.error_type,
+                models=letter.models,
             )
 
     async def send_ticks(self) -> None:

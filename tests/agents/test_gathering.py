@@ -77,6 +77,7 @@ def test_fewer_than_two_answers_is_an_unpaired_letter_naming_the_prompt_and_the_
     [letter] = outcome.letters
     assert (letter.prompt_id, letter.partition, letter.error_type) == ("p-1", 0, "unpaired")
     assert "answered: a-model" in letter.reason and "b-model (timed out)" in letter.reason
+    assert letter.models == ("b-model",)  # the models without an answer, for readers of the field
 
 
 def test_the_backstop_pairs_what_came_and_names_the_silent_models() -> None:
@@ -87,6 +88,7 @@ def test_the_backstop_pairs_what_came_and_names_the_silent_models() -> None:
     assert len(outcome.pairs) == 1
     [letter] = outcome.letters
     assert letter.error_type == "incomplete" and "no word from c-model within 300 s" in letter.reason
+    assert letter.models == ("c-model",)  # the silent ones only: what `karma audit` reads
     assert g.open_prompts == 0
 
 

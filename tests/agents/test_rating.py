@@ -20,6 +20,7 @@ from karma.agents.rating import STAGE, RatingStage, Tables, tally_keys
 from karma.schemas.models import KinPair, Preference, Response, Winner, response_id_for
 from karma.streams.codecs import DecodeError, decode, encode
 from karma.streams.config import KarmaSettings
+from karma.streams.sizes import Limit, RecordLimits
 from karma.streams.stage import Stage
 from karma.streams.topics import TopicNames
 from tests import records
@@ -235,6 +236,10 @@ def test_five_answers_of_the_default_pool_are_paired_as_make_pairs_picks() -> No
     assert expected  # else this test would prove nothing
     assert [p[:2] for p in rig.outbox.published] == [("pairs", "p-1")] * len(expected)
     assert [p[3]["record_id"] for p in rig.outbox.published] == [p.pair_id for p in expected]
+    # A pair refused by its topic is replaced by a letter naming both its models.
+    assert [p[3]["models"] for p in rig.outbox.published] == [
+        (p.response_a.model, p.response_b.model) for p in expected
+    ]
     assert [without_time(p) for p in rig.outbox.pairs()] == [without_time(p) for p in expected]
     assert not rig.outbox.prompt_letters and rig.rating.gatherer.open_prompts == 0
 
@@ -294,6 +299,20 @@ def test_a_record_that_does_not_validate_is_dead_lettered_as_validation() -> Non
     assert letter["error_type"] == "validation" and "num_tokens" in letter["reason"]
 
 
+def test_an_answer_too_large_for_the_rating_state_is_dead_lettered_naming_its_model() -> None:
+    rig = Rig()
+    first, second, *_ = rig.settings.model_names
+    rig.tables = Tables(rig.tables.prompts, rig.tables.answers, Hopping(), answers_changelog="changelog")
+    rig.rating = RatingStage(rig.stage, rig.tables, clock=rig.clock)
+    rig.stage.delivery.limits = RecordLimits({}, Limit(8_000, "test"))  # the changelog's too
+    big = answer(first).model_copy(update={"text": "word " * 2_000})
+    rig.rate(rig.event("responses", encode(big)), answered(rig, second))
+    [letter] = rig.outbox.letters
+    assert letter["error_type"] == "too_large" and letter["models"] == [first]
+    assert letter["record_id"] == big.response_id
+    assert rig.tables.prompts["p-1"]["m"][first] != "ok"  # accounted for as failed
+
+
 def test_a_tick_after_the_backstop_dead_letters_the_incomplete_prompt() -> None:
     rig = Rig()
     pool = rig.settings.model_names
@@ -312,6 +331,7 @@ def test_a_tick_after_the_backstop_dead_letters_the_incomplete_prompt() -> None:
     assert letter["prompt_id"] == "p-1" and letter["partition"] == 3
     assert letter["error_type"] == "incomplete"
     assert all(m in letter["reason"] for m in pool[3:])  # names the silent models
+    assert letter["models"] == tuple(pool[3:])  # and says so in the field the audit reads
     assert rig.outbox.pairs()  # what came is paired
     assert rig.rating.gatherer.open_prompts == 0
 
