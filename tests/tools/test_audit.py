@@ -99,11 +99,13 @@ class Topics:
         stage: str = "rating",
         at: Received | None = None,
         record_id: str | None = None,
+        models: list[str] | None = None,
         ts: int = T0,
     ) -> Received:
         """A dead letter; `at` is the message it points at (none: the responses topic, offset -1,
         as the rating stage's unpaired and incomplete letters, and its letters for pairs it could
-        not write, which name the pair in `record_id`)."""
+        not write, which name the pair in `record_id`). `models` empty: as written before
+        dead-letter schema version 4."""
         letter = DeadLetter(
             reason=reason,
             error_type=error_type,
@@ -113,6 +115,7 @@ class Topics:
             source_partition=at.partition if at else 0,
             source_offset=at.offset if at else -1,
             record_id=record_id,
+            models=models or [],
             created_at_ms=ts,
         )
         return self.put("dlq", letter, prompt_id, ts)
@@ -172,7 +175,7 @@ def test_stragglers_paired_after_the_backstop_are_complete_late() -> None:
     topics.answers("p-1", ["m-a", "m-b"])
     topics.judged_pair("p-1", "m-a", "m-b")
     reason = "prompt p-1: no word from m-c within 30 s; paired what came (answered: m-a, m-b; silent: m-c)"
-    topics.letter("p-1", "incomplete", reason, ts=T0 + 30_000)
+    topics.letter("p-1", "incomplete", reason, models=["m-c"], ts=T0 + 30_000)
     topics.answer("p-1", "m-c", ts=T0 + 40_000)
     topics.judged_pair("p-1", "m-a", "m-c", ts=T0 + 40_000)
     topics.judged_pair("p-1", "m-b", "m-c", ts=T0 + 40_000)
@@ -201,6 +204,31 @@ def test_a_failed_model_with_the_other_pair_judged_is_partial() -> None:
 
 
 def test_a_model_named_missing_by_the_backstop_that_never_came_is_partial() -> None:
+    topics = Topics()
+    topics.prompt("p-1")
+    topics.answers("p-1", ["m-a", "m-b"])
+    topics.judged_pair("p-1", "m-a", "m-b")
+    topics.letter("p-1", "incomplete", "prompt p-1: no word from 1 model", models=["m-c"], ts=T0 + 30_000)
+    ledger = topics.ledger(LATER, expected_pairs=every_pair)
+    only(ledger, State.PARTIAL)
+    assert ledger.prompts[0].missing == ("answer from m-c: named missing by the backstop (incomplete)",)
+
+
+def test_the_models_an_incomplete_letter_names_are_its_field_never_its_reason() -> None:
+    topics = Topics()
+    topics.prompt("p-1")
+    topics.answers("p-1", ["m-a", "m-b"])
+    topics.judged_pair("p-1", "m-a", "m-b")
+    # Its reason names m-c, its field another model: the field is what counts.
+    topics.letter("p-1", "incomplete", "prompt p-1: no word from m-c within 30 s", models=["m-z"])
+    only(topics.ledger(LATER), State.UNACCOUNTED)
+    assert topics.ledger(LATER).prompts[0].missing == ("answer from m-c: no word yet",)
+    topics.letter("p-1", "incomplete", "prompt p-1: no word from the third model", models=["m-c"])
+    only(topics.ledger(LATER), State.PARTIAL)
+
+
+def test_an_incomplete_letter_written_before_the_models_field_is_read_by_its_reason() -> None:
+    # Version 3 bytes decode with models empty, which a version-4 incomplete letter never has.
     topics = Topics()
     topics.prompt("p-1")
     topics.answers("p-1", ["m-a", "m-b"])
@@ -338,28 +366,17 @@ def test_answers_of_two_models_but_no_pair_when_one_was_expected_is_not_settled(
     only(topics.ledger(LATER, expected_pairs=every_pair), State.UNACCOUNTED)
 
 
-def test_a_late_answer_that_could_not_be_paired_is_accounted_but_not_complete() -> None:
+def test_an_answer_the_rating_stage_dead_lettered_is_accounted_but_not_paired() -> None:
     topics = Topics()
     topics.prompt("p-1")
     topics.answers("p-1", ["m-a", "m-b"])
     topics.judged_pair("p-1", "m-a", "m-b")
-    topics.letter("p-1", "incomplete", "prompt p-1: no word from m-c within 30 s", ts=T0 + 30_000)
-    straggler = topics.answer("p-1", "m-c", ts=T0 + 7_200_000)
-    topics.letter("p-1", "late", "prompt p-1: m-c answered after the prompt was forgotten", at=straggler)
-    ledger = topics.ledger(T0 + 9_000_000, expected_pairs=every_pair)
+    too_large = topics.answer("p-1", "m-c")
+    reason = "response of prompt p-1: its answer cannot be kept in the rating state"
+    topics.letter("p-1", "too_large", reason, at=too_large, models=["m-c"])
+    ledger = topics.ledger(LATER, expected_pairs=every_pair)
     only(ledger, State.PARTIAL)
     assert ledger.prompts[0].missing == ("answer from m-c: its answer was dead-lettered (not paired)",)
-
-
-def test_a_late_letter_that_points_at_no_response_names_its_model() -> None:
-    topics = Topics()
-    topics.prompt("p-1")
-    topics.answers("p-1", ["m-a", "m-b"])
-    topics.judged_pair("p-1", "m-a", "m-b")
-    topics.letter("p-1", "incomplete", "prompt p-1: no word from m-c within 30 s", ts=T0 + 30_000)
-    topics.answer("p-1", "m-c", ts=T0 + 7_200_000)
-    topics.letter("p-1", "late", "prompt p-1: the answer of m-c came after the prompt was forgotten")
-    only(topics.ledger(T0 + 9_000_000, expected_pairs=every_pair), State.PARTIAL)
 
 
 def test_an_unpaired_letter_ends_the_prompt_for_a_model_still_silent() -> None:
@@ -385,14 +402,14 @@ def test_a_straggler_after_the_backstop_is_pending_again_until_it_is_paired() ->
     topics.prompt("p-1")
     topics.answers("p-1", ["m-a", "m-b"])
     topics.judged_pair("p-1", "m-a", "m-b")
-    topics.letter("p-1", "incomplete", "prompt p-1: no word from m-c within 30 s", ts=T0 + 30_000)
+    topics.letter("p-1", "incomplete", "no word from m-c within 30 s", models=["m-c"], ts=T0 + 30_000)
     topics.answer("p-1", "m-c", ts=T0 + 40_000)
     # It reopened the prompt: the rating stage owes its pairs, and has a backstop to send them.
     only(topics.ledger(T0 + 40_000 + BACKSTOP_MS - 1, expected_pairs=every_pair), State.PENDING)
     only(topics.ledger(T0 + 40_000 + BACKSTOP_MS, expected_pairs=every_pair), State.UNACCOUNTED)
 
 
-def test_only_whole_model_names_in_an_incomplete_letter_count() -> None:
+def test_only_whole_model_names_in_the_reason_of_an_incomplete_letter_before_version_4_count() -> None:
     topics = Topics()
     topics.prompt("p-1")
     topics.answers("p-1", ["m-a", "m-b"])
