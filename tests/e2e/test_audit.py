@@ -80,9 +80,11 @@ class Publisher:
             timestamp_ms=None if young else self.old_ms,
         )
 
-    async def letter(self, prompt_id: str, error_type: str, stage: str, reason: str, at: Any = None) -> None:
+    async def letter(
+        self, prompt_id: str, error_type: str, stage: str, reason: str, at: Any = None, models: Any = ()
+    ) -> None:
         """A dead letter about `prompt_id` pointing at the message `at` (the send's metadata), or
-        at no message (offset -1), as the rating stage's unpaired letter."""
+        at no message (offset -1), as the rating stage's unpaired letter; naming `models`."""
         letter = DeadLetter(
             reason=reason,
             error_type=error_type,
@@ -92,6 +94,7 @@ class Publisher:
             source_partition=at.partition if at else 0,
             source_offset=at.offset if at else -1,
             key=prompt_id.encode(),
+            models=list(models),
         )
         await self.send("dlq", prompt_id, letter)
 
@@ -137,6 +140,14 @@ async def _one_of_each(pub: Publisher) -> None:
     for model in (WIZARD, VICUNA):
         await pub.send("responses", "p-dead", _response("p-dead", model, error="timed out"))
     await pub.letter("p-dead", "unpaired", "rating", "prompt p-dead: only 1 of 3 models answered")
+    # partial: vicuna-33b never answered; the backstop's letter names it in its models field (the
+    # audit reads the field, not the reason), and the one pair left was judged.
+    await pub.send("prompts", "p-silent", Prompt(prompt_id="p-silent", text="Why?"))
+    for model in (LLAMA, WIZARD):
+        await pub.send("responses", "p-silent", _response("p-silent", model))
+    reason = "prompt p-silent: no word from 1 model within 60 s"
+    await pub.letter("p-silent", "incomplete", "rating", reason, models=[VICUNA])
+    await pub.judged("p-silent", LLAMA, WIZARD)
     # an undecodable prompt message and its letter.
     at = await pub.send("prompts", "p-garbage", b"not avro")
     await pub.letter("p-garbage", "decode", "generation", "magic byte is 110, expected 0", at)
@@ -173,11 +184,11 @@ def test_audit_counts_every_class_and_exits_1_once_a_prompt_is_unaccounted(
     done = _audit(settings, tmp_path, "--json")
     assert done.returncode == 0, done.stderr
     ledger = json.loads(done.stdout)
-    assert ledger["submitted"] == 5
+    assert ledger["submitted"] == 6
     assert ledger["counts"] == {
         "complete": 1,
         "complete-late": 0,
-        "partial": 2,
+        "partial": 3,
         "dead-lettered": 1,
         "pending": 1,
         "unaccounted": 0,
@@ -190,7 +201,10 @@ def test_audit_counts_every_class_and_exits_1_once_a_prompt_is_unaccounted(
         "p-dead": "dead-lettered",
         "p-failed": "partial",
         "p-judge": "partial",
+        "p-silent": "partial",
     }
+    silent = next(p for p in ledger["prompts"] if p["prompt_id"] == "p-silent")
+    assert silent["missing"] == [f"answer from {VICUNA}: named missing by the backstop (incomplete)"]
     assert ledger["seen_twice"] == {"prompts": 0, "responses": 0, "pairs": 0, "preferences": 0}
 
     asyncio.run(_publish(settings, _a_lost_pair))
@@ -206,9 +220,9 @@ def test_audit_counts_every_class_and_exits_1_once_a_prompt_is_unaccounted(
     # The same as text: the table, the listed prompt with what it lacks, the same exit code.
     text = _audit(settings, tmp_path, "--show", "3")
     assert text.returncode == 1, text.stderr
-    assert "karma audit: 6 prompt(s)" in text.stdout and "1 unaccounted" in text.stdout
+    assert "karma audit: 7 prompt(s)" in text.stdout and "1 unaccounted" in text.stdout
     assert "p-lost: unaccounted, 1 preference(s) of 1 pair(s)" in text.stdout
-    assert "3 of 5 prompt(s) not complete" in text.stdout
+    assert "3 of 6 prompt(s) not complete" in text.stdout
     # A longer backstop makes the same prompt pending: nothing unaccounted, exit 0.
     patient = _audit(settings, tmp_path, "--json", "--backstop-s", str(2 * HOUR_MS / 1000))
     assert patient.returncode == 0 and json.loads(patient.stdout)["counts"]["pending"] == 2
