@@ -22,13 +22,13 @@ from typing import Any
 
 import pytest
 
-from karma.agents.kinship import Scored, kin_pairs, load_profiles
-from karma.schemas.models import Prompt, pair_id_for, response_id_for
+from karma.schemas.models import Prompt
 from karma.streams.client import PromptProducer, Received, read_topic
 from karma.streams.config import KarmaSettings
 from karma.streams.topics import ensure_topics
 from karma.tools.processes import settings_env, spawn_worker, stop_worker
 from tests.conftest import free_ports
+from tests.oracle import expected_pair_ids, read_table
 
 
 @dataclass
@@ -113,17 +113,19 @@ class Pipeline:
             time.sleep(1.0)
 
     def expected_preference_ids(self, prompts: list[Prompt]) -> set[str]:
-        """What the kin rule must produce when every model answers every prompt."""
-        profiles = load_profiles(self.settings.kin.profiles)
-        rule = self.settings.kin.rule()
+        """What the kin rule must produce when every model answers every prompt, by the tests' own
+        oracle (tests/oracle.py), not by the kinship code the pipeline runs. Answer lengths are
+        not known beforehand: the simulated models' answers pass the length gate."""
+        settings = self.settings
+        # Only the kin policy over fixed (prior) competency is a function of the pool alone.
+        assert settings.policy == "kin", f"no expected pairs for policy {settings.policy!r}"
+        assert not settings.competency.online, "online competency: pairs depend on the verdicts seen"
+        table, kin = read_table(settings.kin.profiles), settings.kin
         ids = set()
         for prompt in prompts:
-            scored = [
-                Scored(response_id_for(prompt.prompt_id, m), m, profiles.superiority(m))
-                for m in self.settings.model_names
-            ]
-            for pair in kin_pairs(scored, profiles, rule):
-                ids.add(pair_id_for(prompt.prompt_id, pair.a.response_id, pair.b.response_id))
+            ids |= expected_pair_ids(
+                prompt.prompt_id, settings.model_names, tau=kin.tau, delta=kin.delta, table=table
+            )
         return ids
 
 
