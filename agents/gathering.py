@@ -12,15 +12,16 @@ not emitted yet are emitted (pair ids are deterministic, so replays stay harmles
 finished prompt is remembered for `retention_ms` (and at most `retention_max` prompts per
 partition), so replays are recognised and late answers paired; then it is forgotten.
 
-State lives in two mappings (faust tables in the worker, dicts in tests):
-- `meta[prompt_id]`: a small entry per prompt: partition, first seen, each model's status,
-  when it finished, the pair ids emitted and the verdicts counted. Rewritten at most once per
-  batch (`flush`), and never with answer texts in it.
-- `answers[f"{prompt_id}|{model}"]`: one answer, written once; `answers[f"{prompt_id}|"]` holds
-  the prompt text, written once per prompt. Only the answers of a prompt still open (or closed
-  by the backstop, which late answers may join) at the end of a batch are written: a prompt
-  whose every model is accounted for within one batch, the common case, needs none, since
-  nothing can join it later but replays.
+State lives in two mappings of typed records (agents/rating_state.py, which also says how they
+are encoded in the worker's faust tables; dicts of records in tests):
+- `meta[prompt_id]`: a small `PromptEntry` per prompt: partition, first seen, each model's
+  status, when it finished, the pair ids emitted and the verdicts counted. Rewritten at most
+  once per batch (`flush`), and never with answer texts in it.
+- `answers[AnswerKey(prompt_id, model)]`: one `Answer`, written once; `AnswerKey(prompt_id)`
+  holds the `PromptText`, written once per prompt. Only the answers of a prompt still open (or
+  closed by the backstop, which late answers may join) at the end of a batch are written: a
+  prompt whose every model is accounted for within one batch, the common case, needs none,
+  since nothing can join it later but replays.
 
 Time-ordered work is kept in per-partition queues (arrival order is deadline order, as every
 prompt has the same backstop), so a tick costs what expires, not the size of the table. The
@@ -34,9 +35,10 @@ from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from karma.agents.rating_state import OK, Answer, AnswerKey, PromptEntry, PromptText
 from karma.schemas.models import KinPair, Response
 
-OK = "ok"  # a model's status when it answered; otherwise its status is the failure's reason
+__all__ = ["OK", "Gathered", "Gatherer", "Letter", "Outcome"]  # OK: re-exported, where it always was
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,8 @@ class Gatherer:
     def __init__(
         self,
         pool: Iterable[str],
-        meta: MutableMapping[str, Any],
-        answers: MutableMapping[str, Any],
+        meta: MutableMapping[str, PromptEntry],
+        answers: MutableMapping[AnswerKey, Answer | PromptText],
         pairer: Callable[[Gathered], list[KinPair]],
         *,
         backstop_ms: float,
@@ -96,21 +98,23 @@ class Gatherer:
         self.backstop_ms = backstop_ms
         self.retention_ms = retention_ms
         self.retention_max = retention_max
-        self._dirty: dict[str, dict[str, Any]] = {}  # meta entries changed in this batch
-        self._new_answers: dict[str, dict[str, Any]] = {}  # answers (and prompt texts) of this batch
+        self._dirty: dict[str, PromptEntry] = {}  # meta entries changed in this batch
+        # The answers (and prompt texts) of this batch.
+        self._new_answers: dict[AnswerKey, Answer | PromptText] = {}
         self._deadlines: dict[int, deque[tuple[float, str]]] = {}  # open prompts, by first seen
         self._forget: dict[int, deque[tuple[float, str]]] = {}  # finished prompts, by finish time
         self._open: set[str] = set()  # prompts still gathering
 
     # -- reading and writing state ------------------------------------------------------------
 
-    def entry(self, prompt_id: str) -> dict[str, Any] | None:
+    def entry(self, prompt_id: str) -> PromptEntry | None:
         if prompt_id in self._dirty:
             return self._dirty[prompt_id]
         stored = self.meta.get(prompt_id)
-        return None if stored is None else _copy(stored)
+        # A working copy: a stored entry is never changed in place (the table must see a write).
+        return None if stored is None else stored.copy()
 
-    def _put(self, prompt_id: str, entry: dict[str, Any]) -> None:
+    def _put(self, prompt_id: str, entry: PromptEntry) -> None:
         self._dirty[prompt_id] = entry
 
     def flush(self, before_write: Callable[[int], None] = lambda partition: None) -> None:
@@ -118,12 +122,12 @@ class Gatherer:
         runs before each write (a faust table writes to the changelog partition of the event
         being processed, so the worker makes that event current)."""
         for key, answer in self._new_answers.items():
-            entry = self._dirty[key.partition("|")[0]]
-            if entry["done"] is None or entry["silent"]:
-                before_write(entry["p"])
+            entry = self._dirty[key.prompt_id]
+            if not entry.finished or entry.silent:
+                before_write(entry.partition)
                 self.answers[key] = answer
         for prompt_id, entry in self._dirty.items():
-            before_write(entry["p"])
+            before_write(entry.partition)
             self.meta[prompt_id] = entry
         self._dirty.clear()
         self._new_answers.clear()
@@ -133,7 +137,7 @@ class Gatherer:
         self._dirty.clear()
         self._new_answers.clear()
 
-    def _answer(self, key: str) -> Any:
+    def _answer(self, key: AnswerKey) -> Answer | PromptText:
         return self._new_answers[key] if key in self._new_answers else self.answers[key]
 
     @property
@@ -145,35 +149,25 @@ class Gatherer:
     def on_response(self, response: Response, partition: int, now_ms: float) -> Outcome:
         entry = self.entry(response.prompt_id)
         if entry is None:
-            entry = {
-                "p": partition,
-                "t0": now_ms,
-                "m": {},
-                "done": None,
-                "silent": [],
-                "pairs": [],
-                "judged": [],
-            }
-            self._new_answers[f"{response.prompt_id}|"] = {"text": response.prompt_text}
+            entry = PromptEntry(partition, now_ms)
+            self._new_answers[AnswerKey(response.prompt_id)] = PromptText(response.prompt_text)
             self._deadlines.setdefault(partition, deque()).append(
                 (now_ms + self.backstop_ms, response.prompt_id)
             )
             self._open.add(response.prompt_id)
-        if response.model in entry["m"]:
+        if response.model in entry.statuses:
             return Outcome(duplicate=True)  # a replay after a restart: already counted
         if response.failed:
-            entry["m"][response.model] = response.error or "failed"
+            entry.statuses[response.model] = response.error or "failed"
         else:
-            entry["m"][response.model] = OK
-            self._new_answers[f"{response.prompt_id}|{response.model}"] = {
-                "id": response.response_id,
-                "text": response.text,
-                "sim": response.simulated,
-            }
-        if entry["done"] is not None:
+            entry.statuses[response.model] = OK
+            self._new_answers[AnswerKey(response.prompt_id, response.model)] = Answer(
+                response.response_id, response.text, response.simulated
+            )
+        if entry.finished:
             outcome = self._pair(response.prompt_id, entry)
             outcome.late = True
-        elif set(self.pool) <= set(entry["m"]):
+        elif set(self.pool) <= set(entry.statuses):
             outcome = self._finish(response.prompt_id, entry, now_ms, silent=[])
         else:
             outcome = Outcome()
@@ -188,9 +182,9 @@ class Gatherer:
         while deadlines and deadlines[0][0] <= now_ms:
             _, prompt_id = deadlines.popleft()
             entry = self.entry(prompt_id)
-            if entry is None or entry["done"] is not None:
+            if entry is None or entry.finished:
                 continue  # completed by accounting meanwhile, or no longer ours
-            silent = [m for m in self.pool if m not in entry["m"]]
+            silent = [m for m in self.pool if m not in entry.statuses]
             outcome.extend(self._finish(prompt_id, entry, now_ms, silent=silent))
             self._put(prompt_id, entry)
         forget = self._forget.get(partition, deque())
@@ -204,13 +198,13 @@ class Gatherer:
         entry = self.entry(prompt_id)
         if entry is None:
             return True  # the prompt is forgotten: nothing left to de-duplicate against
-        if preference_id in entry["judged"]:
+        if preference_id in entry.judged:
             return False
-        entry["judged"].append(preference_id)
+        entry.judged.append(preference_id)
         self._put(prompt_id, entry)
         return True
 
-    def rebuild(self, items: Iterable[tuple[str, Any]]) -> None:
+    def rebuild(self, items: Iterable[tuple[str, PromptEntry | None]]) -> None:
         """Re-creates the time queues from the stored entries (after a rebalance's recovery).
         Changes not flushed yet stay, and count over the stored ones: recovery can complete
         while a batch is half handled, and that batch still flushes them."""
@@ -221,10 +215,10 @@ class Gatherer:
         for prompt_id, entry in {**dict(items), **self._dirty}.items():
             if entry is None:
                 continue
-            if entry["done"] is None:
-                opened.append((entry["t0"] + self.backstop_ms, entry["p"], prompt_id))
+            if entry.done_ms is None:
+                opened.append((entry.first_seen_ms + self.backstop_ms, entry.partition, prompt_id))
             else:
-                finished.append((entry["done"] + self.retention_ms, entry["p"], prompt_id))
+                finished.append((entry.done_ms + self.retention_ms, entry.partition, prompt_id))
         for at, partition, prompt_id in sorted(opened):
             self._deadlines.setdefault(partition, deque()).append((at, prompt_id))
             self._open.add(prompt_id)
@@ -233,20 +227,20 @@ class Gatherer:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _finish(self, prompt_id: str, entry: dict[str, Any], now_ms: float, silent: list[str]) -> Outcome:
-        entry["done"] = now_ms
-        entry["silent"] = silent  # late answers may still come: keep the texts to pair them
+    def _finish(self, prompt_id: str, entry: PromptEntry, now_ms: float, silent: list[str]) -> Outcome:
+        entry.done_ms = now_ms
+        entry.silent = silent  # late answers may still come: keep the texts to pair them
         self._open.discard(prompt_id)
-        self._forget.setdefault(entry["p"], deque()).append((now_ms + self.retention_ms, prompt_id))
+        self._forget.setdefault(entry.partition, deque()).append((now_ms + self.retention_ms, prompt_id))
         outcome = self._pair(prompt_id, entry)
-        answered = [m for m, status in entry["m"].items() if status == OK]
-        failed = {m: status for m, status in entry["m"].items() if status != OK}
+        answered = entry.answered
+        failed = {m: status for m, status in entry.statuses.items() if status != OK}
         accounts = _accounts(answered, failed, silent)
         if silent:
             outcome.letters.append(
                 Letter(
                     prompt_id,
-                    entry["p"],
+                    entry.partition,
                     "incomplete",
                     f"prompt {prompt_id}: no word from {', '.join(silent)} within "
                     f"{self.backstop_ms / 1000:g} s; paired what came ({accounts}); "
@@ -258,7 +252,7 @@ class Gatherer:
             outcome.letters.append(
                 Letter(
                     prompt_id,
-                    entry["p"],
+                    entry.partition,
                     "unpaired",
                     f"prompt {prompt_id}: only {len(answered)} of {len(self.pool)} models answered "
                     f"({accounts}); nothing to pair",
@@ -267,36 +261,37 @@ class Gatherer:
             )
         return outcome
 
-    def _pair(self, prompt_id: str, entry: dict[str, Any]) -> Outcome:
+    def _pair(self, prompt_id: str, entry: PromptEntry) -> Outcome:
         """The pairs the policy picks over the answers so far that were not emitted yet."""
-        answered = [m for m, status in entry["m"].items() if status == OK]
+        answered = entry.answered
         if len(answered) < 2:
             return Outcome()
         responses = {}
         for model in answered:
-            stored = self._answer(f"{prompt_id}|{model}")
+            stored = self._answer(AnswerKey(prompt_id, model))
+            assert isinstance(stored, Answer)  # a key with a model holds an answer
             responses[model] = {
-                "response_id": stored["id"],
-                "text": stored["text"],
-                "simulated": stored["sim"],
+                "response_id": stored.response_id,
+                "text": stored.text,
+                "simulated": stored.simulated,
             }
-        prompt_text = self._answer(f"{prompt_id}|")["text"]
-        chosen = self.pairer(Gathered(prompt_id, prompt_text, responses))
-        new = [pair for pair in chosen if pair.pair_id not in entry["pairs"]]
-        entry["pairs"] += [pair.pair_id for pair in new]
+        prompt = self._answer(AnswerKey(prompt_id))
+        assert isinstance(prompt, PromptText)  # a key without a model holds the prompt's text
+        chosen = self.pairer(Gathered(prompt_id, prompt.text, responses))
+        new = [pair for pair in chosen if pair.pair_id not in entry.pairs]
+        entry.pairs += [pair.pair_id for pair in new]
         return Outcome(pairs=new)
 
     def _drop(self, prompt_id: str) -> None:
         entry = self.entry(prompt_id)
         self._dirty.pop(prompt_id, None)
-        for key in [k for k in self._new_answers if k.partition("|")[0] == prompt_id]:
+        for key in [k for k in self._new_answers if k.prompt_id == prompt_id]:
             del self._new_answers[key]
         if entry is None:
             return
-        for model, status in entry["m"].items():
-            if status == OK:
-                self.answers.pop(f"{prompt_id}|{model}", None)
-        self.answers.pop(f"{prompt_id}|", None)
+        for model in entry.answered:
+            self.answers.pop(AnswerKey(prompt_id, model), None)
+        self.answers.pop(AnswerKey(prompt_id), None)
         self.meta.pop(prompt_id, None)
 
 
@@ -307,8 +302,3 @@ def _accounts(answered: list[str], failed: dict[str, str], silent: list[str]) ->
     if silent:
         parts.append(f"silent: {', '.join(silent)}")
     return "; ".join(parts)
-
-
-def _copy(entry: dict[str, Any]) -> dict[str, Any]:
-    """A working copy: a stored entry is never changed in place (the table must see a write)."""
-    return {**entry, "m": dict(entry["m"]), "pairs": list(entry["pairs"]), "judged": list(entry["judged"])}

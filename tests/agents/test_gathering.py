@@ -8,6 +8,7 @@ from typing import Any
 from karma.agents.gathering import Gathered, Gatherer
 from karma.agents.kinship import KinRule, load_profiles
 from karma.agents.pairing import make_pairs
+from karma.agents.rating_state import Answer, AnswerKey, PromptEntry, PromptText
 from karma.schemas.models import KinPair, Response
 from tests import records
 
@@ -67,7 +68,8 @@ def test_a_failure_record_accounts_for_its_model() -> None:
     feed(g, ["a-model", "b-model"])
     outcome = g.on_response(answer("c-model", error="HTTP 500 (4 attempt(s))"), 0, 1.0)
     assert len(outcome.pairs) == 1 and not outcome.letters  # a/b paired at once, no clock involved
-    assert g.entry("p-1")["m"]["c-model"] == "HTTP 500 (4 attempt(s))"
+    entry = g.entry("p-1")
+    assert entry is not None and entry.statuses["c-model"] == "HTTP 500 (4 attempt(s))"
 
 
 def test_fewer_than_two_answers_is_an_unpaired_letter_naming_the_prompt_and_the_failures() -> None:
@@ -113,8 +115,8 @@ def test_replays_are_recognised_before_and_after_completion() -> None:
 
 
 def test_state_survives_in_the_stores_and_queues_are_rebuilt_after_recovery() -> None:
-    meta: dict[str, Any] = {}
-    answers: dict[str, Any] = {}
+    meta: dict[str, PromptEntry] = {}
+    answers: dict[AnswerKey, Answer | PromptText] = {}
     before = gatherer(["a-model", "b-model", "c-model"], meta=meta, answers=answers)
     feed(before, ["a-model", "b-model"], now=0.0)
     feed(before, ["a-model", "b-model", "c-model"], now=10.0, prompt_id="p-2")
@@ -128,7 +130,7 @@ def test_state_survives_in_the_stores_and_queues_are_rebuilt_after_recovery() ->
 
 
 def test_unflushed_changes_can_be_discarded_for_a_retry() -> None:
-    meta: dict[str, Any] = {}
+    meta: dict[str, PromptEntry] = {}
     g = gatherer(["a-model", "b-model"], meta=meta)
     g.on_response(answer("a-model"), 0, 0.0)
     g.discard()  # the batch failed: its meta changes are not kept
@@ -136,26 +138,26 @@ def test_unflushed_changes_can_be_discarded_for_a_retry() -> None:
 
 
 def test_finished_prompts_are_forgotten_after_retention_or_beyond_the_count() -> None:
-    meta: dict[str, Any] = {}
-    answers: dict[str, Any] = {}
+    meta: dict[str, PromptEntry] = {}
+    answers: dict[AnswerKey, Answer | PromptText] = {}
     g = gatherer(["a-model", "b-model"], retention_max=2, meta=meta, answers=answers)
     for i in range(3):
         feed(g, ["a-model", "b-model"], now=float(i), prompt_id=f"p-{i}")
     g.on_tick(0, now_ms=10.0)  # three done, two may stay: the oldest goes
     assert sorted(meta) == ["p-1", "p-2"]
-    assert not any(key.startswith("p-0|") for key in answers)
+    assert not any(key.prompt_id == "p-0" for key in answers)
     g.on_tick(0, now_ms=2.0 + RETENTION_MS)
     assert meta == {} and answers == {}
 
 
-class CountingDict(dict[str, Any]):
+class CountingDict(dict[Any, Any]):
     """A store that records its writes, as a changelog would."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.writes: list[str] = []
+        self.writes: list[Any] = []
 
-    def __setitem__(self, key: str, value: Any) -> None:
+    def __setitem__(self, key: Any, value: Any) -> None:
         self.writes.append(key)
         super().__setitem__(key, value)
 
@@ -170,7 +172,7 @@ def test_state_written_per_response_is_proportional_to_that_response() -> None:
     # Spread over batches: each answer is stored once, while the prompt is still open.
     feed(g, ["a-model"], prompt_id="p-2")
     feed(g, ["b-model"], prompt_id="p-2")
-    assert answers.writes == ["p-2|", "p-2|a-model", "p-2|b-model"]
+    assert answers.writes == [AnswerKey("p-2"), AnswerKey("p-2", "a-model"), AnswerKey("p-2", "b-model")]
     assert meta.writes == ["p-1", "p-2", "p-2"]
 
 
@@ -201,12 +203,12 @@ def test_the_kin_policy_pairs_a_late_model_with_its_kin() -> None:
 
 def test_a_rebuild_in_the_middle_of_a_batch_keeps_its_unflushed_changes() -> None:
     """Recovery may complete while a batch awaits a send: its changes must still be flushed."""
-    meta: dict[str, Any] = {}
+    meta: dict[str, PromptEntry] = {}
     g = gatherer(["a-model", "b-model", "c-model"], meta=meta)
     g.on_response(answer("a-model"), 0, 0.0)
     g.rebuild(meta.items())  # the table does not have p-1 yet
     assert g.open_prompts == 1
     g.on_response(answer("b-model"), 0, 1.0)
     g.flush()
-    assert meta["p-1"]["m"] == {"a-model": "ok", "b-model": "ok"}
+    assert meta["p-1"].statuses == {"a-model": "ok", "b-model": "ok"}
     assert g.on_tick(0, now_ms=BACKSTOP_MS).letters  # and its backstop still comes

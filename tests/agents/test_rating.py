@@ -17,6 +17,7 @@ from karma.agents.gathering import Gathered
 from karma.agents.kinship import load_profiles
 from karma.agents.pairing import make_pairs
 from karma.agents.rating import STAGE, RatingStage, Tables, tally_keys
+from karma.agents.rating_state import PromptEntry, decode_entry, encode_competency_key
 from karma.schemas.models import KinPair, Preference, Response, Winner, response_id_for
 from karma.streams.codecs import DecodeError, decode, encode
 from karma.streams.config import KarmaSettings
@@ -204,6 +205,11 @@ def answered(rig: Rig, model: str, prompt_id: str = "p-1", partition: int = 0) -
     return rig.event("responses", encode(answer(model, prompt_id)), partition, prompt_id.encode())
 
 
+def stored(rig: Rig, prompt_id: str = "p-1") -> PromptEntry:
+    """A prompt's entry as the table holds it, decoded."""
+    return decode_entry(rig.tables.prompts[prompt_id])
+
+
 def duplicates() -> float:
     return REGISTRY.get_sample_value("karma_duplicates_dropped_total", {"stage": STAGE}) or 0.0
 
@@ -249,7 +255,7 @@ def test_a_replayed_answer_is_counted_once() -> None:
     first, *others = rig.settings.model_names
     before = duplicates()
     rig.rate(answered(rig, first), answered(rig, first))  # a replay within a batch
-    assert rig.tables.prompts["p-1"]["m"] == {first: "ok"}
+    assert stored(rig).statuses == {first: "ok"}
     rig.rate(*(answered(rig, m) for m in others))
     pairs = rig.outbox.pairs()
     rig.rate(answered(rig, others[-1]))  # a replay after the prompt was paired
@@ -265,6 +271,7 @@ def test_table_writes_go_to_the_partition_of_their_prompt() -> None:
     rig.rate(answered(rig, first, "p-1", partition=0), answered(rig, second, "p-2", partition=1))
     written = dict(rig.tables.prompts.writes)
     assert written == {"p-1": 0, "p-2": 1}
+    # The keys as the table stores them (agents/rating_state.py: "<prompt_id>|<model>").
     assert {key: p for key, p in rig.tables.answers.writes} == {
         "p-1|": 0,
         f"p-1|{first}": 0,
@@ -310,7 +317,7 @@ def test_an_answer_too_large_for_the_rating_state_is_dead_lettered_naming_its_mo
     [letter] = rig.outbox.letters
     assert letter["error_type"] == "too_large" and letter["models"] == [first]
     assert letter["record_id"] == big.response_id
-    assert rig.tables.prompts["p-1"]["m"][first] != "ok"  # accounted for as failed
+    assert stored(rig).statuses[first] != "ok"  # accounted for as failed
 
 
 def test_a_tick_after_the_backstop_dead_letters_the_incomplete_prompt() -> None:
@@ -380,7 +387,7 @@ def test_verdicts_are_tallied_once_and_move_the_superiority_pairing_uses() -> No
     rig.rate(rig.event("preferences", encode(verdict(pair, Winner.A, judge="zebra")), partition=1))
     assert duplicates() == before + 1
     n_key, score_key = tally_keys(*key, 1)
-    assert rig.tables.competency.values[n_key] == 1.0
+    assert rig.tables.competency.values[encode_competency_key(n_key)] == 1.0
     assert rig.rating.window_tallies() == {key: Tally(1.0, 1.0 if key[0] == a else 0.0)}
 
     prior = dict(rig.rating.current.superiority)
@@ -409,7 +416,7 @@ def test_pairs_are_confirmed_before_the_state_that_records_them_is_written() -> 
     confirmed = rig.log.index("confirm")
     assert set(rig.log[:confirmed]) == {"send pairs"}  # every pair sent, nothing written yet
     assert "write state" in rig.log[confirmed:] and rig.log[-1] == "track state writes"
-    assert rig.tables.prompts["p-1"]["pairs"] == [p.pair_id for p in rig.outbox.pairs()]
+    assert stored(rig).pairs == [p.pair_id for p in rig.outbox.pairs()]
 
 
 def test_a_batch_whose_pairs_were_not_confirmed_writes_no_state_and_sends_them_again() -> None:
@@ -426,7 +433,7 @@ def test_a_batch_whose_pairs_were_not_confirmed_writes_no_state_and_sends_them_a
 
     rig.rate(*batch)
     assert [p.pair_id for p in rig.outbox.pairs()] == first * 2  # the same pairs, sent again
-    assert rig.tables.prompts["p-1"]["pairs"] == first
+    assert stored(rig).pairs == first
 
 
 def test_a_retried_batch_counts_each_verdict_once() -> None:
