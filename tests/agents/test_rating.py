@@ -5,8 +5,12 @@ faust's (`.value` bytes, `.message.topic/.partition/.offset`, `.key`)."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -16,9 +20,23 @@ from karma.agents.competency import Tally
 from karma.agents.gathering import Gathered
 from karma.agents.kinship import load_profiles
 from karma.agents.pairing import make_pairs
-from karma.agents.rating import STAGE, RatingStage, Tables, tally_keys
-from karma.agents.rating_state import PromptEntry, decode_entry, encode_competency_key
+from karma.agents.rating import STAGE, RatingStage, Tables, declare_tables, tally_keys
+from karma.agents.rating_state import (
+    Answer,
+    AnswerKey,
+    PromptEntry,
+    PromptText,
+    decode_answer,
+    decode_answer_key,
+    decode_competency_key,
+    decode_entry,
+    encode_answer,
+    encode_answer_key,
+    encode_competency_key,
+    encode_entry,
+)
 from karma.schemas.models import KinPair, Preference, Response, Winner, response_id_for
+from karma.streams.app import new_stage
 from karma.streams.codecs import DecodeError, decode, encode
 from karma.streams.config import KarmaSettings
 from karma.streams.sizes import Limit, RecordLimits
@@ -449,3 +467,161 @@ def test_a_retried_batch_counts_each_verdict_once() -> None:
     rig.rating.discard()
     rig.rate(*verdicts)  # ...and is handled again
     assert rig.rating.window_tallies() == {key: Tally(1.0, 1.0 if key[0] == pair.response_a.model else 0.0)}
+
+
+# --- state written before the typed records: real changelog bytes -------------------------------
+
+# Changelog records of the three tables as the code before agents/rating_state.py wrote them, in
+# a real run (tests/agents/data/: the file's note and the script that made it).
+OLD_STATE = Path(__file__).parent / "data" / "old_rating_changelogs.json"
+
+
+@dataclass
+class Restored:
+    """The tables as a worker restores them from a changelog: what each key holds, and the
+    partition of the record that last wrote it."""
+
+    values: dict[Any, Any]
+    partitions: dict[Any, int]
+
+
+def restore_old_changelogs() -> tuple[KarmaSettings, dict[str, Restored], Any]:
+    """Each record deserialized by its table's own changelog serializers and applied by faust's
+    own changelog path (`apply_changelog_batch`), in the order the changelog holds them; with
+    the hopping table's window (faust's)."""
+    fixture = json.loads(OLD_STATE.read_text())
+    settings = KarmaSettings(pool=[{"name": name} for name in fixture["pool"]], policy="all", metrics_port=0)
+    stage = new_stage(settings, roles=["rate"])
+    tables = declare_tables(stage)
+    restored = {}
+    for name, table in [
+        ("rating-prompts", tables.prompts),
+        ("rating-answers", tables.answers),
+        ("rating-competency", tables.competency.table),
+    ]:
+        topic, serializers = table.changelog_topic, stage.app.serializers  # type: ignore[attr-defined]
+        events, partitions = [], {}
+        for record in fixture["changelogs"][name]:
+            raw_key, raw_value = (
+                None if b is None else base64.b64decode(b) for b in (record["key"], record["value"])
+            )
+            key = serializers.loads_key(topic.key_type, raw_key, serializer=topic.key_serializer)
+            value = serializers.loads_value(topic.value_type, raw_value, serializer=topic.value_serializer)
+            events.append(
+                SimpleNamespace(
+                    key=key,
+                    value=value,
+                    message=SimpleNamespace(partition=record["partition"], value=raw_value),
+                )
+            )
+            partitions[table._to_key(key)] = record["partition"]  # type: ignore[attr-defined]
+        table.apply_changelog_batch(events)  # type: ignore[attr-defined]
+        restored[name] = Restored(dict(table.data), partitions)  # type: ignore[attr-defined]
+    return settings, restored, tables.competency.table.window  # type: ignore[attr-defined]
+
+
+def test_changelogs_written_before_the_records_load_into_them() -> None:
+    _, restored, _ = restore_old_changelogs()
+    prompts = restored["rating-prompts"]
+    entries = {prompt_id: decode_entry(stored) for prompt_id, stored in prompts.values.items()}
+    assert sorted(entries) == ["old-0", "old-1", "old-2", "old-backstopped", "old-open"]
+    for prompt_id, entry in entries.items():
+        assert entry.partition == prompts.partitions[prompt_id]  # written where it says it lives
+        # Written back, an entry is what the old code wrote: older workers read it as before.
+        assert encode_entry(entry) == prompts.values[prompt_id]
+    failed = "gpt-3.5-turbo"  # its server was a closed port: a failure record, every time
+    for prompt_id in ("old-0", "old-1", "old-2"):
+        entry = entries[prompt_id]
+        assert entry.finished and entry.answered == ["llama-2-13b-chat", "wizardlm-13b", "vicuna-33b"]
+        assert "cannot reach" in entry.statuses[failed] and not entry.silent
+        assert len(entry.pairs) == 3 and sorted(entry.judged) == sorted(entry.pairs)
+    backstopped = entries["old-backstopped"]
+    assert backstopped.finished and backstopped.silent == ["vicuna-33b"] and len(backstopped.judged) == 1
+    assert not entries["old-open"].finished and entries["old-open"].answered == [
+        "llama-2-13b-chat",
+        "wizardlm-13b",
+    ]
+
+    answers = restored["rating-answers"]
+    kept = {decode_answer_key(key): key for key in answers.values}
+    assert set(kept) == set(
+        AnswerKey(prompt_id, model)
+        for prompt_id in ("old-backstopped", "old-open")
+        for model in (None, "llama-2-13b-chat", "wizardlm-13b")
+    )
+    for key, stored_key in kept.items():
+        value = decode_answer(key, answers.values[stored_key])
+        assert answers.partitions[stored_key] == entries[key.prompt_id].partition
+        assert encode_answer_key(key) == stored_key and encode_answer(value) == answers.values[stored_key]
+        if key.model is None:
+            assert value == PromptText(
+                {"old-open": "Why is water wet?", "old-backstopped": "Why do cats purr?"}[key.prompt_id]
+            )
+        else:
+            assert (
+                isinstance(value, Answer)
+                and value.simulated
+                and value.text.startswith(f"[simulated {key.model}]")
+            )
+
+    competency = restored["rating-competency"]
+    assert competency.values  # (key, window) -> value, the windows faust's own
+    for (stored_key, _window), value in competency.values.items():
+        key = decode_competency_key(stored_key)
+        assert encode_competency_key(key) == stored_key  # new evidence adds to the same keys
+        assert key.partition == competency.partitions[(stored_key, _window)] and key.model_a < key.model_b
+        assert value > 0 if key.measure == "n" else value >= 0
+
+
+def test_a_stage_restored_from_changelogs_written_before_the_records_carries_on() -> None:
+    settings, restored, hopping = restore_old_changelogs()
+    rig = Rig(settings=settings)
+    # dict.update: restored, not written by this stage (no write is logged).
+    dict.update(rig.tables.prompts, restored["rating-prompts"].values)
+    dict.update(rig.tables.answers, restored["rating-answers"].values)
+    # The stand-in hopping table holds one window: the current one when the last verdict came.
+    windows = restored["rating-competency"].values
+    now = hopping.earliest(max(start for _, (start, _) in windows))
+    for (key, window), value in windows.items():
+        if window == now:
+            rig.tables.competency.values[key] = value
+    open_entry = decode_entry(rig.tables.prompts["old-open"])
+    rig.clock.now_ms = open_entry.first_seen_ms + 1_000  # within its backstop
+    rig.rating.rebuild()
+    assert rig.rating.gatherer.open_prompts == 1  # old-open
+
+    # Verdicts counted by the old code are evidence now: one per pair of each judged prompt.
+    llama, wizard, vicuna = "llama-2-13b-chat", "wizardlm-13b", "vicuna-33b"
+    tallies = rig.rating.window_tallies()
+    assert {pair: t.n for pair, t in tallies.items()} == {
+        (llama, vicuna): 3.0,
+        (llama, wizard): 4.0,
+        (vicuna, wizard): 3.0,
+    }
+
+    # The open prompt completes with its last answer, paired with the answers the old code kept.
+    rig.rate(answered(rig, vicuna, "old-open", partition=3))
+    pairs = rig.outbox.pairs()
+    assert len(pairs) == 3 and {p.prompt_text for p in pairs} == {"Why is water wet?"}
+    kept = {p.response_a.response_id for p in pairs} | {p.response_b.response_id for p in pairs}
+    assert {"r-83779b97fea5ae1c9f10c0ba", "r-40827aef4f23ece3a18641f5"} <= kept  # ids from the old bytes
+    assert rig.rating.gatherer.open_prompts == 0 and stored(rig, "old-open").finished
+
+    # The backstopped prompt pairs its late answer with the kept ones, not the pair it emitted.
+    before = decode_entry(restored["rating-prompts"].values["old-backstopped"])
+    rig.rate(answered(rig, vicuna, "old-backstopped", partition=1))
+    late = rig.outbox.pairs()[3:]
+    assert len(late) == 2 and not {p.pair_id for p in late} & set(before.pairs)
+    assert all(vicuna in (p.response_a.model, p.response_b.model) for p in late)
+
+    # Replays of what the old code counted are recognised.
+    replays = duplicates()
+    rig.rate(answered(rig, llama, "old-0", partition=1))
+    assert duplicates() == replays + 1 and len(rig.outbox.pairs()) == 5
+    old_0 = stored(rig, "old-0")
+    assert not rig.rating.gatherer.counted_verdict("old-0", old_0.judged[0])
+
+    # After retention every prompt is forgotten, and the keys the old code wrote are deleted.
+    rig.clock.now_ms += settings.done_retention_s * 1000 * 2
+    rig.rate(*(rig.event("ticks", b"tick", partition=p) for p in (1, 3)))
+    assert rig.tables.prompts == {} and rig.tables.answers == {}
