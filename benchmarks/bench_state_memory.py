@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _kafka_bench import _status_kib, default_jars_home, publish, start_local_broker  # noqa: E402
 
-from karma.localkafka.broker import free_ports  # noqa: E402
+from karma.localkafka.probes import free_ports  # noqa: E402
 from karma.schemas.models import Prompt, Response, response_id_for  # noqa: E402
 from karma.streams.codecs import encode  # noqa: E402
 from karma.streams.config import KarmaSettings  # noqa: E402

@@ -23,36 +23,46 @@ random password in ``secure/password`` (mode 0600). The controller listener stay
 loopback; the broker talks to itself over the SASL_SSL listener as ``karma``. The secure files
 belong to the formatted data: ``reset`` deletes both, and a plain start of data formatted with
 ``secure`` (or the other way round) is refused. ``status`` and ``stop`` find the mode on disk.
+
+This module runs the process; its parts live beside it: config.py (``BrokerConfig``,
+``BrokerStatus``, ``BrokerError``, re-exported here), jars.py (Maven resolution, java),
+properties.py (server.properties, log4j2.properties) and probes.py (ports, metadata probes).
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import contextlib
-import fcntl
-import hashlib
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
-import uuid
-from collections.abc import Callable, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaClient
-from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 
+from karma.localkafka.config import (
+    BrokerConfig,
+    BrokerError,
+    BrokerStatus,
+    new_cluster_id,
+    output_tail,
+)
+from karma.localkafka.jars import find_java, kafka_pom, resolve_jars
+from karma.localkafka.probes import HOST, answers_metadata, port_in_use
+from karma.localkafka.properties import (
+    LOG4J2,
+    SCRAM_MECHANISM,
+    SCRAM_USER,
+    node_properties,
+    sasl_ssl_properties,
+)
 from karma.localkafka.secrets import SecretsError, make_broker_secrets, write_private
 from karma.streams.config import KAFKA_PASSWORD_VARIABLE
 
+# BrokerConfig, BrokerError, BrokerStatus (config.py) and kafka_pom (jars.py) stay importable from here.
 __all__ = [
     "BrokerConfig",
     "BrokerError",
@@ -60,109 +70,6 @@ __all__ = [
     "LocalBroker",
     "kafka_pom",
 ]
-
-DEFAULT_KAFKA_VERSION = "4.1.1"
-HOST = "127.0.0.1"
-MAVEN_TIMEOUT_S = 900.0
-_MARKER = ".resolved"
-# The secure broker's only SASL mechanism and its one user (clients and the broker itself).
-SCRAM_MECHANISM = "SCRAM-SHA-512"
-SCRAM_USER = "karma"
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-# Logs go to stdout, which start() sends to broker.log. The level is a system property so the
-# one-shot storage format can run quietly (-Dkarma.kafka.log.level=WARN).
-_LOG4J2 = """\
-status = warn
-shutdownHook = disable
-appender.out.type = Console
-appender.out.name = STDOUT
-appender.out.layout.type = PatternLayout
-appender.out.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = ${sys:karma.kafka.log.level:-INFO}
-rootLogger.appenderRef.out.ref = STDOUT
-"""
-
-
-class BrokerError(RuntimeError):
-    """The local broker could not be resolved, started, stopped or reset."""
-
-
-def default_home() -> Path:
-    return Path(os.environ.get("KARMA_HOME", ".cache/karma"))
-
-
-def kafka_pom() -> Path:
-    """The pom that resolves the broker: ``$KARMA_KAFKA_POM`` or ``deploy/kafka/pom.xml``."""
-    override = os.environ.get("KARMA_KAFKA_POM")
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[1] / "deploy" / "kafka" / "pom.xml"
-
-
-def free_ports(count: int = 2) -> list[int]:
-    """Distinct loopback ports that are free right now."""
-    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
-@dataclass
-class BrokerConfig:
-    """Where a local broker keeps its state and which loopback ports it listens on."""
-
-    home: Path = field(default_factory=default_home)
-    port: int = 9092
-    controller_port: int | None = None  # default: port + 1
-    heap: str = "512m"
-    kafka_version: str = DEFAULT_KAFKA_VERSION
-    jars_home: Path | None = None  # where kafka-<version>/lib lives; default: home
-    secure: bool = False  # a SASL_SSL listener on `port` (TLS + SCRAM-SHA-512) instead of PLAINTEXT
-    # A node of a cluster (localkafka/cluster.py sets these; a lone broker keeps the defaults):
-    node_id: int = 1
-    quorum_voters: str | None = None  # controller.quorum.voters; default: this node alone
-    replicas: int = 1  # replication factor of new topics, internal ones included
-    state_dir: Path | None = None  # default: <home>/broker-<port>
-    cluster_id: str | None = None  # formatted into the storage; default: a new random one
-
-    def __post_init__(self) -> None:
-        self.home = Path(self.home)
-        if self.jars_home is not None:
-            self.jars_home = Path(self.jars_home)
-        if self.state_dir is not None:
-            self.state_dir = Path(self.state_dir)
-        if self.controller_port is None:
-            self.controller_port = self.port + 1
-        if self.controller_port == self.port:
-            raise BrokerError(f"controller port must differ from the client port {self.port}")
-
-    @classmethod
-    def on_free_ports(cls, home: Path, jars_home: Path | None = None, secure: bool = False) -> BrokerConfig:
-        """A throw-away broker's config (tests, benchmarks): under `home`, on two loopback ports
-        that are free right now."""
-        port, controller_port = free_ports(2)
-        return cls(home=home, port=port, controller_port=controller_port, jars_home=jars_home, secure=secure)
-
-    @property
-    def min_insync_replicas(self) -> int:
-        """A majority of the replicas: 2 of 3, so a cluster takes acks=all writes with a node down
-        and never acknowledges a write that a single node holds."""
-        return self.replicas // 2 + 1
-
-
-@dataclass(frozen=True)
-class BrokerStatus:
-    running: bool  # the process recorded in broker.pid is alive
-    pid: int | None
-    port: int
-    bootstrap: str
-    answering: bool  # it answered a metadata request just now
-    secure: bool = False  # its data was formatted for the SASL_SSL listener (start --secure)
 
 
 class LocalBroker:
@@ -233,53 +140,7 @@ class LocalBroker:
 
     def ensure_jars(self, progress: Callable[[str], None] | None = None) -> Path:
         """Resolve the broker's jars with Maven unless the cache is complete; return lib dir."""
-        self.kafka_dir.mkdir(parents=True, exist_ok=True)
-        with _locked(self.kafka_dir / ".lock"):
-            marker = self.kafka_dir / _MARKER
-            pom = kafka_pom()
-            # The marker names the pom it was resolved from: a pom that gained a jar resolves again.
-            stamp = f"pom sha256 {_sha256(pom)}" if pom.is_file() else ""
-            if (
-                marker.is_file()
-                and stamp in marker.read_text()
-                and any(self.lib_dir.glob("kafka_2.13-*.jar"))
-            ):
-                return self.lib_dir
-            mvn = shutil.which("mvn")
-            if mvn is None:
-                raise BrokerError(
-                    "Maven (mvn) is not on PATH; it is needed once to fetch the Kafka jars "
-                    f"into {self.lib_dir}"
-                )
-            if not pom.is_file():
-                raise BrokerError(f"Kafka pom not found at {pom} (set KARMA_KAFKA_POM?)")
-            if progress:
-                progress(f"resolving Kafka {self.config.kafka_version} jars with Maven (first run only)…")
-            marker.unlink(missing_ok=True)
-            shutil.rmtree(self.lib_dir, ignore_errors=True)
-            cmd = [
-                mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(pom),
-                "dependency:copy-dependencies", "-DincludeScope=runtime",
-                f"-DoutputDirectory={self.lib_dir}",
-                f"-Dkafka.version={self.config.kafka_version}",
-            ]  # fmt: skip
-            try:
-                done = subprocess.run(
-                    cmd, capture_output=True, text=True, timeout=MAVEN_TIMEOUT_S, check=False
-                )
-            except subprocess.TimeoutExpired as exc:
-                raise BrokerError(f"Maven did not finish within {MAVEN_TIMEOUT_S:.0f}s") from exc
-            output = _ANSI.sub("", done.stdout + done.stderr)
-            if done.returncode != 0:
-                raise BrokerError(
-                    f"Maven could not resolve Kafka {self.config.kafka_version} from {pom} "
-                    f"(exit {done.returncode}):\n{_tail(output)}"
-                )
-            if not any(self.lib_dir.glob("kafka_2.13-*.jar")):
-                raise BrokerError(f"Maven succeeded but left no kafka_2.13 jar in {self.lib_dir}")
-            jars = sorted(p.name for p in self.lib_dir.glob("*.jar"))
-            marker.write_text("\n".join([stamp, *jars]) + "\n")
-            return self.lib_dir
+        return resolve_jars(self.kafka_dir, self.lib_dir, self.config.kafka_version, progress)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -299,13 +160,13 @@ class LocalBroker:
         if pid is not None:
             return pid
         for port in (self.port, self.controller_port):
-            if _port_in_use(port):
+            if port_in_use(port):
                 raise BrokerError(
                     f"{HOST}:{port} is already in use by another process; stop it or choose another --port"
                 )
         formatted = (self.data_dir / "meta.properties").is_file()
         self._check_mode(formatted)
-        java = _java()
+        java = find_java()
         lib = self.ensure_jars(progress)
         if not formatted:
             # Secrets left without data (a start that failed before formatting) are stale.
@@ -349,7 +210,7 @@ class LocalBroker:
 
     def status(self) -> BrokerStatus:
         pid = self._running_pid()
-        answering = pid is not None and _answers_metadata(self.bootstrap, self._probe_options())
+        answering = pid is not None and answers_metadata(self.bootstrap, self._probe_options())
         return BrokerStatus(pid is not None, pid, self.port, self.bootstrap, answering, self.secure)
 
     def reset(self) -> bool:
@@ -366,66 +227,20 @@ class LocalBroker:
     # -- internals ----------------------------------------------------------------------------
 
     def server_properties(self) -> dict[str, str]:
-        port, cport = self.port, self.controller_port
-        node = self.config.node_id
-        replicas, min_isr = str(self.config.replicas), str(self.config.min_insync_replicas)
         return {
-            "process.roles": "broker,controller",
-            "node.id": str(node),
-            "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{cport}",
-            "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "controller.listener.names": "CONTROLLER",
-            # A static quorum (no --standalone): every node is a voter, known from the start.
-            "controller.quorum.voters": self.config.quorum_voters or f"{node}@{HOST}:{cport}",
-            "log.dirs": str(self.data_dir),
-            "num.partitions": "4",
-            "auto.create.topics.enable": "true",
-            "default.replication.factor": replicas,
-            "min.insync.replicas": min_isr,
-            "offsets.topic.replication.factor": replicas,
-            "offsets.topic.num.partitions": "8",
-            "transaction.state.log.replication.factor": replicas,
-            "transaction.state.log.min.isr": min_isr,
-            "transaction.state.log.num.partitions": "8",
-            "share.coordinator.state.topic.replication.factor": replicas,
-            "share.coordinator.state.topic.min.isr": min_isr,
-            "group.initial.rebalance.delay.ms": "0",
-            "num.network.threads": "2",
-            "num.io.threads": "4",
-            "log.segment.bytes": str(16 * 1024 * 1024),
-            "log.retention.hours": "24",
-            "log.retention.check.interval.ms": "60000",
+            **node_properties(self.config, self.controller_port, self.data_dir),
             **(self._secure_properties() if self.config.secure else {}),
         }
 
     def _secure_properties(self) -> dict[str, str]:
-        """The SASL_SSL listener in place of PLAINTEXT. The controller's listener stays PLAINTEXT on
-        loopback; the broker reaches itself over SASL_SSL as `karma`, which the CA lets it verify."""
-        port, cport = self.port, self.controller_port
-        password = self.password()
-        keystore_password = self._keystore_password_file.read_text().strip()
-        return {
-            "listeners": f"SASL_SSL://{HOST}:{port},CONTROLLER://{HOST}:{cport}",
-            "advertised.listeners": f"SASL_SSL://{HOST}:{port}",
-            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name": "SASL_SSL",
-            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
-            "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
-            f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": (
-                "org.apache.kafka.common.security.scram.ScramLoginModule required "
-                f'username="{SCRAM_USER}" password="{password}";'
-            ),
-            # Kafka reads PEM key stores; a PEM key file must be encrypted (with a scheme Java 17
-            # reads: PKCS#12 PBE with 3DES, not OpenSSL's default PBES2).
-            "ssl.keystore.type": "PEM",
-            "ssl.keystore.location": str(self._keystore),
-            "ssl.key.password": keystore_password,
-            "ssl.truststore.type": "PEM",
-            "ssl.truststore.location": str(self.ca_file),
-            "ssl.client.auth": "none",
-        }
+        return sasl_ssl_properties(
+            self.port,
+            self.controller_port,
+            password=self.password(),
+            keystore=self._keystore,
+            keystore_password=self._keystore_password_file.read_text().strip(),
+            ca_file=self.ca_file,
+        )
 
     def _check_mode(self, formatted: bool) -> None:
         """Formatted data keeps the mode it was formatted in: the SCRAM user exists only if it
@@ -477,7 +292,7 @@ class LocalBroker:
             write_private(self.properties_file, text)  # it holds the passwords
         else:
             self.properties_file.write_text(text)
-        self.log4j_file.write_text(_LOG4J2)
+        self.log4j_file.write_text(LOG4J2)
 
     def _jvm(self, java: str, lib: Path, log_level: str = "INFO") -> list[str]:
         return [
@@ -507,7 +322,7 @@ class LocalBroker:
         if done.returncode != 0:
             raise BrokerError(
                 f"formatting KRaft storage in {self.data_dir} failed (exit {done.returncode}):\n"
-                + _tail(done.stdout + done.stderr)
+                + output_tail(done.stdout + done.stderr)
             )
 
     def _read_pid(self) -> int | None:
@@ -565,7 +380,7 @@ class LocalBroker:
                     f"Kafka broker on {self.bootstrap} {how} during start-up; "
                     f"last lines of {self.log_file}:\n{self.log_tail()}"
                 )
-            if _answers_metadata(self.bootstrap, self._probe_options(), brokers=brokers):
+            if answers_metadata(self.bootstrap, self._probe_options(), brokers=brokers):
                 return
             if time.monotonic() > deadline:
                 self.stop(timeout=10)
@@ -580,92 +395,4 @@ class LocalBroker:
             text = self.log_file.read_text(errors="replace")
         except OSError:
             return "(no broker.log)"
-        return _tail(text, lines)
-
-
-# -- helpers ------------------------------------------------------------------------------------
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _tail(text: str, lines: int = 30) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:]) or "(no output)"
-
-
-def new_cluster_id() -> str:
-    """A random Kafka Uuid in its base64url form (never starting with '-', like Kafka's)."""
-    while True:
-        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        if not cid.startswith("-"):
-            return cid
-
-
-def _java() -> str:
-    java_home = os.environ.get("JAVA_HOME")
-    if java_home and (Path(java_home) / "bin" / "java").is_file():
-        return str(Path(java_home) / "bin" / "java")
-    java = shutil.which("java")
-    if java is None:
-        raise BrokerError("java not found (need Java 17+ on PATH or JAVA_HOME)")
-    return java
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the JVM does
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return True
-    return False
-
-
-def _accepts_tcp(bootstrap: str, timeout: float = 1.0) -> bool:
-    host, port = bootstrap.rsplit(":", 1)
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-async def _probe_metadata(bootstrap: str, timeout: float, options: dict[str, Any], brokers: int) -> bool:
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000), **options)
-    try:
-        await asyncio.wait_for(client.bootstrap(), timeout)
-        return len(client.cluster.brokers()) >= brokers
-    except (KafkaError, OSError, TimeoutError):
-        return False
-    finally:
-        await client.close()
-
-
-def _run(coro: Coroutine[Any, Any, bool]) -> bool:
-    """Run a coroutine to completion, also from code that already runs an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
-def _answers_metadata(
-    bootstrap: str, options: dict[str, Any] | None = None, timeout: float = 5.0, brokers: int = 1
-) -> bool:
-    """Whether the broker answers a metadata request that names at least `brokers` brokers;
-    `options` are aiokafka's security arguments for a secure broker (none: PLAINTEXT)."""
-    # A plain TCP check first keeps aiokafka from logging connection errors while we wait.
-    return _accepts_tcp(bootstrap) and _run(_probe_metadata(bootstrap, timeout, options or {}, brokers))
+        return output_tail(text, lines)

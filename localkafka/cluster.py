@@ -26,16 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from karma.localkafka.broker import (
-    HOST,
-    BrokerConfig,
-    BrokerError,
-    BrokerStatus,
-    LocalBroker,
-    default_home,
-    free_ports,
-    new_cluster_id,
-)
+from karma.localkafka.broker import LocalBroker
+from karma.localkafka.config import BrokerConfig, BrokerError, BrokerStatus, default_home, new_cluster_id
+from karma.localkafka.probes import HOST, free_ports
 
 __all__ = ["LocalCluster", "MAX_NODES"]
 

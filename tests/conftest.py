@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from karma.localkafka.broker import BrokerConfig, LocalBroker, free_ports
+from karma.localkafka.broker import BrokerConfig, LocalBroker
+from karma.localkafka.probes import free_ports
 from karma.streams.config import KarmaSettings
 from karma.streams.kafka_clients import new_admin
 

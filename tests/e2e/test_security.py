@@ -23,7 +23,8 @@ from aiokafka.helpers import create_ssl_context
 from typer.testing import CliRunner
 
 from karma.cli.broker import broker_app
-from karma.localkafka.broker import BrokerConfig, LocalBroker, free_ports
+from karma.localkafka.broker import BrokerConfig, LocalBroker
+from karma.localkafka.probes import free_ports
 from karma.streams.client import list_topics
 from karma.streams.config import KAFKA_PASSWORD_VARIABLE, KarmaSettings
 from karma.streams.kafka_clients import ClusterAccessError

@@ -17,8 +17,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from typer.testing import CliRunner
 
 from karma.cli.broker import broker_app
-from karma.localkafka.broker import DEFAULT_KAFKA_VERSION, BrokerError
 from karma.localkafka.cluster import LocalCluster
+from karma.localkafka.config import DEFAULT_KAFKA_VERSION, BrokerError
 from tests.conftest import JARS_HOME
 
 pytestmark = pytest.mark.timeout(400)

@@ -17,7 +17,7 @@ from faust.auth import SASLCredentials, SSLCredentials
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types.auth import AuthProtocol, SASLMechanism
 
-from karma.localkafka.broker import free_ports
+from karma.localkafka.probes import free_ports
 from karma.streams.config import KarmaSettings
 from karma.streams.kafka_clients import (
     ClusterAccessError,
