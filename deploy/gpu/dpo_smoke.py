@@ -31,8 +31,9 @@ from tiny_llama import save_tiny_llama  # beside this script
 
 from karma.schemas.models import Candidate, Preference, Winner
 from karma.streams.codecs import encode
+from karma.tools.export.files import Layout, ShardFormat
 from karma.tools.export.rows import COLUMNS, RowFilter
-from karma.tools.export.shards import Layout, ShardBuilder, ShardFormat, ShardStore
+from karma.tools.export.shards import ShardBuilder, ShardStore
 
 PROMPTS = [
     "why is the sky blue",

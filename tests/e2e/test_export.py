@@ -18,8 +18,8 @@ import pytest
 
 from karma.schemas.models import Preference, Winner
 from karma.streams.client import Received
+from karma.tools.export.manifest import MANIFEST_DIR, Manifest, resume_offsets
 from karma.tools.export.rows import COLUMNS
-from karma.tools.export.shards import MANIFEST_DIR, Manifest, resume_offsets
 from karma.tools.processes import settings_env
 from tests.e2e.conftest import Pipeline, ids, make_prompts
 

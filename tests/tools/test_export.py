@@ -15,22 +15,14 @@ from typer.testing import CliRunner
 from karma.cli import app
 from karma.schemas.models import Candidate, Preference, Winner
 from karma.streams.codecs import encode
+from karma.tools.export import files as files_module
+from karma.tools.export import manifest as manifest_module
 from karma.tools.export import rows as rows_module
 from karma.tools.export import shards as shards_module
+from karma.tools.export.files import ExportError, Layout, ShardFormat, arrow_schema, load_pyarrow
+from karma.tools.export.manifest import MANIFEST_DIR, Manifest, offset_gaps, resume_offsets
 from karma.tools.export.rows import COLUMNS, RowFilter, Skip, Skipped, classify, row_of
-from karma.tools.export.shards import (
-    MANIFEST_DIR,
-    ExportError,
-    Layout,
-    Manifest,
-    ShardBuilder,
-    ShardFormat,
-    ShardStore,
-    arrow_schema,
-    load_pyarrow,
-    offset_gaps,
-    resume_offsets,
-)
+from karma.tools.export.shards import ShardBuilder, ShardStore
 from tests import records
 
 TOPIC = "t.preferences"
@@ -297,6 +289,7 @@ def test_a_crash_while_writing_rows_leaves_a_temporary_that_is_deleted(
         path.write_text(json.dumps(rows[0])[:20])  # torn mid-row
         raise SystemExit("killed while writing")
 
+    # files.py's write_rows, replaced where ShardStore.commit looks it up
     monkeypatch.setattr(shards_module, "write_rows", half_written)
     with pytest.raises(SystemExit):
         export(tmp_path, messages)
@@ -386,7 +379,8 @@ def test_the_command_refuses_an_unknown_policy() -> None:
 
 
 def test_rows_module_knows_no_kafka() -> None:
-    # rows.py and shards.py are read by training-side scripts (deploy/gpu/dpo_smoke.py): no broker.
-    for module in (rows_module, shards_module):
+    # rows.py, manifest.py, files.py and shards.py are read by training-side scripts
+    # (deploy/gpu/dpo_smoke.py): no broker.
+    for module in (rows_module, manifest_module, files_module, shards_module):
         source = Path(module.__file__ or "").read_text()
         assert "aiokafka" not in source and "faust" not in source

@@ -26,7 +26,9 @@ from karma.schemas.models import Preference
 from karma.streams.client import TopicNotFoundError, topic_name
 from karma.streams.config import KarmaSettings
 from karma.streams.kafka_clients import new_admin, new_consumer
-from karma.tools.export.shards import ExportError, Layout, Manifest, Recovery, ShardBuilder, ShardStore
+from karma.tools.export.files import ExportError, Layout
+from karma.tools.export.manifest import Manifest
+from karma.tools.export.shards import Recovery, ShardBuilder, ShardStore
 
 POLL_TIMEOUT_MS = 500  # also how often an idle follower checks --shard-seconds and the stop signal
 SHOW_UNDECODABLE = 10  # undecodable messages reported one by one; the rest are counted

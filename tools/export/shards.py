@@ -22,213 +22,38 @@ The dot-names keep manifests, temporaries and the lock out of `datasets.load_dat
 data_dir=DIR)`, which skips hidden files, and out of a `shard-*.parquet` glob. A manifest may
 cover offsets and no rows (`shard` null: a stretch of ties, say), so that a restart does not
 count the same skipped messages again.
+
+What a manifest records, and the resume offsets and gaps read from them, is manifest.py; a
+shard file's format, its durable writing and its digest are files.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import json
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import IO, Any
 
-from karma.tools.export.rows import COLUMNS, Row, RowFilter, Skip, Skipped, classify
+from karma.tools.export.files import (
+    ExportError,
+    Layout,
+    ShardFormat,
+    file_digest,
+    fsync_dir,
+    fsynced,
+    load_pyarrow,
+    shard_name,
+    write_rows,
+)
+from karma.tools.export.manifest import MANIFEST_DIR, Manifest, offset_gaps, resume_offsets
+from karma.tools.export.rows import Row, Skip, Skipped, classify
 
-MANIFEST_DIR = ".manifests"
 LOCK_FILE = ".lock"
-MANIFEST_VERSION = 1
-EXPORT_EXTRA_HINT = "pip install 'karma-stream[export]'"
-
-
-class ExportError(RuntimeError):
-    """A shard folder that cannot be exported to; the message says why and what to do."""
-
-
-class ShardFormat(StrEnum):
-    JSONL = "jsonl"
-    PARQUET = "parquet"
-
-
-@dataclass(frozen=True)
-class Layout:
-    """What every shard of one folder shares: a trainer globbing the folder gets one schema and
-    one selection of preferences, so a run with other settings must use another folder."""
-
-    format: ShardFormat
-    messages: bool = False
-    row_filter: RowFilter = field(default_factory=RowFilter)
-
-    def describe(self) -> dict[str, Any]:
-        return {"format": self.format.value, "messages": self.messages, **self.row_filter.describe()}
-
-
-def shard_name(seq: int, fmt: ShardFormat) -> str:
-    return f"shard-{seq:06d}.{fmt.value}"
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """One committed shard: the offsets it covers per partition, [start, end), whether or not
-    each message became a row; its rows; what was skipped and why."""
-
-    seq: int
-    topic: str
-    layout: dict[str, Any]
-    offsets: dict[int, tuple[int, int]]
-    shard: str | None = None  # None: offsets covered, no rows (every message skipped)
-    rows: int = 0
-    size: int = 0
-    sha256: str | None = None
-    skipped: dict[str, int] = field(default_factory=dict)
-    undecodable: list[dict[str, Any]] = field(default_factory=list)  # partition, offset, reason
-    created_at_ms: int = 0
-
-    def to_json(self) -> str:
-        data = {
-            "version": MANIFEST_VERSION,
-            "seq": self.seq,
-            "shard": self.shard,
-            "rows": self.rows,
-            "size": self.size,
-            "sha256": self.sha256,
-            "topic": self.topic,
-            "layout": self.layout,
-            "offsets": {str(p): {"start": a, "end": b} for p, (a, b) in sorted(self.offsets.items())},
-            "skipped": self.skipped,
-            "undecodable": self.undecodable,
-            "created_at_ms": self.created_at_ms,
-        }
-        return json.dumps(data, indent=1) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> Manifest:
-        data = json.loads(text)
-        if data.get("version") != MANIFEST_VERSION:
-            raise ValueError(f"manifest version {data.get('version')!r}, expected {MANIFEST_VERSION}")
-        return cls(
-            seq=int(data["seq"]),
-            topic=str(data["topic"]),
-            layout=dict(data["layout"]),
-            offsets={int(p): (int(span["start"]), int(span["end"])) for p, span in data["offsets"].items()},
-            shard=data["shard"],
-            rows=int(data["rows"]),
-            size=int(data["size"]),
-            sha256=data["sha256"],
-            skipped={str(k): int(v) for k, v in data["skipped"].items()},
-            undecodable=list(data["undecodable"]),
-            created_at_ms=int(data["created_at_ms"]),
-        )
-
-
-def resume_offsets(manifests: Iterable[Manifest]) -> dict[int, int]:
-    """Per partition, the offset after the last one any committed shard covers: where to read
-    next. A partition no manifest names is absent (read it from its beginning)."""
-    resume: dict[int, int] = {}
-    for manifest in manifests:
-        for partition, (_, next_offset) in manifest.offsets.items():
-            resume[partition] = max(resume.get(partition, 0), next_offset)
-    return resume
-
-
-def offset_gaps(manifests: Iterable[Manifest]) -> list[str]:
-    """Offsets between consecutive shards of a partition that no shard covers, or that two
-    shards cover (neither happens unless messages expired from the topic before they were
-    read, or the folder was tampered with): one line each, empty when the record is seamless."""
-    problems = []
-    last: dict[int, tuple[int, int]] = {}  # partition -> (seq, next offset)
-    for manifest in sorted(manifests, key=lambda m: m.seq):
-        for partition, (first, next_offset) in sorted(manifest.offsets.items()):
-            if partition in last and first != last[partition][1]:
-                seq, previous = last[partition]
-                what = "not exported (expired?)" if first > previous else "exported twice"
-                problems.append(
-                    f"partition {partition}: offsets {min(first, previous)}-{max(first, previous) - 1} "
-                    f"{what} between shards {seq} and {manifest.seq}"
-                )
-            last[partition] = (manifest.seq, next_offset)
-    return problems
-
-
-# -- files ---------------------------------------------------------------------------------------
-
-
-def load_pyarrow() -> tuple[Any, Any]:
-    """pyarrow and pyarrow.parquet, imported at the point of use: only Parquet shards need them,
-    and they are an optional extra."""
-    try:
-        import pyarrow
-        import pyarrow.parquet
-    except ImportError as exc:
-        raise ExportError(f"--format parquet needs pyarrow: {EXPORT_EXTRA_HINT} ({exc})") from None
-    return pyarrow, pyarrow.parquet
-
-
-def arrow_schema(pa: Any, messages: bool) -> Any:
-    """The Parquet schema of a row: explicit, so that every shard has the same one (a shard whose
-    soft labels are all null would otherwise get a null-typed column, and fail to load with the
-    others)."""
-    text = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])) if messages else pa.string()
-    types = {
-        "prompt": text,
-        "chosen": text,
-        "rejected": text,
-        "soft_label": pa.float64(),
-        "gap": pa.float64(),
-        "confidence": pa.float64(),
-        "chosen_model": pa.string(),
-        "rejected_model": pa.string(),
-        "judge": pa.string(),
-        "policy": pa.string(),
-        "simulated": pa.bool_(),
-        "preference_id": pa.string(),
-        "pair_id": pa.string(),
-        "prompt_id": pa.string(),
-    }
-    return pa.schema([pa.field(name, types[name], nullable=name == "soft_label") for name in COLUMNS])
-
-
-def _fsynced(file: IO[Any]) -> None:
-    file.flush()
-    os.fsync(file.fileno())
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Makes the renames in `folder` durable (a rename is an entry of the folder's)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_rows(path: Path, rows: list[Row], layout: Layout) -> None:
-    """Writes and fsyncs one shard's rows."""
-    if layout.format == ShardFormat.PARQUET:
-        pa, pq = load_pyarrow()
-        table = pa.Table.from_pylist(rows, schema=arrow_schema(pa, layout.messages))
-        with path.open("wb") as file:
-            pq.write_table(table, file)
-            _fsynced(file)
-    else:
-        with path.open("w", encoding="utf-8") as file:
-            for row in rows:
-                file.write(json.dumps(row, ensure_ascii=False) + "\n")
-            _fsynced(file)
-
-
-def _digest(path: Path) -> tuple[int, str]:
-    sha = hashlib.sha256()
-    with path.open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            sha.update(chunk)
-    return path.stat().st_size, sha.hexdigest()
 
 
 # -- the folder ----------------------------------------------------------------------------------
@@ -309,7 +134,7 @@ class ShardStore:
             path.unlink()
             self.recovery.deleted.append(path.name)
         if self.recovery.rolled_forward:
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
         self.recovery.gaps = offset_gaps(self.manifests)
 
     def _check(self, manifest: Manifest, path: Path) -> None:
@@ -334,7 +159,7 @@ class ShardStore:
         renames, and the temporary is complete (it was fsynced before the manifest was written)."""
         assert manifest.shard is not None
         tmp = self.folder / f".{manifest.shard}.tmp"
-        if tmp.exists() and _digest(tmp) == (manifest.size, manifest.sha256):
+        if tmp.exists() and file_digest(tmp) == (manifest.size, manifest.sha256):
             os.replace(tmp, self.folder / manifest.shard)
             self.recovery.rolled_forward.append(manifest.shard)
         else:
@@ -363,7 +188,7 @@ class ShardStore:
             shard = shard_name(seq, self.layout.format)
             tmp = self.folder / f".{shard}.tmp"
             write_rows(tmp, rows, self.layout)
-            size, digest = _digest(tmp)
+            size, digest = file_digest(tmp)
         manifest = Manifest(
             seq=seq,
             topic=self.topic,
@@ -381,13 +206,13 @@ class ShardStore:
         manifest_tmp = self.manifest_dir / f".{name}.tmp"
         with manifest_tmp.open("w", encoding="utf-8") as file:
             file.write(manifest.to_json())
-            _fsynced(file)
+            fsynced(file)
         os.replace(manifest_tmp, self.manifest_dir / name)  # the commit point
-        _fsync_dir(self.manifest_dir)
+        fsync_dir(self.manifest_dir)
         self.manifests.append(manifest)
         if shard is not None:
             os.replace(self.folder / f".{shard}.tmp", self.folder / shard)
-            _fsync_dir(self.folder)
+            fsync_dir(self.folder)
         return manifest
 
     def totals(self) -> tuple[int, int, Counter[str]]:
