@@ -17,13 +17,17 @@ from collections.abc import Iterable
 from typing import Any
 
 import faust
+from aiokafka.admin import NewTopic
+from faust.auth import SASLCredentials, SSLCredentials
 from faust.sensors import Monitor
+from faust.types.auth import CredentialsT
+from mode.utils.times import want_seconds
 
 from karma.streams import transport
 from karma.streams.config import KarmaSettings, ModelSpec
 from karma.streams.delivery import ConfirmedTable
 from karma.streams.health import Health
-from karma.streams.kafka_clients import faust_credentials
+from karma.streams.kafka_clients import ssl_context
 from karma.streams.lag import LagMonitor
 from karma.streams.metrics import LOOP_LAG
 from karma.streams.recovery import SeekSafeTableManager
@@ -83,6 +87,50 @@ def app_id_for(settings: KarmaSettings, roles: Iterable[str], models: Iterable[s
     parts = [settings.app_id, *roles, *sorted(models)]
     # The id also names internal topics, which allow only [a-zA-Z0-9._-].
     return re.sub(r"[^a-zA-Z0-9._-]", "_", "-".join(parts))
+
+
+def faust_credentials(settings: KarmaSettings) -> CredentialsT | None:
+    """faust's `broker_credentials` for these settings (None: PLAINTEXT). faust's aiokafka driver
+    turns them into the same keyword arguments as `client_options` (streams/kafka_clients.py;
+    faust's credentials_to_aiokafka_auth): SASLCredentials carry the mechanism (SCRAM included)
+    and, for SASL_SSL, the TLS context; SSLCredentials the context alone."""
+    security = settings.kafka_security
+    context = ssl_context(security)
+    if security.uses_sasl:
+        return SASLCredentials(
+            username=security.sasl_username,
+            password=security.sasl_password,
+            ssl_context=context,  # None: SASL_PLAINTEXT
+            mechanism=security.sasl_mechanism,
+        )
+    if context is not None:
+        return SSLCredentials(context)
+    return None
+
+
+def changelog_topics(app: faust.App) -> list[NewTopic]:
+    """The changelog topics of the app's tables, configured as faust declares them, for
+    `ensure_topics` (streams/topics.py) to create before the worker starts."""
+    topics = []
+    for table in app.tables.values():
+        changelog = table.changelog_topic
+        config: dict[str, str] = {}
+        flags = (("compact", changelog.compacting), ("delete", changelog.deleting))
+        policies = sorted(policy for policy, on in flags if on)
+        if policies:
+            config["cleanup.policy"] = ",".join(policies)
+        if changelog.retention:
+            config["retention.ms"] = str(int(want_seconds(changelog.retention) * 1000))
+        config.update({key: str(value) for key, value in (changelog.config or {}).items()})
+        topics.append(
+            NewTopic(
+                changelog.get_topic_name(),
+                changelog.partitions or app.conf.topic_partitions,
+                changelog.replicas or app.conf.topic_replication_factor,
+                topic_configs=config,
+            )
+        )
+    return topics
 
 
 def new_stage(

@@ -1,6 +1,8 @@
-"""Every Kafka client of the project is made here (consumers, producers, admin clients, and the
-faust worker's credentials), so how they connect (bootstrap servers, and the cluster's security
-settings: `kafka_security` in streams/config.py) is set in one place.
+"""Every Kafka client of the project is made here (consumers, producers, admin clients; the faust
+worker's credentials are made of the same TLS context, in streams/app.py), so how they connect
+(bootstrap servers, and the cluster's security settings: `kafka_security` in streams/config.py)
+is set in one place. No faust here: the commands that only read or write topics (`karma tail`,
+`submit`) connect through this module without loading faust.
 
 A client made here that cannot reach the cluster says why. aiokafka turns every bootstrap
 failure into one `KafkaConnectionError("Unable to bootstrap from [...]")` and only logs the cause
@@ -29,8 +31,6 @@ from aiokafka.errors import (
     UnsupportedSaslMechanismError,
 )
 from aiokafka.helpers import create_ssl_context
-from faust.auth import SASLCredentials, SSLCredentials
-from faust.types.auth import CredentialsT
 
 from karma.streams.config import KafkaSecurity, KarmaSettings
 
@@ -38,10 +38,10 @@ __all__ = [
     "ClusterAccessError",
     "check_connection",
     "client_options",
-    "faust_credentials",
     "new_admin",
     "new_consumer",
     "new_producer",
+    "ssl_context",
 ]
 
 # The broker's answers that mean "these credentials are not accepted".
@@ -92,25 +92,6 @@ def security_options(security: KafkaSecurity) -> dict[str, Any]:
 def client_options(settings: KarmaSettings) -> dict[str, Any]:
     """The keyword arguments every aiokafka client of these settings gets."""
     return {"bootstrap_servers": settings.bootstrap_servers, **security_options(settings.kafka_security)}
-
-
-def faust_credentials(settings: KarmaSettings) -> CredentialsT | None:
-    """faust's `broker_credentials` for these settings (None: PLAINTEXT). faust's aiokafka driver
-    turns them into the same keyword arguments as `client_options` (credentials_to_aiokafka_auth):
-    SASLCredentials carry the mechanism (SCRAM included) and, for SASL_SSL, the TLS context;
-    SSLCredentials the context alone."""
-    security = settings.kafka_security
-    context = ssl_context(security)
-    if security.uses_sasl:
-        return SASLCredentials(
-            username=security.sasl_username,
-            password=security.sasl_password,
-            ssl_context=context,  # None: SASL_PLAINTEXT
-            mechanism=security.sasl_mechanism,
-        )
-    if context is not None:
-        return SSLCredentials(context)
-    return None
 
 
 class _ExplainsFailures:

@@ -3,10 +3,11 @@
 Every karma topic carries raw bytes in faust: the agents decode them with `codecs` so that a
 message that does not decode can be sent, bytes and all, to the dead-letter topic.
 
-The tables' changelog topics are created here too, before the worker starts, with the
-settings faust would give them. Left to faust, they are created during start-up, and when
-the broker's metadata lags behind the create, faust's assignor sees the changelog with 0
-partitions and the rating agent crash-loops on PartitionsMismatch.
+The tables' changelog topics are created here too (`ensure_topics(extra=...)`), before the
+worker starts, with the settings faust would give them (`changelog_topics` in streams/app.py).
+Left to faust, they are created during start-up, and when the broker's metadata lags behind the
+create, faust's assignor sees the changelog with 0 partitions and the rating agent crash-loops
+on PartitionsMismatch. No faust here: the topic readers (`karma tail`) import this module.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import faust
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-from mode.utils.times import want_seconds
 
 from karma.schemas.models import DeadLetter, KinPair, Preference, Prompt, Record, Response
 from karma.streams.config import KarmaSettings
@@ -121,30 +120,6 @@ async def _wait_until_described(admin: AIOKafkaAdminClient, names: list[str], ti
         if loop.time() > deadline:
             raise TimeoutError(f"topics not in the broker's metadata after {timeout_s:.0f} s: {missing}")
         await asyncio.sleep(0.2)
-
-
-def changelog_topics(app: faust.App) -> list[NewTopic]:
-    """The changelog topics of the app's tables, configured as faust declares them."""
-    topics = []
-    for table in app.tables.values():
-        changelog = table.changelog_topic
-        config: dict[str, str] = {}
-        flags = (("compact", changelog.compacting), ("delete", changelog.deleting))
-        policies = sorted(policy for policy, on in flags if on)
-        if policies:
-            config["cleanup.policy"] = ",".join(policies)
-        if changelog.retention:
-            config["retention.ms"] = str(int(want_seconds(changelog.retention) * 1000))
-        config.update({key: str(value) for key, value in (changelog.config or {}).items()})
-        topics.append(
-            NewTopic(
-                changelog.get_topic_name(),
-                changelog.partitions or app.conf.topic_partitions,
-                changelog.replicas or app.conf.topic_replication_factor,
-                topic_configs=config,
-            )
-        )
-    return topics
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,13 @@ from typing import Any
 import faust
 
 from karma.agents import generation, judging, rating
-from karma.streams.app import ROLES, new_stage
+from karma.streams.app import ROLES, changelog_topics, new_stage
 from karma.streams.config import KarmaSettings, ModelSpec
 from karma.streams.kafka_clients import check_connection
 from karma.streams.metrics import serve_metrics
 from karma.streams.sizes import PRODUCER_MAX_BATCH_BYTES, RecordLimits, read_limits
 from karma.streams.stage import Stage
-from karma.streams.topics import all_topic_names, changelog_topics, ensure_topics
+from karma.streams.topics import all_topic_names, ensure_topics
 from karma.streams.versions import check_versions
 
 log = logging.getLogger(__name__)

@@ -18,12 +18,12 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types.auth import AuthProtocol, SASLMechanism
 
 from karma.localkafka.probes import free_ports
+from karma.streams.app import faust_credentials
 from karma.streams.config import KarmaSettings
 from karma.streams.kafka_clients import (
     ClusterAccessError,
     check_connection,
     client_options,
-    faust_credentials,
     new_admin,
     new_consumer,
     new_producer,

@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from karma.schemas.catalogue import SCHEMA_FILES
-from karma.streams.app import new_stage
+from karma.streams.app import changelog_topics, new_stage
 from karma.streams.config import KarmaSettings
 from karma.streams.topics import (
     RECORD_OF_STAGE,
@@ -18,7 +18,6 @@ from karma.streams.topics import (
     TopicMismatchError,
     TopicNames,
     all_topic_names,
-    changelog_topics,
     ensure_topics,
 )
 from karma.streams.worker import create_app
