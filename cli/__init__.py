@@ -1,8 +1,13 @@
 """The `karma` command line: the typer app, its global options, and the table of its commands.
 
-Each command lives in the module of its group (workers, records, kin, backends, demo, evaluate,
+Each command lives in the module of its group (workers, records, tail, kin, backends, demo, evaluate,
 export, schemas, simulated_server, broker); what they share is in common.py. Every command is
-documented by `karma COMMAND --help`."""
+documented by `karma COMMAND --help`.
+
+The commands are registered by name (`COMMANDS`, cli/lazy.py): `karma --help` lists them without
+importing their modules, and `karma COMMAND` imports that command's module only, so the command
+line starts without faust, the stages or the model backends unless the command needs them.
+"""
 
 from __future__ import annotations
 
@@ -11,35 +16,98 @@ from typing import Annotated
 
 import typer
 
-from karma.cli import backends, demo, evaluate, export, kin, records, simulated_server, workers
-from karma.cli.broker import broker_app
+from karma.cli.lazy import LazyCommand, LazyGroup
 from karma.cli.logging_setup import DEFAULT_LOG_FILE, LogLevel, set_up_logging
-from karma.cli.schemas import schemas
 
-__all__ = ["app", "main"]
+__all__ = ["COMMANDS", "app", "main"]
+
+# In this order in `karma --help`. The help is the first paragraph of the command's docstring (the
+# sub-app's help for broker), here so that listing needs no import; tests/cli/test_lazy.py checks it.
+COMMANDS: tuple[LazyCommand, ...] = (
+    LazyCommand(
+        "worker", "karma.cli.workers:worker", "Run one stage as a faust worker until SIGINT/SIGTERM."
+    ),
+    LazyCommand(
+        "run",
+        "karma.cli.workers:run",
+        "Run all stages (generate, rate, judge) in one process: for a laptop, a demo or CI.",
+    ),
+    LazyCommand("submit", "karma.cli.records:submit", "Publish prompts from a JSONL file to karma.prompts."),
+    LazyCommand(
+        "kin",
+        "karma.cli.kin:kin",
+        "Superiority of every model and, for every pair of models, similarity, gap and kinship.",
+    ),
+    LazyCommand(
+        "competency",
+        "karma.cli.kin:competency",
+        "The live pool: prior, online and blended superiority, comparisons in the window, kin now.",
+    ),
+    LazyCommand(
+        "audit",
+        "karma.cli.records:audit",
+        "The ledger of every prompt: did each end as its preferences, or as dead letters naming it?",
+    ),
+    LazyCommand(
+        "generate",
+        "karma.cli.backends:generate",
+        "Generate one response with a backend, outside the pipeline: to check a model or server.",
+    ),
+    LazyCommand(
+        "judge",
+        "karma.cli.backends:judge",
+        "Judge answer A against answer B in both orders, and print the resolved verdict with both "
+        "orders' raw verdicts (an order-dependent verdict is a tie).",
+    ),
+    LazyCommand(
+        "tail",
+        "karma.cli.tail:tail",
+        "Print a topic's messages as JSON lines, decoded (reads without joining a group).",
+    ),
+    LazyCommand(
+        "demo",
+        "karma.cli.demo:demo",
+        "End to end on this machine: broker up, workers up, prompts in, preferences out, summary.",
+    ),
+    LazyCommand(
+        "eval",
+        "karma.cli.evaluate:evaluate",
+        "Compare pairing policies: the pipeline once per policy over one prompt set, then a report.",
+    ),
+    LazyCommand(
+        "export",
+        "karma.cli.export:export",
+        "Export the preferences as TRL-ready shards (DPO: prompt, chosen, rejected), exactly once.",
+    ),
+    LazyCommand(
+        "simulated-server",
+        "karma.cli.simulated_server:simulated_server",
+        "Serve the SIMULATED models as an OpenAI-compatible chat-completions API, for tests.",
+    ),
+    LazyCommand(
+        "schemas",
+        "karma.cli.schemas:schemas",
+        "The record types on the karma topics: schema ids, versions, .avsc, and the byte framing.",
+    ),
+    LazyCommand(
+        "broker",
+        "karma.cli.broker:broker_app",
+        "Run a real Apache Kafka broker (KRaft) on 127.0.0.1 for development, or a cluster of "
+        "several (--nodes 3) to try losing one.",
+    ),
+)
+
+
+class _Commands(LazyGroup):
+    table = COMMANDS
+
 
 app = typer.Typer(
+    cls=_Commands,
     help="KARMA-stream: kin-matched preference pairs for continual LLM alignment, through Kafka.",
     no_args_is_help=True,
     add_completion=False,
 )
-app.add_typer(broker_app, name="broker")
-
-# In this order in `karma --help` (typer lists sub-apps such as broker after the commands).
-app.command()(workers.worker)
-app.command()(workers.run)
-app.command()(records.submit)
-app.command()(kin.kin)
-app.command()(kin.competency)
-app.command()(records.audit)
-app.command()(backends.generate)
-app.command()(backends.judge)
-app.command()(records.tail)
-app.command()(demo.demo)
-app.command("eval")(evaluate.evaluate)
-app.command()(export.export)
-app.command("simulated-server")(simulated_server.simulated_server)
-app.command()(schemas)
 
 
 @app.callback()
