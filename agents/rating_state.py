@@ -2,8 +2,8 @@
 
 The stage keeps three changelogged tables (agents/rating.py). The code works with the records
 below; what the tables hold, and so what their changelogs carry, is the encoding written here.
-Each table's key is a string (faust writes it as UTF-8) and each value a JSON object (faust's
-json codec).
+Each table's key is a string and each value a JSON object (a float for the tallies); faust's
+json codec writes both to the changelog (a key `"p-1"` as those 5 bytes, quotes included).
 
 `rating-prompts`: key the prompt id; value a `PromptEntry`, encoded as
 
@@ -15,7 +15,7 @@ encoded as {"id": response id, "text": text, "sim": simulated}; `"<prompt_id>|"`
 the prompt's text, value a `PromptText` encoded as {"text": text}.
 
 `rating-competency` (hopping): key a `CompetencyKey`, `"<model_a>|<model_b>@<partition>:<measure>"`
-(faust adds the window itself); value a float.
+(faust adds the window: the changelog key is `["<key>", [start_s, end_s]]`); value a float.
 
 Versions. This is encoding version 1: the very form the stage wrote before these records existed,
 so a worker restarted after an upgrade restores the tables its predecessor wrote, and workers of
@@ -25,7 +25,8 @@ How the encoding may evolve:
 - keys never change: a key's bytes are its identity in a compacted changelog, so a key written
   another way would be a second entry, and a delete under the new form would leave the old one;
 - a value may gain a field whose absence means its default (an entry written before it loads),
-  within version 1; decoding ignores fields it does not know (written by a newer worker);
+  within version 1; decoding ignores fields it does not know (written by a newer worker), and a
+  rewrite by this code drops them, so such a field must be one an older worker may lose;
 - any other change writes `"v": 2` (or later) in the value and keeps decoding version 1 (an
   entry without "v"); a value of a version this code does not know fails with `StateDecodeError`,
   rather than being misread.
