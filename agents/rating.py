@@ -15,7 +15,7 @@ Tables, co-partitioned with karma.responses:
 - `rating-answers`: one entry per answer (and one per prompt text), written once;
 - `rating-competency`: hopping-windowed verdict tallies per model pair (online competency).
 The code reads and writes typed records; the tables hold their encoding (agents/rating_state.py
-documents it and its versions), through `Encoded` views: entries written before the records
+documents it and its versions), through its `Encoded` views: entries written before the records
 existed are encoding version 1, so a worker restored from an older changelog reads them.
 
 Timeouts need a clock inside the stream: faust only lets a table change while an event of
@@ -43,27 +43,19 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from karma.agents.competency import Tally, assess, is_evidence, pair_key, score_of_first
 from karma.agents.gathering import Gathered, Gatherer, Outcome
 from karma.agents.kinship import load_profiles
 from karma.agents.pairing import LiveCompetency, make_pairs
 from karma.agents.rating_state import (
-    Answer,
-    AnswerKey,
     CompetencyKey,
-    PromptEntry,
-    PromptText,
-    decode_answer,
-    decode_answer_key,
-    decode_entry,
-    encode_answer,
-    encode_answer_key,
+    answers_kept,
     encode_competency_key,
-    encode_entry,
+    prompt_entries,
 )
 from karma.schemas.models import KinPair, Preference, Response
 from karma.streams.codecs import DecodeError, decode, encode
@@ -136,81 +128,6 @@ def tally_keys(model_a: str, model_b: str, partition: int) -> tuple[CompetencyKe
         CompetencyKey(model_a, model_b, partition, "n"),
         CompetencyKey(model_a, model_b, partition, "score"),
     )
-
-
-K = TypeVar("K")
-V = TypeVar("V")
-_MISSING: Any = object()
-
-
-class Encoded(MutableMapping[K, V], Generic[K, V]):
-    """A table seen as records: keys and values are encoded on the way in and decoded on the way
-    out (agents/rating_state.py), so the table (and its changelog) holds only the encoding.
-    Each read decodes afresh: a record handed out is never the stored value itself."""
-
-    def __init__(
-        self,
-        store: MutableMapping[Any, Any],
-        encode_key: Callable[[K], Any],
-        decode_key: Callable[[Any], K],
-        encode_value: Callable[[V], Any],
-        decode_value: Callable[[K, Any], V],
-    ) -> None:
-        self.store = store
-        self._encode_key, self._decode_key = encode_key, decode_key
-        self._encode_value, self._decode_value = encode_value, decode_value
-
-    def __getitem__(self, key: K) -> V:
-        return self._decode_value(key, self.store[self._encode_key(key)])
-
-    def get(self, key: K, default: Any = None) -> Any:  # one lookup, not `in` and then `[]`
-        stored = self.store.get(self._encode_key(key), _MISSING)
-        return default if stored is _MISSING or stored is None else self._decode_value(key, stored)
-
-    def __setitem__(self, key: K, value: V) -> None:
-        self.store[self._encode_key(key)] = self._encode_value(value)
-
-    def __delitem__(self, key: K) -> None:
-        del self.store[self._encode_key(key)]
-
-    def pop(self, key: K, default: Any = _MISSING) -> Any:
-        stored = self.store.pop(self._encode_key(key), _MISSING)
-        if stored is _MISSING:
-            if default is _MISSING:
-                raise KeyError(key)
-            return default
-        return self._decode_value(key, stored)
-
-    def __iter__(self) -> Iterator[K]:
-        return (self._decode_key(key) for key in self.store)
-
-    def __len__(self) -> int:
-        return len(self.store)
-
-    def items(self) -> Iterator[tuple[K, V]]:  # type: ignore[override]  # one pass, no lookups
-        for stored_key, stored in self.store.items():
-            key = self._decode_key(stored_key)
-            yield key, self._decode_value(key, stored)
-
-
-def prompt_entries(store: MutableMapping[str, Any]) -> Encoded[str, PromptEntry]:
-    """`rating-prompts` as records: prompt id -> PromptEntry."""
-    return Encoded(store, _same, _prompt_id, encode_entry, lambda _key, stored: decode_entry(stored))
-
-
-def answers_kept(store: MutableMapping[str, Any]) -> Encoded[AnswerKey, Answer | PromptText]:
-    """`rating-answers` as records: AnswerKey -> Answer (or PromptText, under a key with no model)."""
-    return Encoded(store, encode_answer_key, decode_answer_key, encode_answer, decode_answer)
-
-
-def _same(key: str) -> str:
-    return key
-
-
-def _prompt_id(stored: Any) -> str:
-    if not isinstance(stored, str):
-        raise TypeError(f"rating-prompts key {stored!r}: not a prompt id")
-    return stored
 
 
 class RatingStage:

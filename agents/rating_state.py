@@ -2,7 +2,8 @@
 
 The stage keeps three changelogged tables (agents/rating.py). The code works with the records
 below; what the tables hold, and so what their changelogs carry, is the encoding written here.
-Each table's key is a string and each value a JSON object (a float for the tallies); faust's
+`Encoded` (at the end) shows a table as records, encoding on the way in and decoding on the way
+out. Each table's key is a string and each value a JSON object (a float for the tallies); faust's
 json codec writes both to the changelog (a key `"p-1"` as those 5 bytes, quotes included).
 
 `rating-prompts`: key the prompt id; value a `PromptEntry`, encoded as
@@ -38,9 +39,9 @@ last `:` (a model name may contain one), then its last `@` and its `|`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Generic, Literal, TypeVar, get_args
 
 ENCODING_VERSION = 1  # the version this code writes (implicit: version 1 writes no "v")
 OK = "ok"  # a model's status when it answered; otherwise its status is the failure's reason
@@ -250,3 +251,80 @@ def _str_map(value: Any, what: str) -> dict[str, str]:
     ):
         raise StateDecodeError(f"{what} is {value!r:.200}, not an object of strings")
     return dict(value)
+
+
+# -- the tables seen as records -----------------------------------------------------------
+
+K = TypeVar("K")
+V = TypeVar("V")
+_MISSING: Any = object()
+
+
+class Encoded(MutableMapping[K, V], Generic[K, V]):
+    """A table seen as records: keys and values are encoded on the way in and decoded on the way
+    out (agents/rating_state.py), so the table (and its changelog) holds only the encoding.
+    Each read decodes afresh: a record handed out is never the stored value itself."""
+
+    def __init__(
+        self,
+        store: MutableMapping[Any, Any],
+        encode_key: Callable[[K], Any],
+        decode_key: Callable[[Any], K],
+        encode_value: Callable[[V], Any],
+        decode_value: Callable[[K, Any], V],
+    ) -> None:
+        self.store = store
+        self._encode_key, self._decode_key = encode_key, decode_key
+        self._encode_value, self._decode_value = encode_value, decode_value
+
+    def __getitem__(self, key: K) -> V:
+        return self._decode_value(key, self.store[self._encode_key(key)])
+
+    def get(self, key: K, default: Any = None) -> Any:  # one lookup, not `in` and then `[]`
+        stored = self.store.get(self._encode_key(key), _MISSING)
+        return default if stored is _MISSING or stored is None else self._decode_value(key, stored)
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self.store[self._encode_key(key)] = self._encode_value(value)
+
+    def __delitem__(self, key: K) -> None:
+        del self.store[self._encode_key(key)]
+
+    def pop(self, key: K, default: Any = _MISSING) -> Any:
+        stored = self.store.pop(self._encode_key(key), _MISSING)
+        if stored is _MISSING:
+            if default is _MISSING:
+                raise KeyError(key)
+            return default
+        return self._decode_value(key, stored)
+
+    def __iter__(self) -> Iterator[K]:
+        return (self._decode_key(key) for key in self.store)
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def items(self) -> Iterator[tuple[K, V]]:  # type: ignore[override]  # one pass, no lookups
+        for stored_key, stored in self.store.items():
+            key = self._decode_key(stored_key)
+            yield key, self._decode_value(key, stored)
+
+
+def prompt_entries(store: MutableMapping[str, Any]) -> Encoded[str, PromptEntry]:
+    """`rating-prompts` as records: prompt id -> PromptEntry."""
+    return Encoded(store, _same, _prompt_id, encode_entry, lambda _key, stored: decode_entry(stored))
+
+
+def answers_kept(store: MutableMapping[str, Any]) -> Encoded[AnswerKey, Answer | PromptText]:
+    """`rating-answers` as records: AnswerKey -> Answer (or PromptText, under a key with no model)."""
+    return Encoded(store, encode_answer_key, decode_answer_key, encode_answer, decode_answer)
+
+
+def _same(key: str) -> str:
+    return key
+
+
+def _prompt_id(stored: Any) -> str:
+    if not isinstance(stored, str):
+        raise TypeError(f"rating-prompts key {stored!r}: not a prompt id")
+    return stored

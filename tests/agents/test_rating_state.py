@@ -12,14 +12,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from karma.agents.rating import Encoded, answers_kept, prompt_entries
 from karma.agents.rating_state import (
     Answer,
     AnswerKey,
     CompetencyKey,
+    Encoded,
     PromptEntry,
     PromptText,
     StateDecodeError,
+    answers_kept,
     decode_answer,
     decode_answer_key,
     decode_competency_key,
@@ -28,6 +29,7 @@ from karma.agents.rating_state import (
     encode_answer_key,
     encode_competency_key,
     encode_entry,
+    prompt_entries,
 )
 
 # What the stage wrote before the records existed (agents/gathering.py at b6e5a0b), verbatim.
