@@ -1,8 +1,9 @@
 """Competency profiles and the kin rule: pure functions, no Kafka.
 
 A model's profile is its vector of benchmark scores, each column min-max normalised over
-the pool. superiority(m) is the mean of m's normalised scores (in [0, 1]); similarity(a, b)
-is the cosine of two normalised vectors. a and b are kin when similarity >= tau,
+the models of the profile table (not only those of the configured pool). superiority(m) is
+the mean of m's normalised scores (in [0, 1]); similarity(a, b) is the cosine of two
+normalised vectors. a and b are kin when similarity >= tau,
 |superiority(a) - superiority(b)| <= delta, and (when both lengths are known) the shorter
 response is at least `min_length_ratio` of the longer one: responses of very different
 complexity teach a trainer as little as models of very different competency.
@@ -43,7 +44,8 @@ class Profiles:
         return sum(vector) / len(vector)
 
     def vector(self, model: str) -> tuple[float, ...]:
-        """A model with no profile gets the pool's mean vector: average until proven otherwise."""
+        """A model with no profile gets the mean vector of the table's models: average until
+        proven otherwise."""
         if model in self.vectors:
             return self.vectors[model]
         count = len(self.vectors)
@@ -62,7 +64,7 @@ def cosine(u: Sequence[float], v: Sequence[float]) -> float:
 
 
 def normalise(raw: Mapping[str, Sequence[float | None]]) -> dict[str, tuple[float, ...]]:
-    """Min-max normalises each column over the pool (a constant column becomes 0.5 for all);
+    """Min-max normalises each column over the table's models (a constant column becomes 0.5 for all);
     a missing score (None) becomes the column's mean normalised score."""
     if not raw:
         raise ProfileError("no models in the profile table")
