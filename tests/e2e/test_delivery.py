@@ -45,6 +45,7 @@ from karma.tools.processes import settings_env
 from tests.conftest import BROKER_START_TIMEOUT, JARS_HOME, REPO_ROOT, set_topic_config
 from tests.e2e.conftest import Pipeline, audit, ids, make_prompts
 from tests.e2e.test_competency import _gauges, _live
+from tests.oracle import expected_pair_ids, read_table
 
 POOL = ["llama-2-13b-chat", "wizardlm-13b", "vicuna-33b", "llama-2-70b-chat", "gpt-3.5-turbo"]
 
@@ -328,11 +329,25 @@ def simulated_answers(settings: KarmaSettings, prompt: Prompt) -> dict[str, Resp
 
 
 def simulated_pairs(settings: KarmaSettings, prompt: Prompt) -> list[KinPair]:
-    """The pairs the rating stage picks among the simulated answers (prior competency)."""
+    """The pairs the rating stage picks among the simulated answers (prior competency): built by
+    the pipeline's pairing, so that their records (and sizes) are the ones it sends, and held
+    against the tests' own oracle (tests/oracle.py) for which pairs they are."""
     answers = simulated_answers(settings, prompt)
     gathered = Gathered(
         prompt.prompt_id,
         prompt.text,
         {m: {"response_id": r.response_id, "text": r.text, "simulated": True} for m, r in answers.items()},
     )
-    return make_pairs(gathered, load_profiles(settings.kin.profiles), settings.kin.rule(), settings.policy)
+    pairs = make_pairs(gathered, load_profiles(settings.kin.profiles), settings.kin.rule(), settings.policy)
+    kin = settings.kin
+    expected = expected_pair_ids(
+        prompt.prompt_id,
+        answers,
+        tau=kin.tau,
+        delta=kin.delta,
+        min_length_ratio=kin.min_length_ratio,
+        table=read_table(kin.profiles),
+        lengths={m: len(r.text.split()) for m, r in answers.items()},
+    )
+    assert {pair.pair_id for pair in pairs} == expected, f"prompt {prompt.prompt_id}: not the oracle's pairs"
+    return pairs

@@ -11,26 +11,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from karma.agents.gathering import Gathered
-from karma.agents.kinship import load_profiles
-from karma.agents.pairing import make_pairs
 from karma.localkafka.broker import LocalBroker
 from karma.schemas.models import DeadLetter, Prompt, Response, response_id_for
 from tests.conftest import BROKER_START_TIMEOUT, local_broker_config
 from tests.e2e.conftest import Pipeline, audit, ids, make_prompts
+from tests.oracle import expected_pair_ids, read_table
 
 POOL = ["llama-2-13b-chat", "wizardlm-13b", "vicuna-33b", "llama-2-70b-chat", "gpt-3.5-turbo"]
 
 
 def expected_ids(pipeline: Pipeline, answered: dict[str, list[str]]) -> set[str]:
-    """The preference ids the kin rule yields over the models that answered each prompt."""
-    profiles, rule = load_profiles(pipeline.settings.kin.profiles), pipeline.settings.kin.rule()
-    expected = set()
+    """The preference ids the kin rule yields over the models that answered each prompt, by the
+    tests' own oracle (tests/oracle.py)."""
+    kin = pipeline.settings.kin
+    table = read_table(kin.profiles)
+    expected: set[str] = set()
     for prompt_id, models in answered.items():
-        responses = {
-            m: {"response_id": response_id_for(prompt_id, m), "text": "", "simulated": True} for m in models
-        }
-        expected |= {p.pair_id for p in make_pairs(Gathered(prompt_id, "q", responses), profiles, rule)}
+        expected |= expected_pair_ids(prompt_id, models, tau=kin.tau, delta=kin.delta, table=table)
     return expected
 
 
