@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 INSTALLED := $(VENV)/.installed
+# The suite also trains and runs small real models (karma lab): torch and transformers, ~5.6 GB.
+INSTALLED_LAB := $(VENV)/.installed-lab
 
 .PHONY: demo demo-openai test smoke-transformers smoke-dpo lint clean
 
@@ -10,6 +12,10 @@ $(INSTALLED): pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet --editable '.[test]'
 	touch $(INSTALLED)
+
+$(INSTALLED_LAB): $(INSTALLED)
+	$(VENV)/bin/pip install --quiet --editable '.[test,lab]'
+	touch $(INSTALLED_LAB)
 
 demo: $(INSTALLED)  ## broker up, workers up, 50 prompts in, preferences out, summary
 	$(VENV)/bin/karma demo
@@ -23,7 +29,7 @@ demo-openai: $(INSTALLED)  ## the demo with every model and the judge behind an 
 
 # The suite also needs openssl and Prometheus: scripts/ensure-test-tools.sh installs them when missing
 # (apt-get as root, else Prometheus's Debian package unpacked under .cache/tools) or says what to install.
-test: $(INSTALLED)  ## lint, the import contracts (.importlinter), then the whole suite (it starts its own Kafka broker)
+test: $(INSTALLED_LAB)  ## lint, the import contracts (.importlinter), then the whole suite (it starts its own Kafka broker)
 	scripts/ensure-test-tools.sh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
