@@ -48,6 +48,7 @@ class Gathered:
     prompt_id: str
     prompt_text: str
     responses: dict[str, dict[str, Any]]  # model -> {response_id, text, simulated}
+    prompt_metadata: dict[str, str] = field(default_factory=dict)  # the prompt's, for its pairs
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,9 @@ class Gatherer:
         entry = self.entry(response.prompt_id)
         if entry is None:
             entry = PromptEntry(partition, now_ms)
-            self._new_answers[AnswerKey(response.prompt_id)] = PromptText(response.prompt_text)
+            self._new_answers[AnswerKey(response.prompt_id)] = PromptText(
+                response.prompt_text, dict(response.prompt_metadata)
+            )
             self._deadlines.setdefault(partition, deque()).append(
                 (now_ms + self.backstop_ms, response.prompt_id)
             )
@@ -277,7 +280,7 @@ class Gatherer:
             }
         prompt = self._answer(AnswerKey(prompt_id))
         assert isinstance(prompt, PromptText)  # a key without a model holds the prompt's text
-        chosen = self.pairer(Gathered(prompt_id, prompt.text, responses))
+        chosen = self.pairer(Gathered(prompt_id, prompt.text, responses, prompt.metadata))
         new = [pair for pair in chosen if pair.pair_id not in entry.pairs]
         entry.pairs += [pair.pair_id for pair in new]
         return Outcome(pairs=new)

@@ -44,6 +44,7 @@ def to_response(prompt: Prompt, generator: Generator, generated: Generation | Ba
         num_tokens=0 if failed else generated.num_tokens,
         latency_ms=0.0 if failed else generated.latency_ms,
         error=generated.reason if failed else None,
+        prompt_metadata=prompt.metadata,  # on to the pairs, for the judge (the verifier's reference)
     )
 
 
@@ -63,7 +64,7 @@ def register(stage: Stage, models: list[ModelSpec]) -> None:
         budget = stage.delivery.text_budget()
         travelling = []
         for event, prompt in prompts:
-            too_large = budget.prompt_too_large(prompt.text)
+            too_large = budget.prompt_too_large(prompt.text, prompt.metadata)
             if too_large is None:
                 travelling.append((event, prompt))
             elif reports_bad_prompts:  # before any model works on it (streams/sizes.py)
@@ -101,7 +102,7 @@ async def publish_answer(
     backend failed, when the answer is too long to travel beside its prompt and another answer,
     or when the broker refuses the answer's record."""
     if not isinstance(result, BackendError):
-        too_large = budget.answer_too_large(prompt.text, result.text)
+        too_large = budget.answer_too_large(prompt.text, result.text, prompt.metadata)
         if too_large is not None:
             result = BackendError(too_large, kind="too_large")
     if isinstance(result, BackendError):

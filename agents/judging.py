@@ -4,7 +4,8 @@ Pairs are taken in batches (like generation) and both orders of every pair of th
 to the judge backend at once (`judge_batch`). A pass that fails for good (a server that keeps
 failing, or a reply that is still not a valid verdict after `verdict_attempts`) sends the pair
 to the dead-letter topic with the reason and the pair's two models: recorded as an error, never
-guessed.
+guessed. The verifier judge's failures (a prompt with no reference, a scorer that fails) are
+BackendErrors like any other and become the same letters (error_type `no_reference`, `scorer`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ STAGE = "judging"
 
 def requests_for(pair: KinPair, seed: int = 0) -> tuple[JudgeRequest, JudgeRequest]:
     """Both passes of a pair: A shown first, then B shown first. Each carries the superiority of
-    the model shown first and second (swapped with the answers), for the zebra judge."""
+    the model shown first and second (swapped with the answers), for the zebra judge, and the
+    prompt's id and metadata, for the verifier."""
     a, b = pair.response_a, pair.response_b
 
     def shown(first: Candidate, second: Candidate) -> JudgeRequest:
@@ -39,6 +41,8 @@ def requests_for(pair: KinPair, seed: int = 0) -> tuple[JudgeRequest, JudgeReque
             seed,
             first_superiority=first.superiority,
             second_superiority=second.superiority,
+            prompt_id=pair.prompt_id,
+            metadata=pair.prompt_metadata,
         )
 
     return shown(a, b), shown(b, a)
@@ -66,7 +70,18 @@ def resolve_pair(pair: KinPair, first: JudgeReply, second: JudgeReply, judge_nam
         judge=judge_name,
         simulated=simulated,
         soft_label=soft_label_of(first.p_first, second.p_first),
+        **scores_of(first.scores, second.scores),
     )
+
+
+def scores_of(
+    scores_ab: tuple[float, float] | None, scores_ba: tuple[float, float] | None
+) -> dict[str, float | None]:
+    """score_a and score_b from both passes (the second saw B first): each answer's mean over the
+    passes that scored it; None when no pass did (every judge but the verifier)."""
+    a = [s for s in (scores_ab and scores_ab[0], scores_ba and scores_ba[1]) if s is not None]
+    b = [s for s in (scores_ab and scores_ab[1], scores_ba and scores_ba[0]) if s is not None]
+    return {"score_a": sum(a) / len(a) if a else None, "score_b": sum(b) / len(b) if b else None}
 
 
 def soft_label_of(p_first_ab: float | None, p_first_ba: float | None) -> float | None:

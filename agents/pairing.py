@@ -58,6 +58,7 @@ def make_pairs(
                 policy=policy,
                 similarity=chosen.similarity,
                 gap=chosen.gap,
+                prompt_metadata=gathered.prompt_metadata,
             )
         )
     return pairs

@@ -13,7 +13,9 @@ json codec writes both to the changelog (a key `"p-1"` as those 5 bytes, quotes 
 
 `rating-answers`: key an `AnswerKey`: `"<prompt_id>|<model>"` for one answer, value an `Answer`
 encoded as {"id": response id, "text": text, "sim": simulated}; `"<prompt_id>|"` (no model) for
-the prompt's text, value a `PromptText` encoded as {"text": text}.
+the prompt's text, value a `PromptText` encoded as {"text": text, "meta": {key: value}}, where
+"meta" (the prompt's metadata, for the judge) is written only when not empty and read as {} when
+absent: a field added within version 1, so entries written before it load.
 
 `rating-competency` (hopping): key a `CompetencyKey`, `"<model_a>|<model_b>@<partition>:<measure>"`
 (faust adds the window: the changelog key is `["<key>", [start_s, end_s]]`); value a float.
@@ -110,9 +112,10 @@ class Answer:
 
 @dataclass(frozen=True, slots=True)
 class PromptText:
-    """A prompt's text, kept with its answers."""
+    """A prompt's text and metadata, kept with its answers: its pairs carry both."""
 
     text: str
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +171,8 @@ def decode_answer_key(stored: Any) -> AnswerKey:
 
 def encode_answer(value: Answer | PromptText) -> dict[str, Any]:
     if isinstance(value, PromptText):
-        return {"text": value.text}
+        # Without "meta" when empty: the bytes of a prompt without metadata stay what they were.
+        return {"text": value.text, "meta": dict(value.metadata)} if value.metadata else {"text": value.text}
     return {"id": value.response_id, "text": value.text, "sim": value.simulated}
 
 
@@ -178,7 +182,8 @@ def decode_answer(key: AnswerKey, stored: Any) -> Answer | PromptText:
     value = _versioned(stored, what)
     text = _str(_get(value, "text", what), f"{what}: text")
     if key.model is None:
-        return PromptText(text)
+        meta = value.get("meta", {})  # absent: written before the field, or no metadata
+        return PromptText(text, _str_map(meta, "prompt text: meta"))
     simulated = _get(value, "sim", what)
     if not isinstance(simulated, bool):
         raise StateDecodeError(f"answer: sim is {simulated!r}, not a boolean")

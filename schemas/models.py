@@ -158,6 +158,8 @@ class Response(Record):
     latency_ms: float = Field(ge=0)
     created_at_ms: int = Field(default_factory=now_ms, ge=0)
     error: str | None = None  # set: the model failed for good on this prompt (a failure record)
+    # The prompt's metadata (version 3), carried on to the pairs so that the judge can read it.
+    prompt_metadata: dict[str, str] = Field(default_factory=dict)
 
     @property
     def failed(self) -> bool:
@@ -186,6 +188,8 @@ class KinPair(Record):
     similarity: float = Field(ge=-1.0, le=1.0)
     gap: float = Field(ge=0.0)
     created_at_ms: int = Field(default_factory=now_ms, ge=0)
+    # The prompt's metadata (version 2): what the verifier judge reads its reference and scorer from.
+    prompt_metadata: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _two_distinct_responses(self) -> KinPair:
@@ -220,6 +224,10 @@ class Preference(Record):
     gap: float = Field(ge=0.0)
     created_at_ms: int = Field(default_factory=now_ms, ge=0)
     soft_label: float | None = Field(default=None, ge=0.0, le=1.0)
+    # The verifier's scores of the two answers against the prompt's reference (version 3);
+    # None from any other judge.
+    score_a: float | None = Field(default=None, ge=0.0, le=1.0)
+    score_b: float | None = Field(default=None, ge=0.0, le=1.0)
 
     @classmethod
     def of_pair(cls, pair: KinPair, **verdict: Any) -> Preference:

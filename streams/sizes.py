@@ -7,7 +7,8 @@ refused is an output lost unless something else is written for it, so sizes are 
 anything is sent, in three places:
 
 - **at intake** (generation): a prompt's text travels in every response beside one answer, and
-  in every pair and preference beside two. A prompt whose text leaves less than
+  in every pair and preference beside two (its metadata in every response and pair, and both in
+  the rating state: `prompt_cost` counts them together). A prompt that leaves less than
   `min_answer_room_bytes` for each of two answers in the smallest record limit on its way is
   too large to travel: it is dead-lettered before any model works on it;
 - **per answer** (generation): each answer may take half of what its prompt leaves, so any two
@@ -83,6 +84,14 @@ def text_cost(text: str) -> int:
     return len(json.dumps(text))
 
 
+def prompt_cost(text: str, metadata: Mapping[str, str] | None = None) -> int:
+    """What a prompt takes in each response, pair and rating state that carries it: its text and
+    its metadata (`prompt_metadata`), both as ASCII-escaped JSON, never less than their Avro size
+    (a JSON object spends at least 6 bytes per entry on quotes and separators, Avro's map at most
+    two length prefixes of 5)."""
+    return text_cost(text) + (len(json.dumps(dict(metadata))) if metadata else 0)
+
+
 @dataclass(frozen=True)
 class Limit:
     """The largest record a topic takes, and where that figure came from."""
@@ -126,28 +135,32 @@ class TextBudget:
     limit: Limit
     min_answer_room: int
 
-    def room(self, prompt_text: str) -> int:
-        """The bytes each of two answers may take beside this prompt."""
-        return (self.limit.max_bytes - RECORD_OVERHEAD_BYTES - text_cost(prompt_text)) // 2
+    def room(self, prompt_text: str, metadata: Mapping[str, str] | None = None) -> int:
+        """The bytes each of two answers may take beside this prompt (its text and metadata)."""
+        return (self.limit.max_bytes - RECORD_OVERHEAD_BYTES - prompt_cost(prompt_text, metadata)) // 2
 
-    def prompt_too_large(self, prompt_text: str) -> str | None:
+    def prompt_too_large(self, prompt_text: str, metadata: Mapping[str, str] | None = None) -> str | None:
         """Why this prompt cannot travel, or None when it can."""
-        if self.room(prompt_text) >= self.min_answer_room:
+        if self.room(prompt_text, metadata) >= self.min_answer_room:
             return None
         return (
-            f"the prompt is {text_cost(prompt_text):,} bytes (as JSON); its pairs and preferences carry it "
+            f"the prompt is {prompt_cost(prompt_text, metadata):,} bytes (as JSON, its metadata included); "
+            "its pairs and preferences carry it "
             f"beside two answers, and {self.limit.describe(self.topic)}: that leaves less than "
             f"min_answer_room_bytes ({self.min_answer_room:,}) for each answer"
         )
 
-    def answer_too_large(self, prompt_text: str, answer: str) -> str | None:
+    def answer_too_large(
+        self, prompt_text: str, answer: str, metadata: Mapping[str, str] | None = None
+    ) -> str | None:
         """Why this answer cannot travel beside its prompt and another answer, or None."""
-        room = self.room(prompt_text)
+        room = self.room(prompt_text, metadata)
         cost = text_cost(answer)
         if cost <= room:
             return None
         return (
-            f"the answer is {cost:,} bytes (as JSON); beside its prompt ({text_cost(prompt_text):,} bytes) "
+            f"the answer is {cost:,} bytes (as JSON); beside its prompt "
+            f"({prompt_cost(prompt_text, metadata):,} bytes) "
             f"and another answer it may take {room:,}, because {self.limit.describe(self.topic)}"
         )
 

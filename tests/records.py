@@ -65,6 +65,7 @@ def response(
     simulated: bool = True,
     response_id: str | None = None,
     created_at_ms: int | None = None,
+    prompt_metadata: dict[str, str] | None = None,
 ) -> Response:
     """`model`'s answer to `prompt_id`, with the id `response_id_for` gives it; a failure record
     when `error` is set (its text, unless given, is then empty)."""
@@ -81,6 +82,7 @@ def response(
         num_tokens=num_tokens,
         latency_ms=latency_ms,
         error=error,
+        prompt_metadata=prompt_metadata or {},
         **_stamped(created_at_ms),
     )
 
@@ -97,6 +99,7 @@ def kin_pair(
     similarity: float = 0.99,
     gap: float = 0.0,
     created_at_ms: int | None = None,
+    prompt_metadata: dict[str, str] | None = None,
 ) -> KinPair:
     """The pair of `a` and `b` on `prompt_id`, each a candidate or a model's name. A name stands for
     the model's answer to the prompt (`candidate(name, prompt_id=prompt_id, text=text)`); the pair's
@@ -114,6 +117,7 @@ def kin_pair(
         policy=policy,
         similarity=similarity,
         gap=gap,
+        prompt_metadata=prompt_metadata or {},
         **_stamped(created_at_ms),
     )
 
@@ -128,6 +132,8 @@ class Verdict(TypedDict, total=False):
     judge: str
     simulated: bool
     soft_label: float | None
+    score_a: float | None
+    score_b: float | None
     created_at_ms: int
 
 

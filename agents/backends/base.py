@@ -10,7 +10,8 @@ Backends (chosen per model in the pool config, and for the judge):
 - `openai`: any OpenAI-compatible server (agents/backends/openai.py);
 - `vllm`: vLLM's AsyncLLM in the worker (agents/backends/vllm.py; needs a GPU and `pip install vllm`);
 - `transformers`: a local checkpoint (agents/backends/transformers.py; needs torch);
-- `zebra` (judge only): no model, the response of the more superior model wins (agents/backends/zebra.py).
+- `zebra` (judge only): no model, the response of the more superior model wins (agents/backends/zebra.py);
+- `verifier` (judge only): each answer checked against the prompt's reference (agents/backends/verifier.py).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from karma.agents.judge_prompt import RawVerdict
@@ -55,6 +56,10 @@ class JudgeRequest:
     # of `tag`, so an LLM judge's prompt is the same with or without them.
     first_superiority: float | None = None
     second_superiority: float | None = None
+    # Only the verifier reads these (the prompt's reference and scorer are in its metadata); out
+    # of `tag` too. compare=False: a frozen request with a dict in it still compares and hashes.
+    prompt_id: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def tag(self) -> str:
@@ -69,6 +74,9 @@ class JudgeReply:
     raw: str  # the judge's reply as it came, for the record
     p_first: float | None  # P(answer A wins) from log-probabilities, when the backend serves them
     simulated: bool
+    # The verifier's scores of the answers shown first and second against the reference; None
+    # from any other judge.
+    scores: tuple[float, float] | None = None
 
 
 class BackendError(Exception):
