@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from karma.agents.backends import GENERATION_BACKENDS, JUDGE_BACKENDS
 from karma.agents.kinship import KinRule
 from karma.agents.policies import POLICIES, Policy
+from karma.agents.scoring import BUILT_IN as BUILT_IN_SCORERS
 from karma.schemas.models import problem_message
 
 # The names come from the one registry of backends; the judge may also be `zebra`.
@@ -160,12 +161,13 @@ class CompetencySettings(StrictModel):
 
 
 class JudgeSettings(BackendSpec):
-    """The pairwise judge: simulated, an LLM on any backend (asked in both orders), or zebra."""
+    """The pairwise judge: simulated, an LLM on any backend (asked in both orders), zebra or verifier."""
 
     backend: JudgeBackend = Field(
         default="simulated",
-        description="simulated, openai, vllm, transformers, or zebra (no model: the response of the "
-        "model with the higher superiority wins; equal superiority is a tie).",
+        description="simulated, openai, vllm, transformers, zebra (no model: the response of the "
+        "model with the higher superiority wins; equal superiority is a tie), or verifier (no model: "
+        "each answer checked against the prompt's metadata 'reference'; the right one wins).",
     )
     name: str = Field(default="simulated-judge", description="The judge's name in every preference.")
     temperature: float = Field(default=0.0, ge=0.0, description="LLM judges: sampling temperature.")
@@ -189,6 +191,22 @@ class JudgeSettings(BackendSpec):
     quality_scale: float = Field(
         default=0.1, gt=0, description="Simulated: quality gap that moves the log-odds by 1."
     )
+    scorer: str = Field(
+        default="exact",
+        description="Verifier: the scorer of a prompt whose metadata names none (agents/scoring.py): "
+        "exact, numeric, contains, or module:function for your own (imported when the judge is built).",
+    )
+
+    @field_validator("scorer")
+    @classmethod
+    def _known_scorer(cls, name: str) -> str:
+        # A built-in name is checked here; module:function only for its shape, since importing a
+        # user's module is the judge's business when it is built (agents/backends/verifier.py).
+        module, colon, function = name.partition(":")
+        if name not in BUILT_IN_SCORERS and not (colon and module and function):
+            known = ", ".join(BUILT_IN_SCORERS)
+            raise ValueError(f"unknown scorer {name!r}: one of {known}, or module:function for your own")
+        return name
 
     @property
     def served_model(self) -> str:

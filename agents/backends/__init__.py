@@ -9,7 +9,8 @@ its SDK (vLLM, torch) only when one is built, and says which pip extra installs 
 - `openai`: any OpenAI-compatible server (openai.py);
 - `vllm`: vLLM's AsyncLLM in the worker (vllm.py; a GPU and `pip install 'karma-stream[vllm]'`);
 - `transformers`: a local checkpoint (transformers.py; `pip install 'karma-stream[transformers]'`);
-- `zebra` (judge only): no model, the response of the more superior model wins (zebra.py).
+- `zebra` (judge only): no model, the response of the more superior model wins (zebra.py);
+- `verifier` (judge only): no model, each answer checked against the prompt's reference (verifier.py).
 
 The interface they share (requests, replies, `BackendError`) is in base.py.
 """
@@ -66,6 +67,7 @@ BACKENDS: dict[str, BackendInfo] = {
     "vllm": BackendInfo("vllm", True, True, "vLLM in the worker process (GPU)"),
     "transformers": BackendInfo("transformers", True, True, "a local transformers checkpoint"),
     "zebra": BackendInfo("zebra", False, True, "no model: the more superior model's response wins"),
+    "verifier": BackendInfo("verifier", False, True, "no model: the answer right by the prompt's reference"),
 }
 GENERATION_BACKENDS = tuple(name for name, info in BACKENDS.items() if info.generates)
 JUDGE_BACKENDS = tuple(name for name, info in BACKENDS.items() if info.judges)
