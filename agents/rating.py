@@ -70,7 +70,7 @@ from karma.streams.metrics import (
     PENDING_PROMPTS,
     SUPERIORITY,
 )
-from karma.streams.sizes import RECORD_OVERHEAD_BYTES, text_cost
+from karma.streams.sizes import RECORD_OVERHEAD_BYTES, prompt_cost, text_cost
 from karma.streams.stage import Stage, raw_topic
 
 STAGE = "rating"
@@ -247,11 +247,16 @@ class RatingStage:
             return None
         topic = self.tables.answers_changelog
         limit = self.stage.delivery.limits.of(topic)
-        for what, text in (("answer", response.text), ("prompt", response.prompt_text)):
-            if text_cost(text) + RECORD_OVERHEAD_BYTES > limit.max_bytes:
+        costs = (
+            ("answer", text_cost(response.text)),
+            # The prompt's text is kept with its metadata (agents/rating_state.py PromptText).
+            ("prompt", prompt_cost(response.prompt_text, response.prompt_metadata)),
+        )
+        for what, cost in costs:
+            if cost + RECORD_OVERHEAD_BYTES > limit.max_bytes:
                 return (
                     f"response {response.response_id} of prompt {response.prompt_id}: its {what} "
-                    f"({text_cost(text):,} bytes as JSON) cannot be kept in the rating state: "
+                    f"({cost:,} bytes as JSON) cannot be kept in the rating state: "
                     f"{limit.describe(topic)}"
                 )
         return None

@@ -12,13 +12,15 @@ from karma.agents.backends import BackendError, Generation
 from karma.agents.gathering import Gatherer
 from karma.agents.generation import publish_answer
 from karma.agents.judging import requests_for
+from karma.agents.rating import RatingStage, Tables
 from karma.agents.rating_state import AnswerKey, PromptText, answers_kept, decode_answer, encode_answer
 from karma.schemas.models import Prompt, Response
-from karma.streams.codecs import decode
-from karma.streams.sizes import Limit, TextBudget, prompt_cost, text_cost
+from karma.streams.codecs import decode, encode
+from karma.streams.sizes import Limit, RecordLimits, TextBudget, prompt_cost, text_cost
 from tests import records
 from tests.agents.test_gathering import BACKSTOP_MS, RETENTION_MS, pair_all
 from tests.agents.test_generation import BUDGET, Generator, RecordingOutbox
+from tests.agents.test_rating import Hopping, Rig, answer, answered, stored
 
 METADATA = {"reference": "42", "scorer": "numeric", "skill": "arithmetic"}
 PROMPT = Prompt(prompt_id="p-m", text="What is 6 x 7?", source="test", metadata=METADATA)
@@ -106,3 +108,20 @@ def test_its_bytes_are_counted_with_the_prompt_text() -> None:
     answer = "y" * (budget.room(PROMPT.text) - 2)
     assert budget.answer_too_large(PROMPT.text, answer) is None
     assert budget.answer_too_large(PROMPT.text, answer, {"reference": "z" * 100}) is not None
+
+
+def test_the_rating_state_counts_the_metadata_with_the_prompt_text() -> None:
+    """A prompt whose text fits the changelog that keeps it but whose metadata does not is too
+    large to keep: the answer is dead-lettered naming its model, as for a long prompt text."""
+    rig = Rig()
+    first, second, *_ = rig.settings.model_names
+    rig.tables = Tables(rig.tables.prompts, rig.tables.answers, Hopping(), answers_changelog="changelog")
+    rig.rating = RatingStage(rig.stage, rig.tables, clock=rig.clock)
+    rig.stage.delivery.limits = RecordLimits({}, Limit(8_000, "test"))  # the changelog's too
+    heavy = answer(first).model_copy(update={"prompt_metadata": {"reference": "x" * 5_000}})
+    assert rig.rating.too_large_to_keep(answer(first)) is None  # the text alone fits
+    rig.rate(rig.event("responses", encode(heavy)), answered(rig, second))
+    [letter] = rig.outbox.letters
+    assert letter["error_type"] == "too_large" and letter["models"] == [first]
+    assert "its prompt" in letter["reason"]
+    assert stored(rig).statuses[first] != "ok"
