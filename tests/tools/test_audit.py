@@ -557,3 +557,42 @@ def test_what_the_rating_state_machine_emits_is_complete_late_then_partial() -> 
     [failed] = [a for a in ledger.prompts if a.prompt_id == "p-failed"]
     assert "answer from m-c: named missing by the backstop (incomplete)" in failed.missing
     assert ledger.unaccounted == 0
+
+
+def test_a_verifiers_letter_settles_exactly_its_pair() -> None:
+    """The verifier judge's letters (no reference, a scorer that fails) point at their pair's
+    message like any judge's: each settles its pair, and only it."""
+    topics = Topics()
+    topics.prompt("p-1")
+    topics.answers("p-1")
+    (a, b), (c, d), (e, f) = itertools.combinations(POOL, 2)
+    topics.judged_pair("p-1", a, b)
+    lettered = topics.pair("p-1", c, d)
+    reason = f"pair {lettered.record.pair_id}: prompt p-1 has no reference"  # type: ignore[union-attr]
+    topics.letter("p-1", "no_reference", reason, stage="judging", at=lettered, models=[c, d])
+    owed = topics.pair("p-1", e, f)  # neither a preference nor a letter
+    ledger = topics.ledger(LATER, expected_pairs=every_pair)
+    assert ledger.unaccounted == 1
+    [story] = ledger.prompts
+    assert story.state is State.UNACCOUNTED
+    lines = {why.split()[3]: why for why in story.missing}  # "preference for pair <id> ..."
+    assert lines[owed.record.pair_id].endswith("no preference and no judging letter")  # type: ignore[union-attr]
+    assert lines[lettered.record.pair_id].endswith("dead-lettered by the judge")  # type: ignore[union-attr]
+    # Its letter for the last pair too (a scorer that raised): nothing is owed any more.
+    topics.letter("p-1", "scorer", "prompt p-1: scorer raised", stage="judging", at=owed, models=[e, f])
+    settled = topics.ledger(LATER, expected_pairs=every_pair)
+    only(settled, State.PARTIAL)
+    assert settled.unaccounted == 0
+
+
+def test_a_prompt_without_a_reference_lettered_on_every_pair_is_dead_lettered() -> None:
+    topics = Topics()
+    topics.prompt("p-1")
+    topics.answers("p-1")
+    for a, b in itertools.combinations(POOL, 2):
+        pair = topics.pair("p-1", a, b)
+        topics.letter("p-1", "no_reference", "prompt p-1 has no reference", stage="judging", at=pair)
+    ledger = topics.ledger(LATER, expected_pairs=every_pair)
+    only(ledger, State.DEAD_LETTERED)
+    assert ledger.unaccounted == 0
+    assert all(r.startswith("no_reference (judging)") for r in ledger.prompts[0].reasons)
