@@ -39,6 +39,11 @@ COMMANDS: tuple[LazyCommand, ...] = (
         "Superiority of every model and, for every pair of models, similarity, gap and kinship.",
     ),
     LazyCommand(
+        "profile",
+        "karma.cli.profile:profile",
+        "Measure every model of the pool on a benchmark set: the profile table `karma kin` reads.",
+    ),
+    LazyCommand(
         "competency",
         "karma.cli.kin:competency",
         "The live pool: prior, online and blended superiority, comparisons in the window, kin now.",
