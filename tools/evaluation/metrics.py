@@ -7,23 +7,33 @@ the preferences (no Kafka, no files), so they are tested on hand-built records.
 also labelled by ZEBRA (`zebra_label`: the more superior model's response wins,
 agents/backends/zebra.py) from the superiorities it already carries, so the two labellers are
 compared on the same pairs without another run.
+
+Where prompts carry a reference (metadata `reference`, checked by agents/scoring.py as the verifier
+judge checks it), `reference_truth` gives the *checked truth* of a pair: the answer that is right
+when exactly one is. `checked_accuracy` is each labeller's share of non-tie labels that chose it.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from karma.agents.backends.verifier import verifier_winner
 from karma.agents.backends.zebra import zebra_winner
+from karma.agents.scoring import REFERENCE_KEY, SCORER_KEY, score
 from karma.schemas.models import Preference, Winner
 
 GAP_BIN_WIDTH = 0.05  # superiority gaps live in [0, 1]: 20 bins
 # Same quality within float noise: such a pair has no right answer, so it is left out of accuracy.
 QUALITY_EPSILON = 1e-9
+
+# The checked truth of a preference's pair: the answer the verifier scores right when exactly one
+# is (Winner.A or Winner.B), None when both or neither are, or the prompt has no reference.
+Truth = Callable[[Preference], Winner | None]
 
 
 class Histogram(BaseModel):
@@ -59,6 +69,12 @@ class PolicySummary(BaseModel):
     zebra_tie_rate: float | None = None
     zebra_accuracy: float | None = None  # as label_accuracy, for zebra's labels
     zebra_accuracy_n: int = 0
+    # Against the checked truth (prompts with a reference, pairs with exactly one right answer):
+    checked_pairs: int = 0  # pairs with a checked truth
+    checked_accuracy: float | None = None  # share of the judge's non-tie labels there that chose it
+    checked_accuracy_n: int = 0
+    zebra_checked_accuracy: float | None = None  # as checked_accuracy, for zebra's labels
+    zebra_checked_accuracy_n: int = 0
     seconds: float | None = None  # wall time of this policy's run
     dlq: int = 0  # dead letters of this policy's run
     topic_prefix: str | None = None  # where its records stay, for `karma tail`
@@ -70,11 +86,13 @@ def summarise(
     prompts_count: int,
     preferences: Iterable[Preference],
     quality: Callable[[str], float] | None,
+    truth: Truth | None = None,
     **extra: Any,
 ) -> PolicySummary:
     """The figures of one policy's preferences (de-duplicated by id: delivery is at least once).
 
-    `quality` is the ground truth (a model's latent quality) where there is one, else None.
+    `quality` is the ground truth (a model's latent quality) where there is one, else None;
+    `truth` the checked truth of a pair (`reference_truth`) where prompts carry references.
     `extra` fills the run fields (seconds, dlq, topic_prefix).
     """
     unique = list({p.preference_id: p for p in preferences}.values())
@@ -95,6 +113,19 @@ def summarise(
             quality_gap = statistics.fmean(
                 abs(quality(p.response_a.model) - quality(p.response_b.model)) for p in unique
             )
+    checked: dict[str, Any] = {}
+    if truth is not None:
+        truths = {p.preference_id: truth(p) for p in unique}  # scored once, read by both labellers
+        known = truths.__getitem__
+        accuracy_checked, n_checked = checked_accuracy(labelled, lambda p: known(p.preference_id))
+        zebra_checked, zebra_n = checked_accuracy(zebra_labelled, lambda p: known(p.preference_id))
+        checked = {
+            "checked_pairs": sum(t is not None for t in truths.values()),
+            "checked_accuracy": accuracy_checked,
+            "checked_accuracy_n": n_checked,
+            "zebra_checked_accuracy": zebra_checked,
+            "zebra_checked_accuracy_n": zebra_n,
+        }
     per_prompt = 1 / prompts_count if prompts_count else 0.0
     return PolicySummary(
         policy=policy,
@@ -120,6 +151,7 @@ def summarise(
         zebra_accuracy=zebra_accuracy,
         zebra_accuracy_n=zebra_decidable,
         gaps=gaps,
+        **checked,
         **extra,
     )
 
@@ -138,6 +170,39 @@ def label_accuracy(
             decidable += 1
             right += difference > 0
     return (right / decidable if decidable else None), decidable
+
+
+def reference_truth(metadata_of: Mapping[str, Mapping[str, str]], default_scorer: str) -> Truth:
+    """The checked truth of a pair from its prompt's metadata (`metadata_of`: prompt id -> metadata),
+    as the verifier judge checks it: the scorer the metadata names, else `default_scorer`."""
+
+    def truth(p: Preference) -> Winner | None:
+        metadata = metadata_of.get(p.prompt_id, {})
+        reference = metadata.get(REFERENCE_KEY)
+        if reference is None or not reference.strip():
+            return None
+        name = metadata.get(SCORER_KEY) or default_scorer
+        try:
+            shown = verifier_winner(
+                score(name, p.response_a.text, reference), score(name, p.response_b.text, reference)
+            )
+        except Exception:  # a scorer that fails: the verifier letters such a pair; it has no truth here
+            return None
+        return {"A": Winner.A, "B": Winner.B}.get(shown)
+
+    return truth
+
+
+def checked_accuracy(labelled: Iterable[Preference], truth: Truth) -> tuple[float | None, int]:
+    """Among non-tie preferences whose pair has a checked truth, the share whose winner is the
+    right answer, and how many there were (None when there were none)."""
+    right = checked = 0
+    for p in labelled:
+        expected = truth(p)
+        if expected is not None:
+            checked += 1
+            right += p.winner is expected
+    return (right / checked if checked else None), checked
 
 
 def zebra_label(p: Preference) -> Preference | None:

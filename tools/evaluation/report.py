@@ -72,6 +72,8 @@ COLUMNS = (
     "zebra agreement (n)",
     "zebra ties",
     "zebra accuracy (n)",
+    "checked accuracy (n)",
+    "zebra checked accuracy (n)",
 )
 
 
@@ -80,6 +82,12 @@ def summary_row(s: PolicySummary) -> list[str]:
     accuracy = "n/a" if s.label_accuracy is None else f"{_pct(s.label_accuracy)} ({s.label_accuracy_n})"
     agreement = "n/a" if s.zebra_agreement is None else f"{_pct(s.zebra_agreement)} ({s.zebra_agreement_n})"
     zebra_accuracy = "n/a" if s.zebra_accuracy is None else f"{_pct(s.zebra_accuracy)} ({s.zebra_accuracy_n})"
+    checked = "n/a" if s.checked_accuracy is None else f"{_pct(s.checked_accuracy)} ({s.checked_accuracy_n})"
+    zebra_checked = (
+        "n/a"
+        if s.zebra_checked_accuracy is None
+        else f"{_pct(s.zebra_checked_accuracy)} ({s.zebra_checked_accuracy_n})"
+    )
     spread = "n/a" if s.gap_p10 is None else f"{s.gap_p10:.3f}-{_fmt(s.gap_p90)}"
     return [
         s.policy,
@@ -96,6 +104,8 @@ def summary_row(s: PolicySummary) -> list[str]:
         agreement,
         "n/a" if s.zebra_tie_rate is None else f"{s.zebra_ties} ({_pct(s.zebra_tie_rate)})",
         zebra_accuracy,
+        checked,
+        zebra_checked,
     ]
 
 
@@ -171,6 +181,11 @@ def _markdown(
         "truth tells which. Where latent quality is the prior superiority (the simulator's default), "
         "zebra reads the ground truth itself: its accuracy is 100% unless online competency has "
         "reordered the models, which is no evidence for zebra.",
+        "- **checked accuracy**: where prompts carry a reference (metadata `reference`, checked as the "
+        "`verifier` judge checks it: the metadata's `scorer`, else `judge.scorer`), among the pairs "
+        "with exactly one right answer, the share of the judge's non-tie labels that chose it (n "
+        "labels); **zebra checked accuracy**: the same for zebra's labels. Unlike label accuracy it "
+        "needs no simulator: the truth is the reference, not a latent quality.",
         "",
         *(
             [

@@ -7,8 +7,9 @@ pipeline has *drained*. How many pairs a policy yields cannot be predicted (onli
 moves superiority as verdicts arrive), so draining is measured (`_drive`): every response is on
 the responses topic, the worker's group has committed everything on the responses and pairs
 topics, and every pair has its preference. The inputs are here too: `parse_policies`,
-`load_prompts`, `with_pool`, and the simulator's ground truth (`ground_truth`,
-`simulator_assumptions`) where the whole pipeline is simulated.
+`load_prompts`, `with_pool`, the simulator's ground truth (`ground_truth`,
+`simulator_assumptions`) where the whole pipeline is simulated, and the checked truth
+(`checked_truth`) where prompts carry references.
 """
 
 from __future__ import annotations
@@ -34,12 +35,13 @@ from rich.progress import Progress, TaskID
 from karma.agents.backends.simulated import SimulatedJudge, build_judge
 from karma.agents.kinship import load_profiles
 from karma.agents.policies import POLICIES
+from karma.agents.scoring import REFERENCE_KEY
 from karma.schemas.models import Preference, Prompt
 from karma.streams.client import PromptProducer, TopicReader, parse_prompt_file, read_topic
 from karma.streams.config import KarmaSettings, ModelSpec
 from karma.streams.lag import LagMonitor
 from karma.streams.topics import ensure_topics
-from karma.tools.evaluation.metrics import PolicySummary, summarise
+from karma.tools.evaluation.metrics import PolicySummary, Truth, reference_truth, summarise
 from karma.tools.evaluation.report import write_report
 from karma.tools.processes import spawn_worker, stop_worker
 
@@ -125,6 +127,13 @@ def ground_truth(settings: KarmaSettings) -> Callable[[str], float] | None:
     return None if judge is None else judge.quality
 
 
+def checked_truth(prompts: Sequence[Prompt], default_scorer: str) -> Truth | None:
+    """Which answer of a pair is right, by its prompt's reference (as the verifier judge checks it,
+    with `judge.scorer` for a prompt that names no scorer); None when no prompt has a reference."""
+    with_reference = {p.prompt_id: p.metadata for p in prompts if p.metadata.get(REFERENCE_KEY, "").strip()}
+    return reference_truth(with_reference, default_scorer) if with_reference else None
+
+
 def simulator_assumptions(settings: KarmaSettings, mean_words: dict[str, float]) -> dict[str, Any] | None:
     """The simulator's parameters as the report states them; None for real backends. Read from
     the judge the worker builds, so the report says what ran whatever the settings are called."""
@@ -176,6 +185,7 @@ def run_eval(
     started = time.monotonic()
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     quality = ground_truth(settings)
+    truth = checked_truth(prompts, settings.judge.scorer)
     summaries: list[PolicySummary] = []
     words: dict[str, dict[str, int]] = {}  # model -> response id -> words
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -210,6 +220,7 @@ def run_eval(
                     len(prompts),
                     preferences,
                     quality,
+                    truth,
                     seconds=round(time.monotonic() - policy_started, 2),
                     dlq=dlq,
                     topic_prefix=run.topic_prefix,
