@@ -115,7 +115,7 @@ def profile(
             f"[yellow]warning:[/] {escape(name)}: {tally.failed} prompt(s) failed ({escape(kinds)}), "
             f"counted as wrong; first: {escape(first)}"
         )
-    out.print(f"wrote {escape(str(written))} and {escape(str(counts))}")
+    out.print(f"wrote {escape(str(written))} and {escape(str(counts))}", soft_wrap=True)
 
 
 def _fail(message: str) -> NoReturn:
