@@ -381,3 +381,53 @@ def test_lm_eval_errors_name_the_file(tmp_path: Path) -> None:
         results_files([empty])
     with pytest.raises(LmEvalError, match="no such file"):
         results_files([tmp_path / "absent"])
+
+
+def test_the_command_reads_lm_eval_files_under_the_pools_names(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from karma.cli import app
+
+    a_file = write_results(
+        tmp_path / "runs", lm_eval_results("pretrained=org/model-a,dtype=auto", 2.0e9), "a"
+    )
+    b_data = lm_eval_results("pretrained=org/model-b", 2.0e9, arc_easy=0.5)
+    b_data["results"]["arc_easy"]["acc_norm,none"] = 0.5
+    write_results(tmp_path / "runs", b_data, "b")
+    config = tmp_path / "pool.yaml"  # the pool serves org/model-a as "a"; model-b is not in it
+    config.write_text("pool:\n  - {name: a, model: org/model-a}\n  - {name: other}\n")
+    out = tmp_path / "profiles.csv"
+    args = ["profile", "--from-lm-eval", str(tmp_path / "runs"), "--config", str(config), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert out.read_text().splitlines() == [
+        "model,arc_easy,gsm8k,mmlu_astronomy",
+        "a,0.5925925925925926,0.21,0.45",
+        "org/model-b,0.5,0.21,0.45",
+    ]
+    assert (tmp_path / "profiles.counts.csv").read_text().splitlines()[1] == "a,2376,100,152"
+    assert "wikitext left out" in result.output and "metrics used: acc,none, acc_norm,none" in result.output
+
+    one = CliRunner().invoke(
+        app,
+        [
+            "profile",
+            "--from-lm-eval",
+            str(a_file),
+            "--model",
+            "mine",
+            "--metric",
+            "acc",
+            "--out",
+            str(out),
+        ],
+    )
+    assert one.exit_code == 0, one.output
+    assert out.read_text().splitlines()[:2] == [
+        "model,arc_easy,mmlu_astronomy",
+        "mine,0.6561447811447811,0.45",
+    ]
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    failed = CliRunner().invoke(app, ["profile", "--from-lm-eval", str(bad), "--out", str(out)])
+    assert failed.exit_code == 2 and f"{bad}: no 'results' mapping" in failed.output
