@@ -83,13 +83,15 @@ def profile(
 ) -> None:
     """Measure every model of the pool on a benchmark set: the profile table `karma kin` reads.
 
-    Each prompt of the JSONL (the form `karma submit` reads) carries in its metadata `reference`
-    (the answer), `skill` (its column) and optionally `scorer`. Every model of the configured
-    pool answers every prompt through its own backend, in batches, no Kafka involved; its
-    accuracy per skill is the mean score of its answers, a request its backend failed on counting
-    as wrong (and reported). The table is written to --out (CSV, model x skill, accuracy in
-    [0, 1]) and the number of prompts per cell to <stem>.counts.csv beside it. With --from-lm-eval
-    the scores come from lm-evaluation-harness result files instead.
+    Each prompt of the JSONL (the form `karma submit` reads) carries in its
+    metadata `reference` (the answer), `skill` (its column) and optionally
+    `scorer`. Every model of the configured pool answers every prompt through
+    its own backend, in batches, no Kafka involved; its accuracy per skill is
+    the mean score of its answers, a request its backend failed on counting as
+    wrong (and reported). The table goes to --out (CSV, model x skill, accuracy
+    in [0, 1]), the number of prompts per cell to <stem>.counts.csv beside it.
+    With --from-lm-eval the scores come from lm-evaluation-harness result files
+    instead.
     """
     settings = settings_or_exit(config)
     try:
