@@ -128,9 +128,13 @@ def _fail(message: str) -> NoReturn:
 def _measure(benchmark: Path, scorer: str, batch_size: int | None, settings: KarmaSettings) -> Measured:
     items = read_benchmark(benchmark, default_scorer=scorer)
     with new_progress() as progress:
-        tasks = {spec.name: progress.add_task(spec.name, total=len(items)) for spec in settings.pool}
+        # Started when its model's turn comes, so each shows its own time, loading included.
+        tasks = {
+            spec.name: progress.add_task(spec.name, total=len(items), start=False) for spec in settings.pool
+        }
 
         def advance(model: str, done: int) -> None:
+            progress.start_task(tasks[model])
             progress.update(tasks[model], completed=done)
 
         try:

@@ -19,7 +19,7 @@ from karma.tools.profile.benchmark import Item, skills_of
 from karma.tools.profile.table import ProfileTable
 from karma.tools.profile.tally import Failure, ModelTally
 
-# (model, prompts done so far): the command line's progress bar.
+# (model, prompts done so far; 0 as the model starts): the command line's progress bar.
 Progress = Callable[[str, int], None]
 
 
@@ -55,6 +55,7 @@ async def measure_pool(
 async def measure_model(
     spec: ModelSpec, settings: KarmaSettings, items: Sequence[Item], batch_size: int, progress: Progress
 ) -> ModelTally:
+    progress(spec.name, 0)  # its clock starts here: building a backend (loading a model) takes time
     try:
         generator = make_generator(spec, settings)
     except BackendError as exc:
