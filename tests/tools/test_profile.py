@@ -195,6 +195,8 @@ def test_a_table_that_cannot_be_written_says_why(tmp_path: Path) -> None:
         ProfileTable(columns=("s",), scores={"m": {"t": 0.5}})
     with pytest.raises(TableError, match="not finite"):
         ProfileTable(columns=("s",), scores={"m": {"s": float("nan")}})
+    with pytest.raises(TableError, match="no score to write"):
+        write_table(ProfileTable(columns=(), scores={"m": {}}), tmp_path / "p.csv")
     with pytest.raises(TableError, match="no model"):
         write_table(ProfileTable(columns=("s",), scores={}), tmp_path / "p.csv")
 

@@ -68,6 +68,8 @@ def write_table(table: ProfileTable, out: Path) -> tuple[Path, Path]:
     check_out(out)
     if not table.scores:
         raise TableError("no model to write")
+    if not table.columns:
+        raise TableError("no score to write: every task was left out (see above)")
     out.parent.mkdir(parents=True, exist_ok=True)
     counts = counts_path(out)
     # Full precision (str of a float is its shortest exact repr): rounding is for the screen only.
