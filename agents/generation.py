@@ -50,11 +50,11 @@ def to_response(prompt: Prompt, generator: Generator, generated: Generation | Ba
 
 def register(stage: Stage, models: list[ModelSpec]) -> None:
     settings = stage.settings
-    # Not ready (/readyz) while the backends are built; they are closed when the worker stops.
-    stage.health.expect_backends(STAGE)
     generators = [make_generator(spec, settings) for spec in models]
+    # Loaded before the worker consumes (/readyz: "loading model X" meanwhile), closed when it stops.
+    for g in generators:
+        stage.expect_model(g.model, g.load)
     stage.closers.extend(g.close for g in generators)
-    stage.health.mark_backends_loaded(STAGE)
     # With one consumer group per model every group reads a bad prompt; only the group that
     # serves the pool's first model reports it, so it is dead-lettered once, not once a model.
     reports_bad_prompts = settings.pool[0].name in {spec.name for spec in models}

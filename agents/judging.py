@@ -131,11 +131,10 @@ async def judge_batch(judge: Judge, pairs: list[tuple[Any, KinPair]], outbox: Ou
 
 def register(stage: Stage) -> None:
     settings = stage.settings
-    # Not ready (/readyz) while the backend is built; it is closed when the worker stops.
-    stage.health.expect_backends(STAGE)
     judge: Judge = make_judge(settings)
+    # Loaded before the worker consumes (/readyz: "loading model X" meanwhile), closed when it stops.
+    stage.expect_model(f"{judge.name} (judge)", judge.load)
     stage.closers.append(judge.close)
-    stage.health.mark_backends_loaded(STAGE)
 
     async def judge_events(events: list[Any], outbox: Outbox) -> None:
         pairs = await stage.decode_batch(events, KinPair, outbox)

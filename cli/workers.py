@@ -9,6 +9,7 @@ import typer
 from aiokafka.errors import KafkaError
 from rich.markup import escape
 
+from karma.agents.backends import ModelLoadError
 from karma.cli.common import BootstrapOption, ConfigOption, console, kafka_problem, settings_or_exit
 from karma.streams.app import ROLES
 from karma.streams.metrics import MetricsPortInUse
@@ -16,6 +17,9 @@ from karma.streams.topics import TopicMismatchError
 from karma.streams.versions import UntestedVersionError
 from karma.streams.worker import run_worker
 
+# A model that cannot load (a bad checkpoint, out of memory): not the configuration's syntax
+# (2), so an operator can tell it apart.
+EX_MODEL_LOAD = 3
 ALL = "all"  # the role that runs every stage in one worker
 # The choices of `karma worker`: the stages streams/app.py knows, and all of them at once.
 Role = StrEnum("Role", {name: name for name in (*ROLES, ALL)})
@@ -57,6 +61,9 @@ def worker(
     except (MetricsPortInUse, TopicMismatchError, UntestedVersionError) as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
+    except ModelLoadError as exc:  # before faust starts: nothing consumed, nothing committed
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(EX_MODEL_LOAD) from None
     except KafkaError as exc:  # raised before faust starts: see run_worker
         console.print(f"[red]error:[/] {escape(kafka_problem(exc))}")
         raise typer.Exit(2) from None

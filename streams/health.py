@@ -1,16 +1,18 @@
 """A worker's health, as `/healthz` (liveness) and `/readyz` (readiness) report it.
 
 One `Health` object per worker process holds the facts; the faust app updates it (the loop-lag
-watcher beats, the rebalance signals mark partitions assigned and revoked, the stages mark their
-model backends loaded, the signal handler marks the worker stopping), and the metrics server's
+watcher beats, the rebalance signals mark partitions assigned and revoked, the warm-up marks each
+model loaded, the signal handler marks the worker stopping), and the metrics server's
 thread reads it (streams/metrics.py serves `live()` and `ready()` beside /metrics). Plain state
 and a lock, no faust or Kafka, so the logic is tested on its own.
 
 - live: the event loop is responsive, i.e. the loop-lag watcher ticked within `live_within_s`.
   Before its first tick (faust still starting) the worker counts as alive for `startup_grace_s`,
-  so a slow start is not killed, while one that never starts its loop is.
-- ready: started, partitions assigned, their streams resumed after the rebalance, every stage's
-  backends loaded, and not shutting down; otherwise the first reason that holds.
+  so a slow start is not killed, while one that never starts its loop is. While its models load
+  (streams/worker.py loads them before faust starts, which may take many minutes) it is alive,
+  and the grace counts from the end of the loading.
+- ready: every model of the process loaded, started, partitions assigned, their streams resumed
+  after the rebalance, and not shutting down; otherwise the first reason that holds.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections.abc import Callable, Iterable
 # Reasons /readyz gives with its 503, in the order they are checked.
 SHUTTING_DOWN = "shutting down"
 STARTING = "starting"
-BACKEND_LOADING = "backend loading"
+LOADING_MODEL = "loading model"
 NOT_ASSIGNED = "no partitions assigned"
 REBALANCING = "rebalancing"
 
@@ -44,7 +46,7 @@ class Health:
         self._last_beat: float | None = None
         self._assigned = 0  # partitions of the current assignment
         self._consuming = False  # the assignment's streams resumed (rebalance complete)
-        self._backends_pending: set[str] = set()
+        self._models_loading: set[str] = set()
         self._stopping = False
 
     # Written by the worker (the event loop's thread).
@@ -72,14 +74,17 @@ class Health:
         with self._lock:
             self._consuming = True
 
-    def expect_backends(self, stage: str) -> None:
-        """`stage` is building its model backends: not ready until `mark_backends_loaded`."""
+    def expect_model(self, model: str) -> None:
+        """`model` is to be loaded before the worker consumes: not ready until `mark_model_loaded`."""
         with self._lock:
-            self._backends_pending.add(stage)
+            self._models_loading.add(model)
 
-    def mark_backends_loaded(self, stage: str) -> None:
+    def mark_model_loaded(self, model: str) -> None:
         with self._lock:
-            self._backends_pending.discard(stage)
+            self._models_loading.discard(model)
+            if not self._models_loading:
+                # faust starts only now (streams/worker.py): its start-up grace begins here.
+                self._created = self._clock()
 
     def mark_stopping(self) -> None:
         """Shutdown began: stop sending traffic here, for good."""
@@ -92,6 +97,8 @@ class Health:
         """(alive, why): whether the event loop ticked recently enough."""
         with self._lock:
             now = self._clock()
+            if self._models_loading:  # in a thread: the loop has nothing to prove meanwhile
+                return True, f"ok ({self._loading()})"
             if self._last_beat is None:
                 waited = now - self._created
                 if waited <= self.startup_grace_s:
@@ -107,12 +114,15 @@ class Health:
         with self._lock:
             if self._stopping:
                 return False, SHUTTING_DOWN
+            if self._models_loading:
+                return False, self._loading()
             if self._last_beat is None:
                 return False, STARTING
-            if self._backends_pending:
-                return False, f"{BACKEND_LOADING}: {', '.join(sorted(self._backends_pending))}"
             if not self._assigned:
                 return False, NOT_ASSIGNED
             if not self._consuming:
                 return False, REBALANCING
             return True, "ready"
+
+    def _loading(self) -> str:
+        return f"{LOADING_MODEL} {', '.join(sorted(self._models_loading))}"

@@ -66,6 +66,8 @@ class Stage:
     delivery: Delivery = field(init=False)
     # The `close` of every model backend the stages built (agents/generation.py, judging.py).
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # The `load` of every model, by name: streams/worker.py awaits them before faust starts.
+    loaders: list[tuple[str, Callable[[], Awaitable[None]]]] = field(default_factory=list)
     # Shutdown: no new batch is handed out once stopping; `_idle` is set while none is handled.
     _stopping: bool = field(default=False, init=False)
     _in_flight: int = field(default=0, init=False)
@@ -89,6 +91,22 @@ class Stage:
         finished and committed, the events queued behind it are handed back (`batches`)."""
         if self._in_flight:
             await self._idle.wait()
+
+    def expect_model(self, name: str, load: Callable[[], Awaitable[None]]) -> None:
+        """A model the worker loads before it consumes (`load_models`); not ready until then."""
+        self.health.expect_model(name)
+        self.loaders.append((name, load))
+
+    async def load_models(self) -> None:
+        """Loads every model, one after the other (two loading at once would fight for memory),
+        each marked loaded on /readyz as it is. A model that cannot load raises ModelLoadError
+        (agents/backends/base.py), before anything is consumed."""
+        for name, load in self.loaders:
+            log.info("loading model %s", name)
+            started = time.perf_counter()
+            await load()
+            self.health.mark_model_loaded(name)
+            log.info("loaded model %s in %.1f s", name, time.perf_counter() - started)
 
     async def close_backends(self, timeout_s: float = 10.0) -> None:
         """Closes the model backends (HTTP sessions, in-process engines), each within `timeout_s`:

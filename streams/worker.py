@@ -128,6 +128,20 @@ def fit_batches_to_limits(app: faust.App, limits: RecordLimits) -> None:
         app.conf.producer_max_batch_size = smallest
 
 
+def load_models(stage: Stage, loop: asyncio.AbstractEventLoop) -> None:
+    """Loads every model of the process on the loop faust will run on (an in-process engine
+    binds to it), before faust starts: no consumer has joined a group yet, so nothing is fetched
+    or committed while weights load (in threads), and a model that cannot load raises
+    ModelLoadError with every input left for the next worker. Meanwhile /readyz answers
+    "loading model X" and /healthz "ok". The models already loaded are closed before the error
+    goes up (a vLLM engine has processes of its own)."""
+    try:
+        loop.run_until_complete(stage.load_models())
+    except BaseException:
+        loop.run_until_complete(stage.close_backends())
+        raise
+
+
 def run_worker(
     settings: KarmaSettings,
     roles: tuple[str, ...] = ROLES,
@@ -141,7 +155,8 @@ def run_worker(
     against raise UntestedVersionError (streams/versions.py) before anything else. A cluster
     that cannot be reached, or refuses the TLS or SASL settings, raises ClusterAccessError (a
     KafkaError), within seconds and before faust or anything else starts, so that the command
-    can say why in one line (`karma worker` exits with code 2 for both)."""
+    can say why in one line (`karma worker` exits with code 2 for both). A model that cannot
+    load raises ModelLoadError, before faust starts (`karma worker` exits with code 3)."""
     check_versions(settings.allow_untested_versions)
     asyncio.run(check_connection(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -154,9 +169,11 @@ def run_worker(
         settings.metrics_host,
         checks={"/healthz": stage.health.live, "/readyz": stage.health.ready},
     )
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    load_models(stage, loop)
     # The faust Worker owns the event loop from here; its SIGINT/SIGTERM handlers stop the agents
     # and commit offsets before exiting (KarmaWorker bounds how long that may take).
-    asyncio.set_event_loop(asyncio.new_event_loop())
     worker = KarmaWorker(
         stage,
         loglevel=loglevel,

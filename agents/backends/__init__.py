@@ -29,6 +29,7 @@ from karma.agents.backends.base import (
     Judge,
     JudgeReply,
     JudgeRequest,
+    ModelLoadError,
     SharedModels,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "Judge",
     "JudgeReply",
     "JudgeRequest",
+    "ModelLoadError",
     "SharedModels",
     "make_generator",
     "make_judge",

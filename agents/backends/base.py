@@ -88,9 +88,36 @@ class BackendError(Exception):
         self.kind = kind
 
 
+class ModelLoadError(Exception):
+    """A model whose weights cannot be loaded at the worker's start: the worker stops before it
+    consumes anything (streams/worker.py), since every prompt would only become a failure record.
+    Its text is one line naming the model, where it was loaded from and why it failed."""
+
+    def __init__(self, model: str, path: str, cause: BaseException | str) -> None:
+        self.model, self.path = model, path
+        self.cause = one_line(cause if isinstance(cause, str) else named(cause))
+        super().__init__(f"cannot load model {model} from {path}: {self.cause}")
+
+
+def one_line(text: str, limit: int = 400) -> str:
+    """`text` on one line (transformers' messages span several) and at most `limit` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def named(exc: BaseException) -> str:
+    """An exception in one phrase: its type, and its message when it has one."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 class Generator(Protocol):
     backend: str
     model: str
+
+    async def load(self) -> None:
+        """Loads the model's weights (or checks a remote one) before the worker consumes; raises
+        ModelLoadError when it cannot. Trivial where the model is loaded elsewhere."""
+        ...
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation | BackendError]: ...
 
@@ -100,6 +127,10 @@ class Generator(Protocol):
 class Judge(Protocol):
     backend: str
     name: str
+
+    async def load(self) -> None:
+        """As Generator.load."""
+        ...
 
     async def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply | BackendError]: ...
 

@@ -69,6 +69,14 @@ def _logprob_tokens(choice: Any) -> list[tuple[str, list[tuple[str, float]]]]:
     return [(t.token, [(a.token, a.logprob) for a in (t.top_logprobs or [])]) for t in content]
 
 
+async def server_loads(name: str) -> None:
+    """The warm-up of an OpenAI-compatible model: nothing to load here, the server loads it. A
+    server that is down, or still loading (503), at the worker's start is no start error: its
+    requests are retried and then dead-lettered per prompt, as at any other time, and a worker
+    that refused to start would only stop the prompts the server will answer once it is up."""
+    return None
+
+
 class OpenAIGenerator:
     backend = "openai"
 
@@ -77,6 +85,9 @@ class OpenAIGenerator:
         self.model = spec.name
         self._client = client_for(spec)
         self._in_flight = asyncio.Semaphore(spec.max_concurrency)
+
+    async def load(self) -> None:
+        await server_loads(self.model)
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation | BackendError]:
         return list(await asyncio.gather(*(self._one(r) for r in requests)))
@@ -114,6 +125,9 @@ class OpenAIJudge:
         self.name = spec.name
         self._client = client_for(spec)
         self._in_flight = asyncio.Semaphore(spec.max_concurrency)
+
+    async def load(self) -> None:
+        await server_loads(self.name)
 
     def request_options(self, request: JudgeRequest, attempt: int) -> dict[str, Any]:
         """The chat-completions arguments of one judge pass (pure, so it is tested directly)."""

@@ -8,8 +8,9 @@ error names the pip extra that brings it; `Sdk.require` checks at worker start, 
 importing anything, so a missing SDK fails the start and not the first batch.
 
 `SharedModelClient` is the model handling of a generator and a judge: the model is injected
-(tests) or acquired on first use from the backend's `SharedModels`, in a worker thread so that
-loading weights (minutes) does not stall the event loop's Kafka heartbeats, and released on close.
+(tests), or acquired from the backend's `SharedModels` by `_load` (the generator's and judge's
+`load`) at the worker's start, or on first use when nothing loaded it, in a worker thread so
+that loading weights (minutes) does not stall the event loop; it is released on close.
 """
 
 from __future__ import annotations
@@ -22,15 +23,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from karma.agents.backends.base import BackendError
+from karma.agents.backends.base import BackendError, ModelLoadError, named
+
+__all__ = ["Sdk", "SharedModelClient", "named"]  # named: the backends' one-phrase exceptions
 
 if TYPE_CHECKING:  # annotations only: config reads the backends' names, not the reverse
     from karma.streams.config import BackendSpec
-
-
-def named(exc: BaseException) -> str:
-    """An exception in one phrase: its type, and its message when it has one."""
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -98,6 +96,22 @@ class SharedModelClient(abc.ABC):
     async def _prepared(self, model: Any) -> Any:
         """What the requests use; the model itself unless a backend needs more from it."""
         return model
+
+    async def _load(self, name: str) -> None:
+        """Loads the model now, in a thread (the event loop keeps running), before the worker
+        consumes; a model that cannot load raises ModelLoadError naming `name`, the checkpoint
+        and the cause, which stops the worker (streams/worker.py)."""
+        async with self._starting:
+            if self._model is not None:
+                return
+            try:
+                self._model = await asyncio.to_thread(
+                    self._acquire, self.served_model, dict(self.spec.engine_args)
+                )
+            except BackendError as exc:  # a missing SDK: its reason names the pip extra
+                raise ModelLoadError(name, self.served_model, exc.reason) from exc
+            except Exception as exc:  # MemoryError is an Exception too: out of memory stops the start
+                raise ModelLoadError(name, self.served_model, exc) from exc
 
     async def _ready(self, who: str) -> Any:
         """What the requests use, or a BackendError prefixed with `who` when it cannot be had."""

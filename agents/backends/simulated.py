@@ -108,6 +108,9 @@ class SimulatedGeneratorBackend:
     def model(self) -> str:
         return self.simulator.model
 
+    async def load(self) -> None:
+        return None  # nothing to load: a seeded stand-in
+
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation | BackendError]:
         results: list[Generation | BackendError] = []
         for request in requests:
@@ -131,6 +134,9 @@ class SimulatedJudgeBackend:
     @property
     def name(self) -> str:
         return self.simulator.name
+
+    async def load(self) -> None:
+        return None  # nothing to load: a seeded stand-in
 
     async def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply | BackendError]:
         replies: list[JudgeReply | BackendError] = []

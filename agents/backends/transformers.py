@@ -260,6 +260,9 @@ class TransformersGenerator(_TransformersClient):
         super().__init__(spec, spec.served_model, runner)
         self.model = spec.name
 
+    async def load(self) -> None:
+        await self._load(self.model)
+
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation | BackendError]:
         if not requests:
             return []
@@ -284,6 +287,9 @@ class TransformersJudge(_TransformersClient):
         super().__init__(spec, spec.served_model, runner)
         self.judge_spec = spec
         self.name = spec.name
+
+    async def load(self) -> None:
+        await self._load(self.name)
 
     async def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply | BackendError]:
         if not requests:

@@ -60,6 +60,9 @@ class VerifierJudge:
     def __init__(self, default_scorer: str = "exact") -> None:
         self.default_scorer = default_scorer
 
+    async def load(self) -> None:
+        return None  # no model: the scorer was loaded when the judge was built
+
     async def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply | BackendError]:
         return [self.check(request) for request in requests]
 

@@ -260,6 +260,9 @@ class VLLMGenerator(_VLLMClient):
         super().__init__(spec, spec.served_model, engine, params_factory)
         self.model = spec.name
 
+    async def load(self) -> None:
+        await self._load(self.model)
+
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation | BackendError]:
         started = await self._ready(self.model)
         if isinstance(started, BackendError):
@@ -292,6 +295,9 @@ class VLLMJudge(_VLLMClient):
         super().__init__(spec, spec.served_model, engine, params_factory)
         self.judge_spec = spec
         self.name = spec.name
+
+    async def load(self) -> None:
+        await self._load(self.name)
 
     async def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply | BackendError]:
         started = await self._ready(f"judge {self.name}")

@@ -69,6 +69,9 @@ class ZebraJudge:
     backend: str = ZEBRA
     name: str = ZEBRA
 
+    async def load(self) -> None:
+        return None  # no model: a rule
+
     async def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply | BackendError]:
         replies: list[JudgeReply | BackendError] = []
         for request in requests:

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 
 from karma.streams.health import (
-    BACKEND_LOADING,
+    LOADING_MODEL,
     NOT_ASSIGNED,
     REBALANCING,
     SHUTTING_DOWN,
@@ -64,17 +64,33 @@ def test_an_empty_assignment_is_not_ready() -> None:
     assert health.ready() == (False, NOT_ASSIGNED)
 
 
-def test_not_ready_while_a_stage_loads_its_backends() -> None:
-    health = started()
+def test_not_ready_while_a_model_loads() -> None:
+    health = Health()
+    health.expect_model("judge-7b")
+    health.expect_model("llama-8b")
+    # loading comes before faust starts: it is the reason given, not "starting"
+    assert health.ready() == (False, f"{LOADING_MODEL} judge-7b, llama-8b")
+    health.mark_model_loaded("llama-8b")
+    assert health.ready() == (False, f"{LOADING_MODEL} judge-7b")
+    health.mark_model_loaded("judge-7b")
+    assert health.ready() == (False, STARTING)
+    health.beat()
     health.mark_assigned([("pairs", 0)])
     health.mark_consuming()
-    health.expect_backends("judging")
-    health.expect_backends("generation")
-    assert health.ready() == (False, f"{BACKEND_LOADING}: generation, judging")
-    health.mark_backends_loaded("generation")
-    assert health.ready() == (False, f"{BACKEND_LOADING}: judging")
-    health.mark_backends_loaded("judging")
     assert health.ready() == (True, "ready")
+
+
+def test_alive_while_models_load_and_the_start_up_grace_counts_from_their_end() -> None:
+    clock = Clock()
+    health = Health(live_within_s=5.0, startup_grace_s=60.0, clock=clock)
+    health.expect_model("llama-70b")
+    clock.now += 600  # weights load for ten minutes, in a thread: no beat meanwhile
+    assert health.live() == (True, f"ok ({LOADING_MODEL} llama-70b)")
+    health.mark_model_loaded("llama-70b")
+    clock.now += 59  # faust starting: within the grace that began when loading ended
+    assert health.live() == (True, "ok (starting)")
+    clock.now += 2
+    assert health.live()[0] is False
 
 
 def test_liveness_needs_a_recent_tick_after_a_startup_grace() -> None:
