@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -133,3 +134,75 @@ def test_a_policy_that_does_not_drain_fails_naming_it_and_the_log(
     assert "policy random: not drained after 0.5 s" in message
     assert "worker-random.log" in message
     assert not (out / "report.json").exists()
+
+
+def test_eval_scores_the_judge_and_zebra_against_the_checked_truth(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Prompts with references: the report's checked accuracy of the judge and of zebra, per
+    policy, agrees with a recount from the preferences on the topics. The reference names a model
+    and the scorer (tests/e2e/verifier_scorers.py, as `judge.scorer`) marks its answers right."""
+    from tests.e2e.verifier_scorers import NAME
+
+    references = ["wizardlm-13b", "llama-2-13b-chat", "vicuna-33b", "gpt-3.5-turbo"]
+    prompts = tmp_path / "prompts.jsonl"
+    lines = [
+        {"prompt_id": f"chk-{i}", "text": f"Who wrote answer {i}?", "metadata": {"reference": r}}
+        for i, r in enumerate(references)
+    ]
+    lines.append({"prompt_id": "chk-none", "text": "No reference here.", "metadata": {}})
+    prompts.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "eval"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "karma.cli",
+            "eval",
+            "--bootstrap",
+            kafka_bootstrap,
+            "--out",
+            str(out),
+            "--pool",
+            "config",
+            "--prompts",
+            str(prompts),
+            "--policies",
+            "kin,maxgap",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+        env={**os.environ, "KARMA_JUDGE__SCORER": NAME},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((out / "report.json").read_text())
+    reference_of = {line["prompt_id"]: line["metadata"].get("reference") for line in lines}
+    for summary in report["policies"]:
+        prefs: list[Preference] = read_records(kafka_bootstrap, summary["topic_prefix"], "preferences")
+        truth = {}  # preference id -> the model whose answer is right, where exactly one is
+        for p in prefs:
+            right = [c.model for c in (p.response_a, p.response_b) if c.model == reference_of[p.prompt_id]]
+            if len(right) == 1:
+                truth[p.preference_id] = right[0]
+        judged = [p for p in prefs if p.preference_id in truth and p.chosen is not None]
+        zebra = [
+            (p, p.response_a if p.response_a.superiority > p.response_b.superiority else p.response_b)
+            for p in prefs
+            if p.preference_id in truth and p.response_a.superiority != p.response_b.superiority
+        ]
+        assert summary["checked_pairs"] == len(truth)
+        assert summary["checked_accuracy_n"] == len(judged)
+        expected = sum(p.chosen.model == truth[p.preference_id] for p in judged)  # type: ignore[union-attr]
+        assert summary["checked_accuracy"] == (pytest.approx(expected / len(judged)) if judged else None)
+        assert summary["zebra_checked_accuracy_n"] == len(zebra)
+        zebra_right = sum(chosen.model == truth[p.preference_id] for p, chosen in zebra)
+        assert summary["zebra_checked_accuracy"] == (
+            pytest.approx(zebra_right / len(zebra)) if zebra else None
+        )
+    # maxgap pairs the best answer with a worse one: some pair of it has exactly one right answer.
+    assert any(s["checked_pairs"] > 0 for s in report["policies"])
+    assert any(s["checked_accuracy_n"] > 0 for s in report["policies"])
+    assert any(s["zebra_checked_accuracy_n"] > 0 for s in report["policies"])
+    assert "| checked accuracy (n) | zebra checked accuracy (n) |" in (out / "report.md").read_text()
