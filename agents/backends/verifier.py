@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
-from karma.agents.backends.base import BackendError, JudgeReply, JudgeRequest
+from karma.agents.backends.base import BackendError, JudgeReply, JudgeRequest, ModelLoadError
 from karma.agents.judge_prompt import RawVerdict
 from karma.agents.scoring import REFERENCE_KEY, SCORER_KEY, ScorerError, score, scorer
 
@@ -99,11 +99,12 @@ class VerifierJudge:
 
 
 def judge(settings: KarmaSettings) -> VerifierJudge:
-    """The registry's entry point (agents/backends/__init__.py). The default scorer is loaded now,
-    so a `module:function` that does not import stops the worker at start, not at its first pair."""
+    """The registry's entry point (agents/backends/__init__.py). The default scorer is loaded now:
+    a `module:function` that does not import stops the worker at start with one line (exit code 3,
+    as a model that cannot load), before it consumes anything, not at its first pair."""
     name = settings.judge.scorer
     try:
         scorer(name)
     except ScorerError as exc:
-        raise BackendError(f"judge.scorer: {exc}", kind="config") from None
+        raise ModelLoadError(VERIFIER, f"judge.scorer {name!r}", str(exc)) from None
     return VerifierJudge(name)

@@ -107,3 +107,14 @@ def _winner(score_a: float, score_b: float) -> Winner:
     if score_a == score_b:
         return Winner.TIE
     return Winner.A if score_a > score_b else Winner.B
+
+
+def test_a_default_scorer_that_does_not_import_stops_the_worker_at_start(
+    pipeline_factory: Callable[..., Pipeline],
+) -> None:
+    pipeline = pipeline_factory(judge={"backend": "verifier", "scorer": "tests.nowhere:score"})
+    worker = pipeline.start_worker("worker", "judge")
+    assert worker.wait(timeout=60) == 3  # as a model that cannot load: before anything is consumed
+    errors = [line for line in pipeline.log_lines() if "error:" in line]
+    assert errors and "judge.scorer 'tests.nowhere:score'" in errors[-1] and "cannot import" in errors[-1]
+    pipeline.workers.remove(worker)

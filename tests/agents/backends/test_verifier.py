@@ -9,7 +9,14 @@ import asyncio
 import pytest
 from pydantic import ValidationError
 
-from karma.agents.backends import BACKENDS, JUDGE_BACKENDS, BackendError, JudgeRequest, make_judge
+from karma.agents.backends import (
+    BACKENDS,
+    JUDGE_BACKENDS,
+    BackendError,
+    JudgeRequest,
+    ModelLoadError,
+    make_judge,
+)
 from karma.agents.backends.verifier import VerifierJudge, verifier_winner
 from karma.agents.judging import requests_for, scores_of
 from karma.schemas.models import KinPair, Preference, Winner
@@ -164,5 +171,6 @@ def test_a_bad_default_scorer_is_a_config_error_or_stops_the_judge_at_build() ->
         JudgeSettings(backend="verifier", scorer="exactly")
     # module:function is checked for its shape at load, and imported when the judge is built.
     settings = KarmaSettings(judge=JudgeSettings(backend="verifier", scorer="tests.nowhere:score"))
-    with pytest.raises(BackendError, match="judge.scorer: scorer 'tests.nowhere:score': cannot import"):
+    with pytest.raises(ModelLoadError, match="judge.scorer 'tests.nowhere:score': .*cannot import") as info:
         make_judge(settings)
+    assert "\n" not in str(info.value)  # one line: the worker prints it and exits (code 3)
