@@ -15,6 +15,7 @@ any judge failure. The rule is `verifier_winner`, a pure function; `karma eval` 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -64,10 +65,21 @@ class VerifierJudge:
         return None  # no model: the scorer was loaded when the judge was built
 
     async def judge(self, requests: Sequence[JudgeRequest]) -> list[JudgeReply | BackendError]:
-        return [self.check(request) for request in requests]
+        # In a worker thread: a user's scorer may take its time (running an answer's code, say),
+        # and the event loop must go on heartbeating meanwhile. One thread per batch, so a
+        # scorer is never called from two threads at once.
+        return await asyncio.to_thread(self.check_batch, list(requests))
 
-    def check(self, request: JudgeRequest) -> JudgeReply | BackendError:
-        """One pass: both answers scored against the reference, or why they cannot be."""
+    def check_batch(self, requests: list[JudgeRequest]) -> list[JudgeReply | BackendError]:
+        """Every pass of a batch; an answer is scored once, though both passes of its pair show it."""
+        scored: dict[tuple[str, str, str], float] = {}
+        return [self.check(request, scored) for request in requests]
+
+    def check(
+        self, request: JudgeRequest, scored: dict[tuple[str, str, str], float] | None = None
+    ) -> JudgeReply | BackendError:
+        """One pass: both answers scored against the reference (`scored` remembers scores by
+        scorer, answer and reference), or why they cannot be."""
         where = f"prompt {request.prompt_id or '?'}"
         reference = request.metadata.get(REFERENCE_KEY)
         if reference is None or not reference.strip():
@@ -77,8 +89,16 @@ class VerifierJudge:
                 kind=NO_REFERENCE,
             )
         name = request.metadata.get(SCORER_KEY) or self.default_scorer
+        memo = {} if scored is None else scored
+
+        def checked(answer: str) -> float:
+            key = (name, answer, reference)
+            if key not in memo:
+                memo[key] = score(name, answer, reference)
+            return memo[key]
+
         try:
-            scores = (score(name, request.first_text, reference), score(name, request.second_text, reference))
+            scores = (checked(request.first_text), checked(request.second_text))
         except ScorerError as exc:
             return BackendError(f"{where}: {exc}", kind=SCORER_FAILED)
         except Exception as exc:  # a user's scorer that raises: this prompt's problem, not the batch's

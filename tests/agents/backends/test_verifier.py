@@ -174,3 +174,18 @@ def test_a_bad_default_scorer_is_a_config_error_or_stops_the_judge_at_build() ->
     with pytest.raises(ModelLoadError, match="judge.scorer 'tests.nowhere:score': .*cannot import") as info:
         make_judge(settings)
     assert "\n" not in str(info.value)  # one line: the worker prints it and exits (code 3)
+
+
+CALLS: list[str] = []
+
+
+def counting(answer: str, reference: str) -> float:
+    CALLS.append(answer)
+    return float(answer == reference)
+
+
+def test_each_answer_is_scored_once_though_both_passes_show_it() -> None:
+    CALLS.clear()
+    pair = _pair("42", "41", {"reference": "42", "scorer": f"{HERE}:counting"})
+    assert _preference(pair).winner is Winner.A
+    assert sorted(CALLS) == ["41", "42"]  # two passes, two answers: each scored once
