@@ -17,11 +17,20 @@ When `logprobs` is on, a logits processor keeps the top-5 log-probabilities of e
 numbers per step, not the whole vocabulary), from which `soft_label` reads P(answer A wins);
 they are those of the scores the sampler sees (for the greedy judge: the model's own).
 
+The model is loaded by `load` at the worker's start (streams/worker.py), before it consumes; a
+checkpoint that cannot load (no checkpoint there, a corrupt config, out of memory) is a
+ModelLoadError that stops the worker. The context rule: a prompt (or judge pass) whose tokens
+and `max_tokens` of reply do not fit the model's context (the smaller of the config's
+`max_position_embeddings` and the tokenizer's `model_max_length`) is not run: it is a
+`BackendError(kind="too_long")` naming it, the checkpoint, its token count and the limit, which
+the stage dead-letters, and the rest of the batch is generated. Not cut: a cut prompt is another
+question, and its answer would be judged as the answer to this one.
+
 torch and transformers are imported only where the model is loaded and run. The pure helpers
-(`tokenizer_kwargs`, `stop_token_ids`, `trim_generated`, `logprob_tokens`) and the batching and
-retry logic (with an injected fake runner) are unit-tested without them. What was NOT run in this
-project: anything with torch or transformers (neither is installed here);
-deploy/gpu/transformers_smoke.py runs a tiny random Llama through this backend where they are.
+(`tokenizer_kwargs`, `stop_token_ids`, `trim_generated`, `logprob_tokens`, `context_tokens`,
+`too_long`) and the batching and retry logic (with an injected fake runner) are unit-tested
+without them; tests/agents/backends/test_transformers_real.py runs a tiny random Llama built in
+the test (CPU) through the backend: loading, a bad checkpoint, the context rule.
 """
 
 from __future__ import annotations
@@ -113,8 +122,40 @@ def logprob_tokens(
     return tokens
 
 
+# A tokenizer with no limit of its own says so with a huge model_max_length (transformers' 1e30).
+UNLIMITED_TOKENS = 10**9
+
+
+def context_tokens(max_position_embeddings: int | None, model_max_length: int | None) -> int | None:
+    """The model's context in tokens: the smaller of the config's and the tokenizer's limits that
+    are set, or None when neither is."""
+    limits = [n for n in (max_position_embeddings, model_max_length) if n and 0 < n < UNLIMITED_TOKENS]
+    return min(limits) if limits else None
+
+
+def too_long(what: str, tokens: int, context: int, max_tokens: int) -> str | None:
+    """Why `what` (a prompt, a judge pass) cannot be run, or None when it fits: its tokens and
+    the reply's `max_tokens` must fit the context together. Past it a model with learned
+    positions fails (index out of range) and one with rotary positions runs out of memory or
+    answers noise, so the request is refused, never cut: a cut prompt is another question."""
+    room = context - max_tokens
+    if tokens <= room:
+        return None
+    return (
+        f"{what} is {tokens} tokens, over the {room} the model takes "
+        f"(context {context} tokens less max_tokens {max_tokens})"
+    )
+
+
 class Runner(Protocol):
     """What the backend needs of a loaded model (the real one below; a fake in the tests)."""
+
+    # The context in tokens (prompt and reply together); None when the model sets none.
+    context_tokens: int | None
+
+    def count_tokens(self, conversations: Sequence[Sequence[Message]]) -> list[int]:
+        """Each conversation's prompt tokens, as `generate` would feed them."""
+        ...
 
     def generate(
         self,
@@ -140,6 +181,9 @@ class HFRunner:
         self.torch = SDK.load("torch")
         transformers = SDK.load("transformers")
         self.transformers = transformers
+        # The config first: cheap, and the clearest word on a folder that is no checkpoint (the
+        # tokenizer's would be about converting a slow tokenizer).
+        transformers.AutoConfig.from_pretrained(model_id, **tokenizer_kwargs(engine_args))
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(model_id, **tokenizer_kwargs(engine_args))
         self.model = transformers.AutoModelForCausalLM.from_pretrained(model_id, **engine_args)
         if "device_map" not in engine_args:  # accelerate has placed it otherwise
@@ -154,7 +198,19 @@ class HFRunner:
         self.stop_ids = stop_token_ids(
             tok.eos_token_id, tok.pad_token_id, getattr(self.model.generation_config, "eos_token_id", None)
         )
-        self._lock = threading.Lock()  # one batch at a time per model: memory, and the global seed
+        self.context_tokens = context_tokens(
+            getattr(self.model.config, "max_position_embeddings", None),
+            getattr(tok, "model_max_length", None),
+        )
+        # One batch at a time per model: memory, and the global seed; and the tokenizer, whose
+        # padding state is not safe to share between threads.
+        self._lock = threading.Lock()
+
+    def count_tokens(self, conversations: Sequence[Sequence[Message]]) -> list[int]:
+        tok = self.tokenizer
+        rendered = [render_chat(tok, c) for c in conversations]
+        with self._lock:
+            return [len(tok(r.text, add_special_tokens=not r.templated)["input_ids"]) for r in rendered]
 
     def _decode(self, token_id: int) -> str:
         return str(self.tokenizer.decode([token_id]))
@@ -245,6 +301,21 @@ class _TransformersClient(SharedModelClient):
     def _cannot_load(self, exc: Exception) -> str:
         return f"cannot load {self.served_model}: {named(exc)}"
 
+    async def _refused(
+        self, runner: Runner, conversations: list[list[Message]], names: list[str]
+    ) -> dict[int, BackendError]:
+        """The requests whose prompt leaves no room in the context for `max_tokens` of reply, by
+        index: they are dead-lettered (`too_long`) and the rest of the batch goes on."""
+        if runner.context_tokens is None:
+            return {}
+        counts = await asyncio.to_thread(runner.count_tokens, conversations)
+        refused = {}
+        for i, (name, count) in enumerate(zip(names, counts, strict=True)):
+            why = too_long(name, count, runner.context_tokens, self.spec.max_tokens)
+            if why is not None:
+                refused[i] = BackendError(f"{self.served_model}: {why}", kind="too_long")
+        return refused
+
     async def _run(
         self, runner: Runner, conversations: list[list[Message]], seed: int, top_logprobs: int
     ) -> list[LocalOutput]:
@@ -269,13 +340,32 @@ class TransformersGenerator(_TransformersClient):
         runner = await self._ready(self.model)
         if isinstance(runner, BackendError):
             return [runner] * len(requests)
-        conversations = [[{"role": "user", "content": r.prompt_text}] for r in requests]
+        conversations: list[list[Message]] = [[{"role": "user", "content": r.prompt_text}] for r in requests]
+        try:
+            refused = await self._refused(runner, conversations, [f"prompt {r.prompt_id}" for r in requests])
+        except Exception as exc:
+            error = BackendError(f"{self.model}: tokenizing failed: {named(exc)}")
+            return [error] * len(requests)
+        fitting = [i for i in range(len(requests)) if i not in refused]
+        answers = await self._generate(runner, requests, conversations, fitting) if fitting else []
+        answered = dict(zip(fitting, answers, strict=True))
+        return [refused[i] if i in refused else answered[i] for i in range(len(requests))]
+
+    async def _generate(
+        self,
+        runner: Runner,
+        requests: Sequence[GenerationRequest],
+        conversations: list[list[Message]],
+        fitting: list[int],
+    ) -> list[Generation | BackendError]:
+        """The fitting requests' answers, in one `generate` call."""
         started = time.perf_counter()
         try:
-            outputs = await self._run(runner, conversations, requests[0].seed, top_logprobs=0)
+            outputs = await self._run(
+                runner, [conversations[i] for i in fitting], requests[fitting[0]].seed, top_logprobs=0
+            )
         except Exception as exc:
-            error = BackendError(f"{self.model}: generation failed: {named(exc)}")
-            return [error] * len(requests)
+            return [BackendError(f"{self.model}: generation failed: {named(exc)}")] * len(fitting)
         latency_ms = (time.perf_counter() - started) * 1000  # the batch's: every request waited for it
         return [Generation(o.text, o.num_tokens, latency_ms, simulated=False) for o in outputs]
 
@@ -300,8 +390,14 @@ class TransformersJudge(_TransformersClient):
             return [runner] * len(requests)
         messages = [judge_messages(r.question, r.first_text, r.second_text, r.tag) for r in requests]
         results: list[JudgeReply | BackendError | None] = [None] * len(requests)
+        try:
+            refused = await self._refused(runner, messages, [f"pair {r.pair_id}" for r in requests])
+        except Exception as exc:
+            return [BackendError(f"{who}: tokenizing failed: {named(exc)}")] * len(requests)
+        for i, error in refused.items():
+            results[i] = error
         problems: dict[int, VerdictError] = {}
-        pending = list(range(len(requests)))
+        pending = [i for i in range(len(requests)) if i not in refused]
         top_logprobs = TOP_LOGPROBS if self.judge_spec.logprobs else 0
         for attempt in range(self.judge_spec.verdict_attempts):
             if not pending:

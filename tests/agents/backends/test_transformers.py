@@ -15,7 +15,14 @@ from typing import Any
 
 import pytest
 
-from karma.agents.backends import BackendError, Generation, GenerationRequest, JudgeReply, JudgeRequest
+from karma.agents.backends import (
+    BackendError,
+    Generation,
+    GenerationRequest,
+    JudgeReply,
+    JudgeRequest,
+    ModelLoadError,
+)
 from karma.agents.backends import transformers as transformers_backend
 from karma.agents.backends.chat_format import Message
 from karma.agents.backends.transformers import (
@@ -23,12 +30,14 @@ from karma.agents.backends.transformers import (
     LocalOutput,
     TransformersGenerator,
     TransformersJudge,
+    context_tokens,
     logprob_tokens,
     stop_token_ids,
     tokenizer_kwargs,
+    too_long,
     trim_generated,
 )
-from karma.agents.judge_prompt import soft_label
+from karma.agents.judge_prompt import judge_messages, soft_label
 from karma.streams.config import JudgeSettings, ModelSpec
 
 HINT = r"pip install 'karma-stream\[transformers\]'"
@@ -38,10 +47,15 @@ VALID = '{"winner": "B", "confidence": 0.7, "rationale": "more precise"}'
 class FakeRunner:
     """Stands in for HFRunner: answers each conversation from a script keyed by its first words."""
 
+    context_tokens: int | None = 10_000
+
     def __init__(self, answers: dict[str, list[LocalOutput]] | None = None, delay_s: float = 0.0) -> None:
         self.answers = answers or {}
         self.delay_s = delay_s
         self.calls: list[dict[str, Any]] = []
+
+    def count_tokens(self, conversations: Sequence[Sequence[Message]]) -> list[int]:
+        return [len(conversation[-1]["content"].split()) for conversation in conversations]
 
     def generate(
         self,
@@ -232,6 +246,117 @@ def test_a_model_that_cannot_load_fails_each_request(monkeypatch: pytest.MonkeyP
     for result in results:
         assert isinstance(result, BackendError) and "cannot load /ckpt" in result.reason
         assert "is not a local folder" in result.reason
+
+
+# --- the context rule -----------------------------------------------------------------------------------
+
+
+def test_the_context_is_the_smaller_of_the_configs_and_the_tokenizers_limits() -> None:
+    assert context_tokens(2048, 4096) == 2048
+    assert context_tokens(8192, 1024) == 1024
+    assert context_tokens(2048, int(1e30)) == 2048  # a tokenizer with no limit of its own says 1e30
+    assert context_tokens(None, None) is None
+
+
+def test_a_prompt_fits_when_it_leaves_room_for_max_tokens() -> None:
+    assert too_long("prompt p", 96, context=128, max_tokens=32) is None
+    why = too_long("prompt p", 97, context=128, max_tokens=32)
+    assert why == "prompt p is 97 tokens, over the 96 the model takes (context 128 tokens less max_tokens 32)"
+
+
+def test_a_prompt_too_long_for_the_context_is_refused_and_the_rest_of_the_batch_goes_on() -> None:
+    runner = FakeRunner()
+    runner.context_tokens = 40  # FakeRunner counts words as tokens
+    spec = ModelSpec(name="tiny", backend="transformers", model="/ckpt/tiny", max_tokens=32)
+    generator = TransformersGenerator(spec, runner=runner)
+    requests = [
+        GenerationRequest("short", "a short question"),
+        GenerationRequest("long", " ".join(["word"] * 9)),
+        GenerationRequest("fits", " ".join(["word"] * 8)),
+    ]
+    short, long, fits = asyncio.run(generator.generate(requests))
+    assert isinstance(short, Generation) and isinstance(fits, Generation)
+    assert isinstance(long, BackendError) and long.kind == "too_long"
+    assert long.reason == (
+        "/ckpt/tiny: prompt long is 9 tokens, over the 8 the model takes "
+        "(context 40 tokens less max_tokens 32)"
+    )
+    [call] = runner.calls  # only the fitting prompts reached the model
+    assert [c[-1]["content"] for c in call["conversations"]] == ["a short question", " ".join(["word"] * 8)]
+
+
+def test_a_batch_of_only_too_long_prompts_runs_nothing() -> None:
+    runner = FakeRunner()
+    runner.context_tokens = 4
+    generator = TransformersGenerator(
+        ModelSpec(name="tiny", backend="transformers", max_tokens=2), runner=runner
+    )
+    [result] = asyncio.run(generator.generate([GenerationRequest("p", "one two three")]))
+    assert isinstance(result, BackendError) and result.kind == "too_long" and runner.calls == []
+
+
+def test_a_judge_pass_too_long_for_the_context_is_refused_alone() -> None:
+    runner = FakeRunner({"q-short": [LocalOutput(VALID, 12)]})
+    judge = TransformersJudge(judge_spec(max_tokens=16), runner=runner)
+    # FakeRunner counts the words of the judge prompt: the rendered prompt of a long question is over
+    short = judge_request("q-short")
+    [prompt_words] = runner.count_tokens(
+        [judge_messages(short.question, short.first_text, short.second_text, short.tag)]
+    )
+    runner.context_tokens = 16 + prompt_words
+    long = JudgeRequest("pair-long", "q-long " + "word " * 50, "first answer", "second answer", "m1", "m2")
+    good, refused = asyncio.run(judge.judge([short, long]))
+    assert isinstance(good, JudgeReply)
+    assert isinstance(refused, BackendError) and refused.kind == "too_long"
+    assert "pair pair-long is" in refused.reason and f"over the {prompt_words}" in refused.reason
+    assert [len(c["conversations"]) for c in runner.calls] == [1]
+
+
+# --- loading ------------------------------------------------------------------------------------------
+
+
+def test_load_acquires_the_model_in_a_thread_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded: list[tuple[str, int]] = []
+
+    def acquire(model_id: str, engine_args: dict[str, Any]) -> FakeRunner:
+        loaded.append((model_id, threading.get_ident()))
+        return FakeRunner()
+
+    monkeypatch.setattr(transformers_backend, "require_transformers", lambda: None)
+    monkeypatch.setattr(transformers_backend, "acquire_runner", acquire)
+    generator = TransformersGenerator(ModelSpec(name="tiny", backend="transformers", model="/ckpt"))
+
+    async def run() -> list[Any]:
+        await generator.load()
+        return await generator.generate([GenerationRequest("p", "q")])
+
+    [result] = asyncio.run(run())
+    assert isinstance(result, Generation)
+    assert [model for model, _ in loaded] == ["/ckpt"] and loaded[0][1] != threading.get_ident()
+
+
+@pytest.mark.parametrize(
+    ("raised", "cause"),
+    [
+        (OSError("/ckpt does not appear to have a file named\nconfig.json."), "OSError: /ckpt does not"),
+        (MemoryError(), "MemoryError"),
+        (BackendError("the transformers backend needs torch"), "the transformers backend needs torch"),
+    ],
+)
+def test_a_model_that_cannot_load_is_one_line_naming_the_model_the_path_and_the_cause(
+    monkeypatch: pytest.MonkeyPatch, raised: Exception, cause: str
+) -> None:
+    def broken(model_id: str, engine_args: dict[str, Any]) -> Any:
+        raise raised
+
+    monkeypatch.setattr(transformers_backend, "require_transformers", lambda: None)
+    monkeypatch.setattr(transformers_backend, "acquire_runner", broken)
+    generator = TransformersGenerator(ModelSpec(name="tiny", backend="transformers", model="/ckpt"))
+    with pytest.raises(ModelLoadError) as failed:
+        asyncio.run(generator.load())
+    text = str(failed.value)
+    assert text.startswith(f"cannot load model tiny from /ckpt: {cause}") and "\n" not in text
+    assert (failed.value.model, failed.value.path) == ("tiny", "/ckpt")
 
 
 # --- without torch ------------------------------------------------------------------------------------
