@@ -110,6 +110,22 @@ def named(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+def too_long(what: str, tokens: int, context: int, max_tokens: int) -> str | None:
+    """The context rule of the in-process backends (transformers, vllm): why `what` (a prompt, a
+    judge pass) is not run, or None when it fits. Its tokens and the reply's `max_tokens` must fit
+    the context together: past it a model with learned positions fails (index out of range), one
+    with rotary positions runs out of memory or answers noise, and vLLM refuses the prompt or
+    cuts the answer short. Refused (`BackendError(kind="too_long")`, dead-lettered by the stage),
+    never cut: a cut prompt is another question, and its answer would be judged as this one's."""
+    room = context - max_tokens
+    if tokens <= room:
+        return None
+    return (
+        f"{what} is {tokens} tokens, over the {room} the model takes "
+        f"(context {context} tokens less max_tokens {max_tokens})"
+    )
+
+
 class Generator(Protocol):
     backend: str
     model: str

@@ -49,6 +49,7 @@ from karma.agents.backends.base import (
     JudgeReply,
     JudgeRequest,
     SharedModels,
+    too_long,
 )
 from karma.agents.backends.chat_format import Message, render_chat
 from karma.agents.backends.sdk import Sdk, SharedModelClient, named
@@ -131,20 +132,6 @@ def context_tokens(max_position_embeddings: int | None, model_max_length: int | 
     are set, or None when neither is."""
     limits = [n for n in (max_position_embeddings, model_max_length) if n and 0 < n < UNLIMITED_TOKENS]
     return min(limits) if limits else None
-
-
-def too_long(what: str, tokens: int, context: int, max_tokens: int) -> str | None:
-    """Why `what` (a prompt, a judge pass) cannot be run, or None when it fits: its tokens and
-    the reply's `max_tokens` must fit the context together. Past it a model with learned
-    positions fails (index out of range) and one with rotary positions runs out of memory or
-    answers noise, so the request is refused, never cut: a cut prompt is another question."""
-    room = context - max_tokens
-    if tokens <= room:
-        return None
-    return (
-        f"{what} is {tokens} tokens, over the {room} the model takes "
-        f"(context {context} tokens less max_tokens {max_tokens})"
-    )
 
 
 class Runner(Protocol):

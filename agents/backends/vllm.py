@@ -12,6 +12,12 @@ on older releases), with the top-5 log-probabilities of every token when `logpro
 from which `soft_label` reads P(answer A wins). A malformed verdict is retried with seed+attempt,
 then it is a `BackendError(kind="verdict")`; an engine exception is a `BackendError(kind="backend")`.
 
+The engine is started by `load` at the worker's start (streams/worker.py), before it consumes;
+one that cannot start is a ModelLoadError that stops the worker. The context rule is the
+transformers backend's (base.py `too_long`): a prompt or judge pass whose tokens and `max_tokens`
+do not fit the engine's `max_model_len` is a `BackendError(kind="too_long")`, dead-lettered by
+the stage, and never reaches the engine.
+
 vLLM (and torch) are imported only where an engine or SamplingParams is built: this module
 imports without them, and the translation below (`sampling_kwargs`, `make_sampling_params` with
 a stand-in module, `generation_from_output`, `judge_reply_from_output`) and the judge's retry
@@ -37,6 +43,7 @@ from karma.agents.backends.base import (
     JudgeReply,
     JudgeRequest,
     SharedModels,
+    too_long,
 )
 from karma.agents.backends.chat_format import Message, render_chat
 from karma.agents.backends.sdk import Sdk, SharedModelClient, named
@@ -213,6 +220,13 @@ def _prompt(tokenizer: Any, messages: Sequence[Message]) -> dict[str, Any]:
     return {"prompt": rendered.text}
 
 
+def prompt_tokens(tokenizer: Any, prompt: dict[str, Any]) -> int:
+    """A prompt's tokens as the engine will count them: its ids, or its text encoded with the
+    special tokens vLLM adds to a plain prompt."""
+    ids = prompt.get("prompt_token_ids")
+    return len(ids) if ids is not None else len(tokenizer.encode(prompt["prompt"]))
+
+
 async def _final_output(engine: Any, prompt: dict[str, Any], params: Any, request_id: str) -> Any:
     final = None
     async for output in engine.generate(prompt, params, request_id):
@@ -250,6 +264,15 @@ class _VLLMClient(SharedModelClient):
     async def _prepared(self, engine: Any) -> tuple[Any, Any]:
         return engine, await _tokenizer(engine)
 
+    def _refused(self, engine: Any, tokenizer: Any, prompt: dict[str, Any], what: str) -> BackendError | None:
+        """A prompt whose tokens and `max_tokens` of reply do not fit the engine's `max_model_len`
+        (base.py `too_long`): dead-lettered (`too_long`) instead of run."""
+        context = getattr(getattr(engine, "model_config", None), "max_model_len", None)
+        if not isinstance(context, int):  # an engine that does not say: vLLM's own check stands
+            return None
+        why = too_long(what, prompt_tokens(tokenizer, prompt), context, self.spec.max_tokens)
+        return None if why is None else BackendError(f"{self.served_model}: {why}", kind="too_long")
+
 
 class VLLMGenerator(_VLLMClient):
     """A pool model served by an in-process vLLM engine."""
@@ -276,6 +299,9 @@ class VLLMGenerator(_VLLMClient):
         started = time.perf_counter()
         try:
             prompt = _prompt(tokenizer, [{"role": "user", "content": request.prompt_text}])
+            refused = self._refused(engine, tokenizer, prompt, f"prompt {request.prompt_id}")
+            if refused is not None:
+                return refused
             params = self._params(sampling_kwargs(self.spec, request.seed, judge=False))
             output = await _final_output(engine, prompt, params, _request_id(request.prompt_id))
         except Exception as exc:
@@ -311,8 +337,11 @@ class VLLMJudge(_VLLMClient):
         attempts = self.judge_spec.verdict_attempts
         try:
             prompt = _prompt(tokenizer, judge_messages(r.question, r.first_text, r.second_text, r.tag))
+            refused = self._refused(engine, tokenizer, prompt, f"pair {r.pair_id}")
         except Exception as exc:
             return BackendError(f"judge {self.name}: cannot format the prompt: {describe_engine_error(exc)}")
+        if refused is not None:
+            return refused
         problem: VerdictError | None = None
         for attempt in range(attempts):
             try:

@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from karma.agents.backends import BackendError, Generation, GenerationRequest, JudgeReply, JudgeRequest
+from karma.agents.backends import (
+    BackendError,
+    Generation,
+    GenerationRequest,
+    JudgeReply,
+    JudgeRequest,
+    ModelLoadError,
+)
 from karma.agents.backends import vllm as vllm_backend
 from karma.agents.backends.vllm import (
     JSON_SCHEMA,
@@ -363,6 +370,69 @@ def test_an_engine_that_cannot_start_fails_each_request(monkeypatch: pytest.Monk
             "cannot start the vLLM engine for org/ckpt" in result.reason
             and "CUDA out of memory" in result.reason
         )
+
+
+# --- the context rule and loading -------------------------------------------------------------------
+
+
+class WordTokenizer(FakeTokenizer):
+    """A token per word, so a prompt's length is chosen by its words."""
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(range(len(text.split())))
+
+
+class SizedEngine(FakeEngine):
+    """A FakeEngine that says its context, as AsyncLLM's model_config does."""
+
+    def __init__(self, script: list[Any], max_model_len: int) -> None:
+        super().__init__(script, tokenizer=WordTokenizer(chat_template=None))
+        self.model_config = types.SimpleNamespace(max_model_len=max_model_len)
+
+
+def test_a_prompt_over_max_model_len_less_max_tokens_is_refused_and_the_rest_run() -> None:
+    engine = SizedEngine([reply("fine"), reply("also fine")], max_model_len=10)
+    spec = ModelSpec(name="m", backend="vllm", model="org/ckpt", max_tokens=4)
+    generator = VLLMGenerator(spec, engine=engine, params_factory=identity)
+    requests = [
+        GenerationRequest("short", "what now"),
+        GenerationRequest("long", " ".join(["word"] * 7)),
+        GenerationRequest("fits", " ".join(["word"] * 6)),
+    ]
+    short, long, fits = asyncio.run(generator.generate(requests))
+    assert isinstance(short, Generation) and isinstance(fits, Generation)
+    assert isinstance(long, BackendError) and long.kind == "too_long"
+    assert long.reason == (
+        "org/ckpt: prompt long is 7 tokens, over the 6 the model takes (context 10 tokens less max_tokens 4)"
+    )
+    assert len(engine.calls) == 2  # the long prompt never reached the engine
+
+
+def test_a_judge_pass_over_max_model_len_is_refused_without_a_call() -> None:
+    engine = SizedEngine([], max_model_len=8)
+    judge = VLLMJudge(judge_spec(max_tokens=4), engine=engine, params_factory=identity)
+    [refused] = asyncio.run(judge.judge([judge_request("pair-long")]))
+    assert isinstance(refused, BackendError) and refused.kind == "too_long"
+    assert "pair pair-long is" in refused.reason and engine.calls == []
+
+
+def test_load_starts_the_engine_or_says_in_one_line_why_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(model: str, engine_args: dict[str, Any]) -> Any:
+        raise RuntimeError("CUDA out of memory.\nTried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(vllm_backend, "require_vllm", lambda: None)
+    monkeypatch.setattr(vllm_backend, "acquire_engine", broken)
+    generator = VLLMGenerator(ModelSpec(name="m", backend="vllm", model="org/ckpt"))
+    with pytest.raises(ModelLoadError) as failed:
+        asyncio.run(generator.load())
+    assert str(failed.value) == (
+        "cannot load model m from org/ckpt: RuntimeError: CUDA out of memory. Tried to allocate 20.00 GiB"
+    )
+    engine = FakeEngine([reply("ok")])
+    monkeypatch.setattr(vllm_backend, "acquire_engine", lambda model, args: engine)
+    judge = VLLMJudge(judge_spec(), params_factory=identity)
+    asyncio.run(judge.load())
+    assert judge._model is engine  # loaded once, before any pair
 
 
 # --- the shared engine, with fake vllm modules ------------------------------------------------------
