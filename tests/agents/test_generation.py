@@ -70,3 +70,13 @@ def test_the_failure_record_that_replaces_a_refused_answer_names_its_model_too()
     asyncio.run(on_refused(Refusal("InvalidTimestampError", "InvalidTimestampError: bad", too_large=False)))
     _, _, value, kwargs = outbox.published[1]
     assert decode(value, Response).error is not None and kwargs["models"] == ["m-1"]
+
+
+def test_a_prompt_too_long_for_the_models_context_is_a_letter_and_a_failure_record() -> None:
+    why = "/ckpt: prompt p-1 is 900 tokens, over the 480 the model takes (context 512 less max_tokens 32)"
+    outbox = published(BackendError(why, kind="too_long"))
+    [letter] = outbox.letters
+    assert letter["error_type"] == "too_long" and letter["models"] == ["m-1"] and letter["prompt_id"] == "p-1"
+    assert letter["reason"] == f"prompt p-1, model m-1: {why}"
+    [(_, _, value, _)] = outbox.published  # the rating stage knows the model is accounted for
+    assert decode(value, Response).error == why
