@@ -1,7 +1,7 @@
 """The `karma` command line: the typer app, its global options, and the table of its commands.
 
 Each command lives in the module of its group (workers, records, tail, kin, backends, demo, evaluate,
-export, schemas, simulated_server, broker); what they share is in common.py. Every command is
+export, schemas, simulated_server, broker, lab); what they share is in common.py. Every command is
 documented by `karma COMMAND --help`.
 
 The commands are registered by name (`COMMANDS`, cli/lazy.py): `karma --help` lists them without
@@ -99,6 +99,12 @@ COMMANDS: tuple[LazyCommand, ...] = (
         "karma.cli.broker:broker_app",
         "Run a real Apache Kafka broker (KRaft) on 127.0.0.1 for development, or a cluster of "
         "several (--nodes 3) to try losing one.",
+    ),
+    LazyCommand(
+        "lab",
+        "karma.cli.lab:lab_app",
+        "Train a pool of small causal LMs from scratch on the CPU, on skills whose answers a program "
+        "checks, of different competency in level and in shape.",
     ),
 )
 

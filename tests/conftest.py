@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from karma.lab.build import BuildResult
 from karma.localkafka.broker import BrokerConfig, LocalBroker
 from karma.localkafka.probes import free_ports
 from karma.streams.config import KarmaSettings
@@ -28,11 +29,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Jars are resolved once into the repo's cache and shared by every test session (and CI run).
 JARS_HOME = REPO_ROOT / ".cache" / "karma"
 BROKER_START_TIMEOUT = 90.0
+# The quick lab pool, built once into the repo's cache; a rebuild with the same inputs is instant.
+LAB_QUICK_HOME = REPO_ROOT / ".cache" / "lab-quick"
 
 
 def local_broker_config(home: Path) -> BrokerConfig:
     """A config for a throw-away broker under ``home`` on free ports, sharing the jar cache."""
     return BrokerConfig.on_free_ports(home, JARS_HOME)
+
+
+@pytest.fixture(scope="session")
+def lab_quick() -> BuildResult:
+    """The quick lab (`karma lab build --quick`, seed 0) in ``<repo>/.cache/lab-quick``: six small
+    real models, their prompts, profiles.csv and pool.yaml. Built once (a few minutes) and cached."""
+    from karma.lab.build import build
+
+    return build(LAB_QUICK_HOME, quick=True, seed=0)
 
 
 @pytest.fixture(scope="session")
