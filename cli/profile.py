@@ -163,16 +163,22 @@ def _from_lm_eval(
 
 def _accuracy_table(table: ProfileTable) -> Table:
     shown = Table(title=f"profile ({len(table.scores)} models x {len(table.columns)} columns)")
-    shown.add_column("model")
+    shown.add_column("model", no_wrap=True)
+    # A column whose cells all rest on the same number of prompts says it once, in its header.
+    shared: dict[str, int | None] = {}
     for column in table.columns:
-        shown.add_column(column, justify="right")
+        ns = {table.counts.get(m, {}).get(column) for m, row in table.scores.items() if column in row}
+        shared[column] = ns.pop() if len(ns) == 1 else None
+        shown.add_column(
+            column if shared[column] is None else f"{column}\nn={shared[column]}", justify="right"
+        )
     for name, row in table.scores.items():
         counts = table.counts.get(name, {})
         cells = []
         for column in table.columns:
             if column not in row:
                 cells.append("-")
-            elif column in counts:
+            elif shared[column] is None and column in counts:
                 cells.append(f"{row[column]:.3f} (n={counts[column]})")
             else:
                 cells.append(f"{row[column]:.3f}")
