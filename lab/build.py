@@ -201,8 +201,12 @@ def _train_and_measure(
 ) -> dict[str, float]:
     """In a worker process: trains the recipe's model unless `target` holds it already, then
     measures it. Progress goes to the parent through the queue every few steps."""
+    from transformers.utils import logging as transformers_logging
+
     from karma.lab.evaluate import accuracy
     from karma.lab.train import train_model
+
+    transformers_logging.disable_progress_bar()  # the parent draws the bars; tqdm's would tear them
 
     def report(step: int, loss: float) -> None:
         if step % 10 == 0 or step == recipe.total_steps:

@@ -26,7 +26,9 @@ Split = Literal["train", "heldout"]
 SPLITS: tuple[Split, ...] = ("train", "heldout")
 HELDOUT_PERCENT = 20  # of the question space; by hash, so the same question always lands the same side
 LETTERS = string.ascii_lowercase
-COUNT_LETTERS = "abcde"  # a small alphabet, so a letter occurs 0-4 times and every count is seen
+# Always the letter a, among b and c: counting one letter is learnt in the steps a CPU affords;
+# matching a letter named in the question as well was not (33% after 900 steps, 2 layers of 128).
+COUNT_LETTERS = "abc"
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,8 @@ def _sort(rng: random.Random) -> tuple[str, str]:
 
 
 def _count(rng: random.Random) -> tuple[str, str]:
-    text = "".join(rng.choice(COUNT_LETTERS) for _ in range(rng.randint(4, 8)))
-    letter = rng.choice(COUNT_LETTERS)
-    return f"count {letter} {text}", str(text.count(letter))
+    text = "".join(rng.choice(COUNT_LETTERS) for _ in range(rng.randint(3, 7)))
+    return f"count a {text}", str(text.count("a"))
 
 
 SKILLS: dict[str, Skill] = {
@@ -84,7 +85,7 @@ SKILLS: dict[str, Skill] = {
         Skill("mul", "numeric", _mul, "a number below 100 times 2 to 5"),
         Skill("reverse", "exact", _reverse, "a word of 3-6 random lowercase letters, backwards"),
         Skill("sort", "exact", _sort, "3-6 digits in ascending order"),
-        Skill("count", "numeric", _count, "how often a letter of a-e occurs in 4-8 letters of a-e"),
+        Skill("count", "numeric", _count, "how many a's there are in 3-7 letters of a, b and c"),
     )
 }
 ARITHMETIC = ("add", "sub", "mul", "count")  # what the arithmetic specialist is trained on
