@@ -5,7 +5,7 @@ INSTALLED := $(VENV)/.installed
 # The suite also trains and runs small real models (karma lab): torch and transformers, ~5.6 GB.
 INSTALLED_LAB := $(VENV)/.installed-lab
 
-.PHONY: demo demo-openai test smoke-transformers smoke-dpo lint clean
+.PHONY: demo demo-openai demo-lab test smoke-transformers smoke-dpo lint clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,13 @@ demo-openai: $(INSTALLED)  ## the demo with every model and the judge behind an 
 	  server=$$!; trap "kill $$server" EXIT; \
 	  for i in $$(seq 100); do curl -sf http://127.0.0.1:8000/health > /dev/null && break; sleep 0.2; done; \
 	  $(VENV)/bin/karma demo --config examples/pool-openai.yaml
+
+LAB := karma-out/lab-quick
+demo-lab: $(INSTALLED_LAB)  ## the demo on real models: the quick lab (trained here, CPU), its profiles measured by karma profile, the verifier as judge
+	$(VENV)/bin/karma lab build --quick --out $(LAB)
+	$(VENV)/bin/karma profile --config $(LAB)/pool.yaml --out $(LAB)/measured.csv $(LAB)/prompts/heldout.jsonl
+	KARMA_JUDGE__BACKEND=verifier KARMA_KIN__PROFILES=$(LAB)/measured.csv \
+	  $(VENV)/bin/karma demo --config $(LAB)/pool.yaml --prompts $(LAB)/prompts/heldout.jsonl --out $(LAB)/preferences.jsonl
 
 # The suite also needs openssl and Prometheus: scripts/ensure-test-tools.sh installs them when missing
 # (apt-get as root, else Prometheus's Debian package unpacked under .cache/tools) or says what to install.

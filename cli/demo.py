@@ -74,7 +74,12 @@ def demo(
         table.add_column(column, justify="right")
     table.add_row(*(str(summary[c]) for c in _COUNTS))
     out.print(table)
-    out.print(f"preferences written to {output} (simulated responses: not training data)")
+    kind = (
+        "simulated responses: not training data"
+        if summary["simulated"]
+        else "real models' responses, labelled by the judge"
+    )
+    out.print(f"preferences written to {output} ({kind})")
     if summary["missing"]:
         console.print(f"[red]{summary['missing']} expected preference(s) did not arrive in {timeout:g} s[/]")
         raise typer.Exit(1)

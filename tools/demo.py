@@ -78,6 +78,11 @@ async def _demo(
     console.print(f"submitted {len(prompts)} prompts to {settings.topic('prompts')}")
 
     expected = expected_pairs_per_prompt(settings) * len({p.prompt_id for p in prompts})
+    if not expected:
+        console.print(
+            f"[yellow]no preference expected:[/] under policy {settings.policy} and these profiles no two "
+            "models of the pool are paired (`karma kin` shows why)"
+        )
     preferences: dict[str, Preference] = {}
     deadline = time.monotonic() + timeout_s
     with progress() as bar:
@@ -104,4 +109,5 @@ async def _demo(
         "ties": sum(p.winner is Winner.TIE for p in preferences.values()),
         "dlq": await count_distinct(settings, "dlq", None),
         "missing": max(0, expected - len(preferences)),
+        "simulated": sum(p.simulated or p.response_a.simulated for p in preferences.values()),
     }
