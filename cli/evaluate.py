@@ -36,6 +36,7 @@ from karma.tools.processes import broker_for
 class PoolChoice(StrEnum):
     profiles = "profiles"
     config = "config"
+    lab = "lab"
 
 
 def evaluate(
@@ -47,9 +48,16 @@ def evaluate(
     pool: Annotated[
         PoolChoice,
         typer.Option(
-            help="profiles: every model of the profile table, simulated; config: the configured pool."
+            help="profiles: every model of the profile table, simulated; config: the configured pool; "
+            "lab: the real models of `karma lab build` (--lab), judged by the verifier."
         ),
     ] = PoolChoice.profiles,
+    lab: Annotated[
+        Path,
+        typer.Option(
+            help="--pool lab: the lab's folder (its pool.yaml, and prompts/heldout.jsonl by default)."
+        ),
+    ] = Path("karma-out/lab"),
     out_dir: Annotated[Path, typer.Option("--out", help="Folder of the report.")] = Path("karma-out/eval"),
     port: Annotated[int, typer.Option(help="Port of the local broker (without --bootstrap).")] = 9092,
     bootstrap: BootstrapOption = None,
@@ -64,7 +72,21 @@ def evaluate(
     label accuracy against the models' latent quality. Writes OUT/report.md, OUT/report.json
     (the same numbers), OUT/gap_distribution.png and OUT/quality.png; worker logs go to OUT/logs.
     Without --bootstrap it starts the local broker (as `karma demo` does) if none answers.
+
+    With --pool lab: the lab's pool.yaml is the config (unless --config), its held-out prompts the
+    prompt set (unless --prompts), and the verifier the judge; the report then gives, per policy,
+    how often zebra's label (the more superior model wins) is the checked truth.
     """
+    judge_override = {}
+    if pool is PoolChoice.lab:
+        if not (lab / "pool.yaml").is_file():
+            console.print(
+                f"[red]error:[/] --lab {lab}: no pool.yaml there; build it with `karma lab build --out {lab}`"
+            )
+            raise typer.Exit(2)
+        config = config or lab / "pool.yaml"
+        prompts = prompts or lab / "prompts" / "heldout.jsonl"
+        judge_override = {"judge": {"backend": "verifier"}}
     try:
         chosen = parse_policies(policies)
     except ValueError as exc:
@@ -79,9 +101,9 @@ def evaluate(
         raise typer.Exit(2)
     try:
         with broker_for(bootstrap, port, say=console.print) as servers:
-            settings = settings_or_exit(config, bootstrap_servers=servers, metrics_port=0)
+            settings = settings_or_exit(config, bootstrap_servers=servers, metrics_port=0, **judge_override)
             try:
-                settings = with_pool(settings, pool.value)
+                settings = with_pool(settings, "config" if pool is PoolChoice.lab else pool.value)
             except ProfileError as exc:
                 console.print(f"[red]error:[/] {exc}")
                 raise typer.Exit(2) from None

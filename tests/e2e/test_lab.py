@@ -181,3 +181,33 @@ def greedy_answers(
             reply = out[0, inputs["input_ids"].shape[1] :]
             answers[(name, prompt.prompt_id)] = tokenizer.decode(reply, skip_special_tokens=True)
     return answers
+
+
+def test_karma_eval_on_the_lab_reports_zebras_checked_accuracy(
+    kafka_bootstrap: str, lab_quick: BuildResult, tmp_path: Path
+) -> None:
+    out, prompts = tmp_path / "eval", tmp_path / "prompts.jsonl"
+    # Two prompts of every skill (the held-out file is ordered by skill).
+    prompts.write_text("".join(p.model_dump_json() + "\n" for p in heldout_prompts(lab_quick, per_skill=2)))
+    run = subprocess.run(
+        [sys.executable, "-m", "karma.cli", "eval", "--pool", "lab", "--lab", str(lab_quick.out)]
+        + ["--prompts", str(prompts), "--policies", "maxgap,all", "--out", str(out)]
+        + ["--bootstrap", kafka_bootstrap],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = {row["policy"]: row for row in json.loads((out / "report.json").read_text())["policies"]}
+    models = len(lab_config(lab_quick)["pool"])
+    assert report["all"]["pairs_per_prompt"] == models * (models - 1) / 2
+    assert report["maxgap"]["pairs_per_prompt"] == 1.0
+    for row in report.values():
+        assert row["dlq"] == 0
+        # The verifier is the judge: its labels are the checked truth, and zebra is scored on the
+        # pairs with exactly one right answer.
+        assert row["checked_accuracy_n"] == row["zebra_checked_accuracy_n"] == row["checked_pairs"]
+        if row["checked_pairs"]:
+            assert row["checked_accuracy"] == 1.0
+            assert 0.0 <= row["zebra_checked_accuracy"] <= 1.0
+    assert report["all"]["checked_pairs"] > 0
