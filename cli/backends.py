@@ -43,7 +43,9 @@ GenerationBackendChoice = _choices("GenerationBackendChoice", GENERATION_BACKEND
 # Only judges that run a model: `karma judge` asks --model, and a judge that generates nothing
 # (zebra) reads neither a model nor the answers, so there is nothing for this command to try.
 _MODEL_JUDGES = tuple(name for name in JUDGE_BACKENDS if BACKENDS[name].generates)
-JudgeBackendChoice = _choices("JudgeBackendChoice", _MODEL_JUDGES)
+# The verifier judges without a model: it checks each answer against --reference.
+_CLI_JUDGES = (*_MODEL_JUDGES, "verifier")
+JudgeBackendChoice = _choices("JudgeBackendChoice", _CLI_JUDGES)
 _DEFAULT_GENERATION = GenerationBackendChoice(SIMULATED)
 _DEFAULT_JUDGE = JudgeBackendChoice(SIMULATED)
 
@@ -107,9 +109,15 @@ def judge(
     a: Annotated[str, typer.Option("--a", help="Answer A.")],
     b: Annotated[str, typer.Option("--b", help="Answer B.")],
     backend: Annotated[
-        JudgeBackendChoice, typer.Option("--backend", help=_listed(_MODEL_JUDGES))
+        JudgeBackendChoice, typer.Option("--backend", help=_listed(_CLI_JUDGES))
     ] = _DEFAULT_JUDGE,
     base_url: BaseUrlOption = None,
+    reference: Annotated[
+        str | None, typer.Option("--reference", help="verifier: the right answer (the prompt's reference).")
+    ] = None,
+    scorer: Annotated[
+        str | None, typer.Option("--scorer", help="verifier: exact, numeric, contains or module:function.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -142,6 +150,10 @@ def judge(
         policy="cli",
         similarity=1.0,
         gap=0.0,
+        # What the verifier checks against, as a prompt's metadata carries it.
+        prompt_metadata={
+            key: value for key, value in (("reference", reference), ("scorer", scorer)) if value is not None
+        },
     )
 
     async def _judge() -> list[Any]:

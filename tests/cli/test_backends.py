@@ -72,3 +72,15 @@ def test_a_server_error_or_a_bad_option_is_a_one_line_error(simulated_server) ->
         "y",
     )
     assert judged.returncode == 1 and "no valid verdict in 3 attempt(s)" in judged.stdout + judged.stderr
+
+
+def test_judge_with_the_verifier_checks_both_answers_against_the_reference() -> None:
+    args = ("judge", "--backend", "verifier", "--model", "checker", "--prompt", "12+30", "--json")
+    right_b = karma(*args, "--a", "41", "--b", "42", "--reference", "42", "--scorer", "numeric")
+    assert right_b.returncode == 0, right_b.stderr
+    assert json.loads(right_b.stdout)["winner"] == "B"
+    both_wrong = karma(*args, "--a", "41", "--b", "40", "--reference", "42")
+    assert json.loads(both_wrong.stdout)["winner"] == "TIE"
+    no_reference = karma(*args, "--a", "41", "--b", "42")
+    assert no_reference.returncode == 1
+    assert "has no reference" in no_reference.stdout + no_reference.stderr
