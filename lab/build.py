@@ -11,8 +11,9 @@ Layout of the output directory:
 
 The build is keyed by a hash of everything it depends on (recipes, seed, quick, the lab's source
 files, the torch and transformers versions): a build whose recipes.json holds the same key is
-done already and returns at once. A model whose directory holds the key of its own recipe is not
-trained again, so an interrupted build resumes with the next model.
+done already and returns at once. A model whose directory holds the key of its own recipe (the
+recipe, the seed, the training code and the versions) is not trained again, so an interrupted
+build resumes with the next model and a pool that gains a model trains that model alone.
 """
 
 from __future__ import annotations
@@ -71,12 +72,22 @@ class LabError(ValueError):
     """A build that cannot start: the message says why."""
 
 
-def source_digest() -> str:
-    """The bytes of the lab's own modules: changed code is a changed build."""
+def source_digest(names: Sequence[str] | None = None) -> str:
+    """The bytes of the lab's own modules (or of those named): changed code is a changed build."""
     digest = hashlib.sha256()
     for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        if names is None or path.name in names:
+            digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+# What a trained model depends on: its questions, its tokens and its training loop. Neither the
+# other recipes nor the build's own code: a pool that gains a model does not retrain the others.
+TRAINING_SOURCES = ("skills.py", "tokenizer.py", "train.py")
+
+
+def _versions() -> dict[str, str]:
+    return {"torch": metadata.version("torch"), "transformers": metadata.version("transformers")}
 
 
 def build_key(pool: Sequence[Recipe], seed: int, quick: bool) -> str:
@@ -85,14 +96,19 @@ def build_key(pool: Sequence[Recipe], seed: int, quick: bool) -> str:
         "seed": seed,
         "quick": quick,
         "source": source_digest(),
-        "torch": metadata.version("torch"),
-        "transformers": metadata.version("transformers"),
+        **_versions(),
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def model_key(key: str, recipe: Recipe) -> str:
-    return hashlib.sha256(f"{key}:{recipe.name}".encode()).hexdigest()[:16]
+def model_key(recipe: Recipe, seed: int) -> str:
+    inputs = {
+        "recipe": recipe.as_json(),
+        "seed": seed,
+        "source": source_digest(TRAINING_SOURCES),
+        **_versions(),
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def model_seed(seed: int, recipe: Recipe) -> int:
@@ -249,7 +265,7 @@ def train_and_measure(
         tasks = {r.name: progress.add_task(r.name, total=r.total_steps, loss=float("nan")) for r in pool}
         futures = {
             executor.submit(
-                _train_and_measure, r, out / "models" / r.name, model_key(key, r), seed, dict(heldout)
+                _train_and_measure, r, out / "models" / r.name, model_key(r, seed), seed, dict(heldout)
             ): r.name
             for r in sorted(pool, key=lambda r: -r.total_steps * r.size.hidden * r.size.layers)
         }

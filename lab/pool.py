@@ -1,10 +1,14 @@
 """The lab's pool: one recipe per model, a size and the steps it trains on each skill.
 
 The recipes make the models differ in level (how long and how big) and in shape (which skills):
-an arithmetic specialist and a string specialist of the same size and budget, two strong
-generalists close enough to be kin, a medium one and weak ones. The quick pool (for the test
-suite) keeps the shapes with a fraction of the steps; its arithmetic and string specialists are
-the pair whose ordering the tests rely on (each better on its own skills than the other).
+an arithmetic specialist and a string specialist of the same size, a strong generalist, two
+medium ones of one recipe from different initial weights (kin), and weak ones. (A second strong
+generalist, a tenth shorter from other weights, ended at 61% against the first's 85%: the
+longest recipes are the least predictable in this budget, so the kin pair is the medium one.)
+The quick pool (for the test suite) keeps the shapes with a fraction of the steps; its
+arithmetic and string specialists are the pair whose ordering the tests rely on: lab-arith spends
+most of its steps on `add` and never sees `reverse`, lab-strings the other way round, so each is
+the better of the two on its skill.
 """
 
 from __future__ import annotations
@@ -64,13 +68,6 @@ def full_pool() -> list[Recipe]:
             "strong generalist: every skill, the longest",
         ),
         Recipe(
-            "lab-generalist-l2",
-            Size(128, 2),
-            _mix(add=900, sub=900, mul=1000, count=800, reverse=280, sort=280),
-            "strong generalist, a tenth shorter, other initial weights: the strong one's kin",
-            seed_offset=1,
-        ),
-        Recipe(
             "lab-arith",
             Size(128, 2),
             _mix(add=700, sub=700, mul=800, count=600, reverse=20, sort=20),
@@ -83,6 +80,13 @@ def full_pool() -> list[Recipe]:
             "string specialist: reverse and sort; a glimpse of arithmetic",
         ),
         Recipe("lab-generalist-m", Size(96, 2), _each(ALL, 250), "medium generalist: every skill, shorter"),
+        Recipe(
+            "lab-generalist-m2",
+            Size(96, 2),
+            _each(ALL, 250),
+            "the medium generalist's recipe from other initial weights: its kin",
+            seed_offset=1,
+        ),
         Recipe("lab-weak", Size(64, 2), _each(ALL, 60), "weak generalist: every skill, briefly"),
         Recipe("lab-tiny", Size(32, 1, heads=2), _each(ALL, 15), "weakest: one small layer, a few steps"),
     ]
@@ -94,8 +98,8 @@ def quick_pool() -> list[Recipe]:
         Recipe(
             "lab-arith",
             Size(128, 2),
-            _mix(add=300, sub=150, mul=150, count=100),
-            "arithmetic specialist (never saw reverse or sort)",
+            _mix(add=550, sub=50, mul=50, count=50),
+            "arithmetic specialist, mostly addition (never saw reverse or sort)",
         ),
         Recipe(
             "lab-strings",
