@@ -98,7 +98,7 @@ def quick_pool() -> list[Recipe]:
         Recipe(
             "lab-arith",
             Size(128, 2),
-            _mix(add=550, sub=50, mul=50, count=50),
+            _mix(add=850, sub=25, mul=25, count=50),
             "arithmetic specialist, mostly addition (never saw reverse or sort)",
         ),
         Recipe(

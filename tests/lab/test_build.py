@@ -77,14 +77,16 @@ def test_a_second_build_with_the_same_inputs_is_instant(lab_quick: BuildResult) 
 
 
 def test_the_specialists_are_each_better_on_their_own_skills(lab_quick: BuildResult) -> None:
-    """lab-arith trained on arithmetic and never on strings, lab-strings the reverse."""
+    """lab-arith trained mostly on add and never on reverse or sort, lab-strings the reverse.
+    (Measured: add 68% against 0%, reverse 0% against 96%.)"""
     profiles = read_profiles(lab_quick.out / "profiles.csv")
     arith, strings = profiles["lab-arith"], profiles["lab-strings"]
-    assert arith["add"] >= strings["add"] + 0.2, (arith, strings)
-    assert strings["reverse"] >= arith["reverse"] + 0.2, (arith, strings)
+    assert arith["add"] >= strings["add"] + 0.3, (arith, strings)
+    assert arith["count"] >= strings["count"] + 0.3, (arith, strings)
+    assert strings["reverse"] >= arith["reverse"] + 0.5, (arith, strings)
     assert strings["sort"] > arith["sort"], (arith, strings)
     means = {model: sum(scores.values()) / len(scores) for model, scores in profiles.items()}
-    assert min(means, key=means.__getitem__) == "lab-tiny", means
+    assert means["lab-tiny"] == min(means.values()), means
 
 
 def test_bad_arguments_are_clear_errors(tmp_path: Path) -> None:

@@ -46,9 +46,9 @@ def test_questions_are_deterministic_and_their_answers_right(skill: str) -> None
 
 @pytest.mark.parametrize("skill", list(SKILLS))
 def test_train_and_heldout_are_disjoint(skill: str) -> None:
-    train = {e.question for e in distinct(skill, "train", seed=0, count=400)}
-    heldout = {e.question for e in distinct(skill, "heldout", seed=0, count=100)}
-    assert len(train) == 400 and len(heldout) == 100
+    train = {e.question for e in distinct(skill, "train", seed=0, count=300)}
+    heldout = {e.question for e in distinct(skill, "heldout", seed=0, count=70)}
+    assert len(train) == 300 and len(heldout) == 70
     assert not train & heldout
     assert {split_of(q) for q in train} == {"train"} and {split_of(q) for q in heldout} == {"heldout"}
 
