@@ -25,7 +25,7 @@ def build(
         typer.Option(
             "--out",
             "-o",
-            help="Output directory [default: karma-out/lab, or karma-out/lab-quick with --quick].",
+            help="Output directory (default: karma-out/lab, or karma-out/lab-quick with --quick).",
         ),
     ] = None,
     quick: Annotated[
