@@ -33,6 +33,15 @@ BROKER_START_TIMEOUT = 90.0
 LAB_QUICK_HOME = REPO_ROOT / ".cache" / "lab-quick"
 
 
+@pytest.fixture(autouse=True)
+def _config_file_stays_in_its_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`load_settings(file)` exports KARMA_CONFIG for the workers it starts: a test's config file
+    (a lab's pool.yaml, say) must not become every later test's settings. monkeypatch puts the
+    variable back as it was (unset) after each test."""
+    monkeypatch.setenv("KARMA_CONFIG", "")
+    monkeypatch.delenv("KARMA_CONFIG")
+
+
 def local_broker_config(home: Path) -> BrokerConfig:
     """A config for a throw-away broker under ``home`` on free ports, sharing the jar cache."""
     return BrokerConfig.on_free_ports(home, JARS_HOME)
