@@ -43,6 +43,7 @@ from typing import Any
 from _kafka_bench import BenchError, TopicProbe, load_average, publish, start_local_broker
 
 from karma.agents.backends.chat_format import render_chat
+from karma.agents.backends.transformers import stop_token_ids, trim_generated
 from karma.schemas.models import Prompt, Response
 from karma.streams.codecs import decode, encode
 from karma.streams.config import KarmaSettings
@@ -92,9 +93,12 @@ class Bare:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        eos = self.model.generation_config.eos_token_id
-        self.stop_ids = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
-        self.stop_ids |= set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        # The reply's end as the transformers backend finds it (agents/backends/transformers.py).
+        self.stop_ids = stop_token_ids(
+            self.tokenizer.eos_token_id,
+            self.tokenizer.pad_token_id,
+            self.model.generation_config.eos_token_id,
+        )
 
     def batch(self, texts: Sequence[str], max_tokens: int) -> int:
         rendered = [render_chat(self.tokenizer, [{"role": "user", "content": t}]) for t in texts]
@@ -108,13 +112,8 @@ class Bare:
             out = self.model.generate(
                 **inputs, max_new_tokens=max_tokens, do_sample=False, pad_token_id=self.tokenizer.pad_token_id
             )
-        tokens = 0
-        for row in out[:, inputs["input_ids"].shape[1] :].tolist():
-            for token in row:
-                if token in self.stop_ids:
-                    break
-                tokens += 1
-        return tokens
+        replies = out[:, inputs["input_ids"].shape[1] :].tolist()
+        return sum(len(trim_generated(row, self.stop_ids)) for row in replies)
 
     def run(self, prompts: Sequence[Prompt], batch_size: int, max_tokens: int) -> tuple[int, float]:
         self.batch([p.text for p in prompts[:batch_size]], max_tokens)  # warm-up, not counted
