@@ -2,7 +2,9 @@
 
 Prompts are taken in batches (`Stage.in_batches`: up to `batch_size`, or whatever arrived
 within `batch_wait_s`), and every model of the worker gets the whole batch at once, so a GPU
-engine or a remote server has enough requests in flight to stay busy. A request that fails
+engine or a remote server has enough requests in flight to stay busy. Two batches are handled at
+once (`generation_batches_in_flight`): the next one waits at the model while the last one's
+answers are published, so the model does not idle on the broker. A request that fails
 for good (after the backend's retries) goes to the dead-letter topic with the reason and, as a
 failure record (a Response with `error`), to the responses topic, so the rating stage knows the
 model is accounted for; the other models' responses, and the rest of the batch, go on.
@@ -87,7 +89,9 @@ def register(stage: Stage, models: list[ModelSpec]) -> None:
 
     @stage.app.agent(stage.topics["prompts"], name="generate")
     async def generate(stream):  # type: ignore[no-untyped-def]
-        await stage.in_batches(stream, STAGE, generate_batch)
+        await stage.in_batches(
+            stream, STAGE, generate_batch, concurrent=settings.generation_batches_in_flight
+        )
 
 
 async def publish_answer(

@@ -353,6 +353,13 @@ class KarmaSettings(BaseSettings):
     batch_size: int = Field(
         default=32, ge=1, description="Generation and judging take up to this many messages at a time."
     )
+    generation_batches_in_flight: int = Field(
+        default=2,
+        ge=1,
+        description="Batches a generation worker handles at once: the next batch is decoded and waits "
+        "at the model while the last one's answers are published, so the model does not wait for the "
+        "broker; acks keep the batches' order (1: one batch at a time).",
+    )
     rating_batch_size: int = Field(
         default=256,
         ge=1,

@@ -126,46 +126,61 @@ class Stage:
         handle: Handler,
         on_retry: Callable[[], None] = lambda: None,
         batch_size: int | None = None,
+        concurrent: int = 1,
     ) -> None:
         """Feeds `handle` the stream's events in batches (`batch_size`, or what arrived within
         `batch_wait_s`), so a model backend gets many requests at once; each message's latency
         is its share of its batch's time. A batch's messages are acked only once the broker has
         confirmed every output and dead letter they caused (`Outbox.confirm`), and in the order
         the batches came. The next batch is handled while that confirmation is on its way (at most
-        UNCONFIRMED_BATCHES of them), so the stage does not idle for a broker round trip per batch."""
+        UNCONFIRMED_BATCHES of them), so the stage does not idle for a broker round trip per batch.
+
+        `concurrent` batches may be handled at once (a stage without state between batches:
+        generation), so that the next batch is decoded and waiting at the model while the last
+        one's answers are published; acks keep the batches' order all the same."""
         consumer = self.app.consumer
         if isinstance(consumer, transport.BatchDrainConsumer):
             consumer.finish_in_hand = self.batches_done  # a rebalance lets the batch in hand finish
+        handling: set[asyncio.Future[Outbox]] = set()
         unconfirmed: deque[asyncio.Future[None]] = deque()
         try:
             async for events in self.batches(stream, batch_size or self.settings.batch_size):
                 started = time.perf_counter()
                 self._in_flight += 1
                 self._idle.clear()
-                try:
-                    outbox = await self.handle_safely(events, stage, handle, on_retry)
-                except BaseException:
-                    self._batch_done()
-                    raise
+                handled = asyncio.ensure_future(self.handle_safely(events, stage, handle, on_retry))
                 previous = unconfirmed[-1] if unconfirmed else None
-                confirming = self._confirm_then_ack(stream, stage, events, outbox, previous, started)
-                unconfirmed.append(asyncio.ensure_future(confirming))
+                confirming = asyncio.ensure_future(
+                    self._confirm_then_ack(stream, stage, events, handled, previous, started)
+                )
+                # Counted down however it ends: a task cancelled before it started runs no finally.
+                confirming.add_done_callback(lambda _: self._batch_done())
+                unconfirmed.append(confirming)
+                handling.add(handled)
+                while len(handling) >= concurrent:
+                    done, _ = await asyncio.wait(handling, return_when=asyncio.FIRST_COMPLETED)
+                    for finished in done:
+                        handling.discard(finished)
+                        finished.result()  # what stopped a handler stops the agent
                 while unconfirmed and (len(unconfirmed) > UNCONFIRMED_BATCHES or unconfirmed[0].done()):
                     await unconfirmed.popleft()
         finally:
-            for confirming in unconfirmed:
-                confirming.cancel()  # the agent stops: what is not acked is redelivered
+            for task in (*handling, *unconfirmed):
+                task.cancel()  # the agent stops: what is not acked is redelivered
+                if task.done() and not task.cancelled():
+                    task.exception()  # raised above already, or its batch's own failure: retrieved
 
     async def _confirm_then_ack(
         self,
         stream: Any,
         stage: str,
         events: list[Any],
-        outbox: Outbox,
+        handled: asyncio.Future[Outbox],
         previous: asyncio.Future[None] | None,
         started: float,
     ) -> None:
         """Acks a handled batch once the broker confirmed what it wrote, after the batch before it."""
+        outbox = await handled  # a handler that was stopped acks nothing
         try:
             await outbox.confirm()
             if previous is not None:
@@ -176,8 +191,6 @@ class Stage:
             _exit_uncommitted(EX_UNDELIVERED, f"{stage}: {exc}")
         except Exception as exc:  # a bug in confirming: nothing is acked
             _exit_uncommitted(EX_UNHANDLED, f"{stage}: confirming a batch failed: {exc!r}")
-        finally:
-            self._batch_done()
         spent = time.perf_counter() - started
         BATCH_SECONDS.labels(stage).observe(spent)
         latency = STAGE_LATENCY.labels(stage)

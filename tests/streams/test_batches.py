@@ -148,3 +148,67 @@ def test_a_rebalance_that_clears_a_full_queue_does_not_stall_the_pump() -> None:
 
     handed = asyncio.run(scenario())
     assert handed[:4] == [0, 1, 2, 3] and len(handed) == 8 and handed[4] > 4  # 4.. were dropped
+
+
+# --- in_batches: handling, confirming and acking --------------------------------------------------
+
+
+class AckingStream(FakeStream):
+    """A FakeStream that records the order of its acks."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.acked: list[int] = []
+
+    async def ack(self, event: int) -> None:
+        self.acked.append(event)
+
+    async def events(self) -> AsyncIterator[int]:
+        async for event in super().events():
+            yield event
+        await asyncio.Event().wait()  # a topic does not end: the agent is cancelled once all is acked
+
+
+async def run_in_batches(count: int, concurrent: int) -> tuple[AckingStream, list[list[int]], int]:
+    """Handles `count` events, every other batch slowly, so that a batch behind a slow one can
+    finish first. Returns the stream, the batches in the order their handling finished, and the
+    most batches ever handled at once."""
+    runner = stage(batch_size=8, batch_wait_s=0.001)
+    runner.app.consumer = None  # type: ignore[attr-defined]  # not the batch-drain consumer
+    stream = AckingStream(count)
+    finished: list[list[int]] = []
+    started = active = peak = 0
+
+    async def handle(events: list[Any], outbox: Any) -> None:
+        nonlocal started, active, peak
+        started += 1
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.03 if started % 2 else 0.001)
+        active -= 1
+        finished.append(list(events))
+
+    agent = asyncio.ensure_future(runner.in_batches(stream, "test", handle, concurrent=concurrent))
+    while len(stream.acked) < count:
+        await asyncio.sleep(0.005)
+    agent.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await agent
+    return stream, finished, peak
+
+
+def test_one_batch_at_a_time_unless_told_otherwise() -> None:
+    stream, finished, peak = asyncio.run(run_in_batches(64, concurrent=1))
+    assert peak == 1
+    assert [e for batch in finished for e in batch] == list(range(64))
+    assert stream.acked == list(range(64))
+
+
+def test_batches_handled_at_once_are_acked_in_the_order_they_came() -> None:
+    # two at once: a fast batch finishes before the slow one ahead of it, yet no event is acked
+    # before every event that came before it
+    stream, finished, peak = asyncio.run(run_in_batches(64, concurrent=2))
+    assert peak == 2
+    assert [e for batch in finished for e in batch] != list(range(64))  # handling did overlap
+    assert sorted(e for batch in finished for e in batch) == list(range(64))
+    assert stream.acked == list(range(64))
