@@ -66,6 +66,12 @@ class BackendSpec(StrictModel):
     timeout_s: float = Field(default=120.0, gt=0, description="openai: seconds per request.")
     temperature: float = Field(default=0.7, ge=0.0, description="Sampling temperature.")
     max_tokens: int = Field(default=512, ge=1, description="Longest response, in tokens.")
+    engine_process: bool = Field(
+        default=True,
+        description="transformers: run the model in a child process of the worker, with an interpreter "
+        "of its own, so that the worker's stream work does not slow its generation (false: in a thread "
+        "of the worker; a judge and a generator on one checkpoint share it either way).",
+    )
     engine_args: dict[str, Any] = Field(
         default_factory=dict,
         description="vllm: AsyncEngineArgs overrides (tensor_parallel_size, gpu_memory_utilization, "

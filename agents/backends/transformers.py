@@ -3,8 +3,10 @@
 `AutoTokenizer` / `AutoModelForCausalLM.from_pretrained(spec.served_model, **spec.engine_args)`,
 on CUDA when available, else on the CPU (or wherever `engine_args["device_map"]` puts it); one
 model per process per checkpoint and arguments, shared by the generator and judge that name it.
-A batch is generated in one `model.generate` call (left padding) in a worker thread
-(`asyncio.to_thread`), so the event loop keeps heartbeating to Kafka while the model runs.
+A batch is tokenized once, its prompts over the context are set aside (the context rule, below),
+and the rest generated in one `model.generate` call (left padding): one `Runner.generate` call in a
+worker thread (`asyncio.to_thread`), so the event loop keeps heartbeating to Kafka while the model
+runs, and the next batch starts the moment the model is free, without waiting for the event loop.
 Prompts use the tokenizer's chat template when it has one, else plain text
 (agents/backends/chat_format.py). Sampling is seeded once per batch (`torch.manual_seed` with the first
 request's seed), or greedy when temperature is 0; every request of a batch reports the batch's
@@ -36,9 +38,13 @@ the test (CPU) through the backend: loading, a bad checkpoint, the context rule.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import pickle
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -134,15 +140,18 @@ def context_tokens(max_position_embeddings: int | None, model_max_length: int | 
     return min(limits) if limits else None
 
 
+@dataclass(frozen=True)
+class TooLong:
+    """A prompt `Runner.generate` did not run: its tokens leave no room for the reply."""
+
+    tokens: int
+
+
 class Runner(Protocol):
     """What the backend needs of a loaded model (the real one below; a fake in the tests)."""
 
     # The context in tokens (prompt and reply together); None when the model sets none.
     context_tokens: int | None
-
-    def count_tokens(self, conversations: Sequence[Sequence[Message]]) -> list[int]:
-        """Each conversation's prompt tokens, as `generate` would feed them."""
-        ...
 
     def generate(
         self,
@@ -151,7 +160,11 @@ class Runner(Protocol):
         temperature: float,
         max_tokens: int,
         top_logprobs: int,
-    ) -> list[LocalOutput]: ...
+        max_prompt_tokens: int | None = None,
+    ) -> list[LocalOutput | TooLong]:
+        """A reply to each conversation, in order; one whose prompt is over `max_prompt_tokens`
+        is not run (TooLong, with its token count)."""
+        ...
 
 
 # --- torch and transformers: imported lazily ----------------------------------------------------
@@ -189,15 +202,11 @@ class HFRunner:
             getattr(self.model.config, "max_position_embeddings", None),
             getattr(tok, "model_max_length", None),
         )
-        # One batch at a time per model: memory, and the global seed; and the tokenizer, whose
-        # padding state is not safe to share between threads.
+        # One batch at a time per model: memory, and the global seed. The tokenizer, whose padding
+        # state is not safe to share between threads, has its own: the next batch is tokenized
+        # while this one generates, and starts the moment the model is free.
         self._lock = threading.Lock()
-
-    def count_tokens(self, conversations: Sequence[Sequence[Message]]) -> list[int]:
-        tok = self.tokenizer
-        rendered = [render_chat(tok, c) for c in conversations]
-        with self._lock:
-            return [len(tok(r.text, add_special_tokens=not r.templated)["input_ids"]) for r in rendered]
+        self._tokenizer_lock = threading.Lock()
 
     def _decode(self, token_id: int) -> str:
         return str(self.tokenizer.decode([token_id]))
@@ -225,17 +234,31 @@ class HFRunner:
         temperature: float,
         max_tokens: int,
         top_logprobs: int,
-    ) -> list[LocalOutput]:
+        max_prompt_tokens: int | None = None,
+    ) -> list[LocalOutput | TooLong]:
         torch, tok = self.torch, self.tokenizer
         rendered = [render_chat(tok, c) for c in conversations]
-        with self._lock, torch.inference_mode():
+        with self._tokenizer_lock:
             # A chat template writes BOS itself; only plain text needs the tokenizer's special tokens.
             batch = tok(
                 [r.text for r in rendered],
                 return_tensors="pt",
                 padding=True,
                 add_special_tokens=not rendered[0].templated,
-            ).to(self.model.device)
+            )
+        counts = [int(n) for n in batch["attention_mask"].sum(dim=1).tolist()]
+        rows = [i for i, n in enumerate(counts) if max_prompt_tokens is None or n <= max_prompt_tokens]
+        results: list[LocalOutput | TooLong] = [TooLong(n) for n in counts]
+        if not rows:
+            return results
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        if len(rows) < len(counts):
+            index = torch.tensor(rows, dtype=torch.long)
+            input_ids, attention_mask = input_ids[index], attention_mask[index]
+            # Left padding that none of the rows run needs (a longer prompt was set aside) is dropped.
+            start = int(attention_mask.any(dim=0).nonzero()[0])
+            input_ids, attention_mask = input_ids[:, start:], attention_mask[:, start:]
+        with self._lock, torch.inference_mode():
             options: dict[str, Any] = {"max_new_tokens": max_tokens, "pad_token_id": tok.pad_token_id}
             if temperature > 0:
                 options |= {"do_sample": True, "temperature": temperature}
@@ -247,10 +270,11 @@ class HFRunner:
             torch.manual_seed(seed)
             # Only these two: a tokenizer may also return token_type_ids, which causal LMs reject.
             sequences = self.model.generate(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **options
+                input_ids=input_ids.to(self.model.device),
+                attention_mask=attention_mask.to(self.model.device),
+                **options,
             )
-        generated = sequences[:, batch["input_ids"].shape[1] :].tolist()
-        outputs = []
+        generated = sequences[:, input_ids.shape[1] :].tolist()
         for row, ids in enumerate(generated):
             kept = trim_generated(ids, self.stop_ids)
             tokens = None
@@ -258,15 +282,107 @@ class HFRunner:
                 steps = [(values[row], indices[row]) for values, indices in recorder.steps]
                 tokens = logprob_tokens(kept, steps, self._decode)
             text = tok.decode(kept, skip_special_tokens=True)
-            outputs.append(LocalOutput(str(text), len(kept), tokens))
-        return outputs
+            results[rows[row]] = LocalOutput(str(text), len(kept), tokens)
+        return results
 
 
-# The process's loaded checkpoints; the last user drops one (the garbage collector frees it).
+class ProcessRunner:
+    """An HFRunner in a child process of its own (spawned; `engine_process: true`, the default).
+
+    A small model's generation is mostly Python (a loop of small tensor calls per token), and in
+    the worker's process it takes turns with the event loop for one interpreter lock: measured
+    here, a batch generated a quarter slower beside the stream's work than alone. In a child it
+    has its own interpreter, as vLLM runs its engine core apart from its server. A call sends the
+    prompts and gets the replies back through a pipe; the weights live in the child alone. A child
+    that dies (killed, out of memory) fails the batch in hand with a reason saying so, and is
+    started again, reloading the model, for the next one."""
+
+    def __init__(self, model_id: str, engine_args: dict[str, Any]) -> None:
+        self._model_id, self._engine_args = model_id, engine_args
+        self._lock = threading.Lock()  # one start at a time
+        self._pool: ProcessPoolExecutor | None = None
+        self.context_tokens: int | None = None
+        self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            self.context_tokens = pool.submit(_load_in_child, self._model_id, self._engine_args).result()
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        self._pool = pool
+        return pool
+
+    def generate(
+        self,
+        conversations: Sequence[Sequence[Message]],
+        seed: int,
+        temperature: float,
+        max_tokens: int,
+        top_logprobs: int,
+        max_prompt_tokens: int | None = None,
+    ) -> list[LocalOutput | TooLong]:
+        with self._lock:
+            pool = self._pool or self._start()
+        args = (conversations, seed, temperature, max_tokens, top_logprobs, max_prompt_tokens)
+        try:
+            return pool.submit(_generate_in_child, *args).result()
+        except BrokenProcessPool:
+            with self._lock:
+                if self._pool is pool:
+                    self._pool = None  # started again by the next call
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise RuntimeError(
+                f"the process running {self._model_id} ended unexpectedly (killed, or out of memory); "
+                "it is started again for the next batch"
+            ) from None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+# The child's runner (ProcessRunner): one per child process.
+_CHILD_RUNNER: HFRunner | None = None
+
+
+def _load_in_child(model_id: str, engine_args: dict[str, Any]) -> int | None:
+    global _CHILD_RUNNER
+    try:
+        _CHILD_RUNNER = HFRunner(model_id, engine_args)
+    except Exception as exc:
+        raise _sendable(exc) from None
+    return _CHILD_RUNNER.context_tokens
+
+
+def _generate_in_child(*args: Any) -> list[LocalOutput | TooLong]:
+    assert _CHILD_RUNNER is not None, "the model is loaded when the child starts"
+    try:
+        return _CHILD_RUNNER.generate(*args)
+    except Exception as exc:
+        raise _sendable(exc) from None
+
+
+def _sendable(exc: Exception) -> Exception:
+    """The exception itself when it can travel back to the parent (pickled), else its words."""
+    try:
+        pickle.dumps(exc)
+    except Exception:
+        return RuntimeError(named(exc))
+    return exc
+
+
+# The process's loaded checkpoints, in a thread of the worker or in a child process; the last
+# user drops one (a thread's: the garbage collector frees it; a child: it is stopped).
 # Loading blocks: callers run acquire in a thread.
 _RUNNERS = SharedModels(HFRunner, lambda _runner: None)
+_PROCESS_RUNNERS = SharedModels(ProcessRunner, lambda runner: runner.close())
 acquire_runner = _RUNNERS.acquire
 release_runner = _RUNNERS.release
+acquire_process_runner = _PROCESS_RUNNERS.acquire
+release_process_runner = _PROCESS_RUNNERS.release
 
 
 class _TransformersClient(SharedModelClient):
@@ -280,35 +396,39 @@ class _TransformersClient(SharedModelClient):
         super().__init__(spec, served_model, runner)
 
     def _acquire(self, served_model: str, engine_args: dict[str, Any]) -> Runner:
+        if self.spec.engine_process:
+            return acquire_process_runner(served_model, engine_args)
         return acquire_runner(served_model, engine_args)
 
     async def _release(self, runner: Runner) -> None:
-        release_runner(runner)  # cheap: the garbage collector frees the model, not this call
+        if isinstance(runner, ProcessRunner):
+            await asyncio.to_thread(release_process_runner, runner)  # the last user stops the child
+        else:
+            release_runner(runner)  # cheap: the garbage collector frees the model, not this call
 
     def _cannot_load(self, exc: Exception) -> str:
         return f"cannot load {self.served_model}: {named(exc)}"
 
-    async def _refused(
-        self, runner: Runner, conversations: list[list[Message]], names: list[str]
-    ) -> dict[int, BackendError]:
-        """The requests whose prompt leaves no room in the context for `max_tokens` of reply, by
-        index: they are dead-lettered (`too_long`) and the rest of the batch goes on."""
-        if runner.context_tokens is None:
-            return {}
-        counts = await asyncio.to_thread(runner.count_tokens, conversations)
-        refused = {}
-        for i, (name, count) in enumerate(zip(names, counts, strict=True)):
-            why = too_long(name, count, runner.context_tokens, self.spec.max_tokens)
-            if why is not None:
-                refused[i] = BackendError(f"{self.served_model}: {why}", kind="too_long")
-        return refused
-
     async def _run(
         self, runner: Runner, conversations: list[list[Message]], seed: int, top_logprobs: int
-    ) -> list[LocalOutput]:
+    ) -> list[LocalOutput | TooLong]:
+        """One `generate` call in a worker thread: the prompts that leave no room in the context
+        for `max_tokens` of reply come back TooLong, not run."""
+        limit = None if runner.context_tokens is None else runner.context_tokens - self.spec.max_tokens
         return await asyncio.to_thread(
-            runner.generate, conversations, seed, self.spec.temperature, self.spec.max_tokens, top_logprobs
+            runner.generate,
+            conversations,
+            seed,
+            self.spec.temperature,
+            self.spec.max_tokens,
+            top_logprobs,
+            limit,
         )
+
+    def _too_long(self, runner: Runner, name: str, result: TooLong) -> BackendError:
+        """The dead letter's reason for a prompt (or judge pass) set aside by the context rule."""
+        why = too_long(name, result.tokens, runner.context_tokens or 0, self.spec.max_tokens)
+        return BackendError(f"{self.served_model}: {why}", kind="too_long")
 
 
 class TransformersGenerator(_TransformersClient):
@@ -328,33 +448,18 @@ class TransformersGenerator(_TransformersClient):
         if isinstance(runner, BackendError):
             return [runner] * len(requests)
         conversations: list[list[Message]] = [[{"role": "user", "content": r.prompt_text}] for r in requests]
-        try:
-            refused = await self._refused(runner, conversations, [f"prompt {r.prompt_id}" for r in requests])
-        except Exception as exc:
-            error = BackendError(f"{self.model}: tokenizing failed: {named(exc)}")
-            return [error] * len(requests)
-        fitting = [i for i in range(len(requests)) if i not in refused]
-        answers = await self._generate(runner, requests, conversations, fitting) if fitting else []
-        answered = dict(zip(fitting, answers, strict=True))
-        return [refused[i] if i in refused else answered[i] for i in range(len(requests))]
-
-    async def _generate(
-        self,
-        runner: Runner,
-        requests: Sequence[GenerationRequest],
-        conversations: list[list[Message]],
-        fitting: list[int],
-    ) -> list[Generation | BackendError]:
-        """The fitting requests' answers, in one `generate` call."""
         started = time.perf_counter()
         try:
-            outputs = await self._run(
-                runner, [conversations[i] for i in fitting], requests[fitting[0]].seed, top_logprobs=0
-            )
+            outputs = await self._run(runner, conversations, requests[0].seed, top_logprobs=0)
         except Exception as exc:
-            return [BackendError(f"{self.model}: generation failed: {named(exc)}")] * len(fitting)
+            return [BackendError(f"{self.model}: generation failed: {named(exc)}")] * len(requests)
         latency_ms = (time.perf_counter() - started) * 1000  # the batch's: every request waited for it
-        return [Generation(o.text, o.num_tokens, latency_ms, simulated=False) for o in outputs]
+        return [
+            self._too_long(runner, f"prompt {r.prompt_id}", o)
+            if isinstance(o, TooLong)
+            else Generation(o.text, o.num_tokens, latency_ms, simulated=False)
+            for r, o in zip(requests, outputs, strict=True)
+        ]
 
 
 class TransformersJudge(_TransformersClient):
@@ -377,14 +482,8 @@ class TransformersJudge(_TransformersClient):
             return [runner] * len(requests)
         messages = [judge_messages(r.question, r.first_text, r.second_text, r.tag) for r in requests]
         results: list[JudgeReply | BackendError | None] = [None] * len(requests)
-        try:
-            refused = await self._refused(runner, messages, [f"pair {r.pair_id}" for r in requests])
-        except Exception as exc:
-            return [BackendError(f"{who}: tokenizing failed: {named(exc)}")] * len(requests)
-        for i, error in refused.items():
-            results[i] = error
         problems: dict[int, VerdictError] = {}
-        pending = [i for i in range(len(requests)) if i not in refused]
+        pending = list(range(len(requests)))
         top_logprobs = TOP_LOGPROBS if self.judge_spec.logprobs else 0
         for attempt in range(self.judge_spec.verdict_attempts):
             if not pending:
@@ -399,6 +498,9 @@ class TransformersJudge(_TransformersClient):
                 return _complete(results)
             still: list[int] = []
             for i, output in zip(pending, outputs, strict=True):
+                if isinstance(output, TooLong):  # refused, not asked again
+                    results[i] = self._too_long(runner, f"pair {requests[i].pair_id}", output)
+                    continue
                 try:
                     verdict = parse_verdict(output.text)
                 except VerdictError as exc:

@@ -28,6 +28,7 @@ from karma.agents.backends.chat_format import Message
 from karma.agents.backends.transformers import (
     HFRunner,
     LocalOutput,
+    TooLong,
     TransformersGenerator,
     TransformersJudge,
     context_tokens,
@@ -54,9 +55,6 @@ class FakeRunner:
         self.delay_s = delay_s
         self.calls: list[dict[str, Any]] = []
 
-    def count_tokens(self, conversations: Sequence[Sequence[Message]]) -> list[int]:
-        return [len(conversation[-1]["content"].split()) for conversation in conversations]
-
     def generate(
         self,
         conversations: Sequence[Sequence[Message]],
@@ -64,7 +62,14 @@ class FakeRunner:
         temperature: float,
         max_tokens: int,
         top_logprobs: int,
-    ) -> list[LocalOutput]:
+        max_prompt_tokens: int | None = None,
+    ) -> list[LocalOutput | TooLong]:
+        counts = [len(c[-1]["content"].split()) for c in conversations]  # words stand for tokens
+        results: list[LocalOutput | TooLong] = [TooLong(n) for n in counts]
+        rows = [i for i, n in enumerate(counts) if max_prompt_tokens is None or n <= max_prompt_tokens]
+        if not rows:
+            return results
+        conversations = [conversations[i] for i in rows]
         self.calls.append(
             {
                 "conversations": conversations,
@@ -85,7 +90,16 @@ class FakeRunner:
             else:
                 text = f"answer to {conversation[-1]['content']}"
                 outputs.append(LocalOutput(text, len(text.split())))
-        return outputs
+        for row, output in zip(rows, outputs, strict=True):
+            results[row] = output
+        return results
+
+
+def patch_acquire(monkeypatch: pytest.MonkeyPatch, acquire: Any) -> None:
+    """Stands `acquire` in for loading a checkpoint, in a thread or in a child process alike."""
+    monkeypatch.setattr(transformers_backend, "require_transformers", lambda: None)
+    monkeypatch.setattr(transformers_backend, "acquire_runner", acquire)
+    monkeypatch.setattr(transformers_backend, "acquire_process_runner", acquire)
 
 
 def judge_spec(**overrides: Any) -> JudgeSettings:
@@ -240,7 +254,7 @@ def test_a_model_that_cannot_load_fails_each_request(monkeypatch: pytest.MonkeyP
         raise OSError(f"{model_id} is not a local folder")
 
     monkeypatch.setattr(transformers_backend, "require_transformers", lambda: None)
-    monkeypatch.setattr(transformers_backend, "acquire_runner", broken)
+    patch_acquire(monkeypatch, broken)
     judge = TransformersJudge(judge_spec())
     results = asyncio.run(judge.judge([judge_request("a"), judge_request("b")]))
     for result in results:
@@ -300,8 +314,8 @@ def test_a_judge_pass_too_long_for_the_context_is_refused_alone() -> None:
     judge = TransformersJudge(judge_spec(max_tokens=16), runner=runner)
     # FakeRunner counts the words of the judge prompt: the rendered prompt of a long question is over
     short = judge_request("q-short")
-    [prompt_words] = runner.count_tokens(
-        [judge_messages(short.question, short.first_text, short.second_text, short.tag)]
+    prompt_words = len(
+        judge_messages(short.question, short.first_text, short.second_text, short.tag)[-1]["content"].split()
     )
     runner.context_tokens = 16 + prompt_words
     long = JudgeRequest("pair-long", "q-long " + "word " * 50, "first answer", "second answer", "m1", "m2")
@@ -323,7 +337,7 @@ def test_load_acquires_the_model_in_a_thread_once(monkeypatch: pytest.MonkeyPatc
         return FakeRunner()
 
     monkeypatch.setattr(transformers_backend, "require_transformers", lambda: None)
-    monkeypatch.setattr(transformers_backend, "acquire_runner", acquire)
+    patch_acquire(monkeypatch, acquire)
     generator = TransformersGenerator(ModelSpec(name="tiny", backend="transformers", model="/ckpt"))
 
     async def run() -> list[Any]:
@@ -350,7 +364,7 @@ def test_a_model_that_cannot_load_is_one_line_naming_the_model_the_path_and_the_
         raise raised
 
     monkeypatch.setattr(transformers_backend, "require_transformers", lambda: None)
-    monkeypatch.setattr(transformers_backend, "acquire_runner", broken)
+    patch_acquire(monkeypatch, broken)
     generator = TransformersGenerator(ModelSpec(name="tiny", backend="transformers", model="/ckpt"))
     with pytest.raises(ModelLoadError) as failed:
         asyncio.run(generator.load())

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
+import os
+import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -16,7 +20,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from karma.agents.backends import BackendError, Generation, GenerationRequest, ModelLoadError
-from karma.agents.backends.transformers import TransformersGenerator
+from karma.agents.backends.transformers import HFRunner, ProcessRunner, TooLong, TransformersGenerator
 from karma.streams.config import ModelSpec
 
 WORDS = ["the", "a", "question", "answer", "is", "what", "why", "word", "cat", "dog"]
@@ -83,6 +87,50 @@ def test_a_prompt_over_the_context_is_refused_and_the_rest_of_the_batch_is_answe
         f"{tmp_path / 'tiny'}: prompt long is {limit + 1} tokens, over the {limit} the model takes "
         f"(context {CONTEXT} tokens less max_tokens {MAX_TOKENS})"
     )
+
+
+TEXTS = ["what is the question", " ".join(["word"] * 20), "why a cat", "the dog is"]
+CONVERSATIONS = [[{"role": "user", "content": t}] for t in TEXTS]
+
+
+def answers(runner: Any, conversations: list[Any], max_prompt_tokens: int | None = None) -> list[Any]:
+    return runner.generate(conversations, 0, 0.0, MAX_TOKENS, 0, max_prompt_tokens)
+
+
+def test_a_prompt_set_aside_by_the_context_rule_changes_no_other_answer(tmp_path: Path) -> None:
+    # The batch is tokenized once; setting the long prompt aside drops the left padding only it
+    # needed, so the others' answers are those of a batch that never had it.
+    runner = HFRunner(str(tiny_llama(tmp_path / "tiny")), {})
+    with_long = answers(runner, CONVERSATIONS, max_prompt_tokens=10)
+    assert with_long[1] == TooLong(20)
+    without = answers(runner, [CONVERSATIONS[i] for i in (0, 2, 3)])
+    assert [with_long[i] for i in (0, 2, 3)] == without
+    assert any(o.num_tokens for o in without)  # real replies compared, not empty ones
+
+
+def test_the_model_in_a_child_process_answers_as_in_a_thread(tmp_path: Path) -> None:
+    folder = str(tiny_llama(tmp_path / "tiny"))
+    child = ProcessRunner(folder, {})
+    try:
+        assert child.context_tokens == CONTEXT
+        assert answers(child, CONVERSATIONS, 10) == answers(HFRunner(folder, {}), CONVERSATIONS, 10)
+    finally:
+        child.close()
+
+
+def test_a_child_process_that_dies_fails_the_batch_in_hand_and_is_started_again(tmp_path: Path) -> None:
+    child = ProcessRunner(str(tiny_llama(tmp_path / "tiny")), {})
+    try:
+        expected = answers(child, CONVERSATIONS)
+        [process] = multiprocessing.active_children()
+        os.kill(process.pid, signal.SIGKILL)  # as the kernel's OOM killer would
+        process.join(10)
+        with pytest.raises(RuntimeError, match="ended unexpectedly .* started again for the next batch"):
+            answers(child, CONVERSATIONS)
+        assert answers(child, CONVERSATIONS) == expected  # a new child, the model loaded again
+    finally:
+        child.close()
+    assert multiprocessing.active_children() == []  # closed: no child left behind
 
 
 def test_a_folder_that_is_no_checkpoint_is_one_clear_load_error(tmp_path: Path) -> None:
