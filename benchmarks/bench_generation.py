@@ -18,11 +18,16 @@ is the largest model of the quick lab (.cache/lab-quick, built by the test suite
   loads the model, joins its group and drains the backlog. tokens/s counts the responses'
   `num_tokens` after its first batch over the span from the first batch's last response to the
   last response (broker timestamps), so start-up, model loading and the group join are not in it,
-  just as the bare side leaves out its warm-up batch.
+  just as the bare side leaves out its warm-up batch. With a throw-away broker (no --bootstrap),
+  one short pipeline run goes first, not counted: a fresh broker's JVM spends its first seconds
+  compiling, which a running cluster has done long before.
+- the worker runs the model as configured by default (`engine_process: true`: in a child process,
+  agents/backends/transformers.py ProcessRunner); --in-thread runs it in a thread of the worker
+  instead, to see what the child process buys.
 
 The ratio is pipeline / bare of the medians of --repeats runs each, alternated (bare, pipeline,
 bare, ...) so that other load on the machine falls on both. Both sides use the same threads
-(torch.set_num_threads(--threads) here; the worker gets OMP_NUM_THREADS and KARMA_TORCH_THREADS).
+(torch.set_num_threads(--threads) here; the worker, and its model's process, get OMP_NUM_THREADS).
 """
 
 from __future__ import annotations
@@ -151,6 +156,7 @@ async def pipeline_run(
                 "model": str(args.model),
                 "temperature": 0.0,
                 "max_tokens": args.max_tokens,
+                "engine_process": not args.in_thread,
             },
             {"name": "unserved"},
         ],
@@ -189,6 +195,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="torch threads on both sides")
+    parser.add_argument(
+        "--in-thread",
+        action="store_true",
+        help="the worker runs the model in a thread (engine_process: false)",
+    )
     parser.add_argument("--bootstrap", default=None, help="a broker to use instead of a throw-away one")
     parser.add_argument("--jars-home", type=Path, default=REPO / ".cache" / "karma")
     parser.add_argument("--cap-s", type=float, default=600.0)
@@ -208,7 +219,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     prompts = lab_prompts(args.prompts)
     print(
-        f"model {args.model}; {len(prompts)} prompts, batch {args.batch_size}, max_tokens {args.max_tokens}"
+        f"model {args.model}; {len(prompts)} prompts, batch {args.batch_size}, max_tokens {args.max_tokens}; "
+        f"the worker runs it {'in a thread' if args.in_thread else 'in a child process'}"
     )
     print(f"load average at start: {load_average()}")
     bare = Bare(args.model, args.threads)
@@ -220,6 +232,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             broker = start_local_broker(workdir / "broker", args.jars_home)
             bootstrap = broker.bootstrap
         try:
+            if broker is not None:  # a fresh broker's JVM compiles its hot paths on first use
+                await pipeline_run(args, bootstrap, workdir, prompts[: 2 * args.batch_size], -1)
+                print("[0] pipeline warm-up on the fresh broker: not counted")
             bare_rates, pipe_rates, walls = [], [], []
             for rep in range(args.repeats):
                 tokens, seconds = bare.run(prompts, args.batch_size, args.max_tokens)
@@ -242,6 +257,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "prompts": len(prompts),
         "batch_size": args.batch_size,
         "max_tokens": args.max_tokens,
+        "engine_process": not args.in_thread,
         "bare_tokens_per_s": bare_rates,
         "pipeline_tokens_per_s": pipe_rates,
         "pipeline_wall_s": walls,
@@ -251,10 +267,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     if not result["bare_median"]:
         raise BenchError(f"{args.model} generated no tokens (every reply ends at once): use a trained model")
     result["ratio"] = result["pipeline_median"] / result["bare_median"]
+    # each repeat's pipeline beside the bare run just before it: the same moment's load on both
+    result["ratios_per_repeat"] = [p / b for p, b in zip(pipe_rates, bare_rates, strict=True)]
+    result["ratio_per_repeat_median"] = statistics.median(result["ratios_per_repeat"])
     print(
         f"median tokens/s: bare {result['bare_median']:,.1f}, pipeline {result['pipeline_median']:,.1f}; "
         f"pipeline / bare = {result['ratio']:.2f}"
     )
+    per_repeat = ", ".join(f"{r:.2f}" for r in result["ratios_per_repeat"])
+    print(f"pipeline / bare per repeat: {per_repeat}; median {result['ratio_per_repeat_median']:.2f}")
     print(f"load average at end: {load_average()}")
     return result
 
