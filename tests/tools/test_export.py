@@ -37,6 +37,7 @@ def pref(
     policy: str = "kin",
     confidence: float = 0.9,
     soft_label: float | None = None,
+    scores: tuple[float, float] | None = None,
 ) -> Preference:
     def candidate(side: str) -> Candidate:
         return records.candidate(f"model-{side}", f"r-{n}-{side}", text=f"answer {side} to {n}")
@@ -53,6 +54,8 @@ def pref(
         consistent=True,
         confidence=confidence,
         soft_label=soft_label,
+        score_a=scores[0] if scores else None,
+        score_b=scores[1] if scores else None,
     )
 
 
@@ -80,6 +83,15 @@ def test_a_row_is_the_trl_row_with_the_labels_provenance() -> None:
     a_won = row_of(pref(2, Winner.A, soft_label=0.7))
     assert a_won is not None and a_won["chosen"] == "answer a to 2" and a_won["soft_label"] == 0.7
     assert row_of(pref(3, Winner.A))["soft_label"] is None  # type: ignore[index]
+
+
+def test_the_verifiers_scores_follow_the_chosen_side() -> None:
+    b_won = row_of(pref(1, Winner.B, scores=(0.0, 1.0)))
+    assert b_won is not None and (b_won["chosen_score"], b_won["rejected_score"]) == (1.0, 0.0)
+    a_won = row_of(pref(2, Winner.A, scores=(1.0, 0.0)))
+    assert a_won is not None and (a_won["chosen_score"], a_won["rejected_score"]) == (1.0, 0.0)
+    unscored = row_of(pref(3, Winner.A))  # an LLM judge scores no answer
+    assert unscored is not None and (unscored["chosen_score"], unscored["rejected_score"]) == (None, None)
 
 
 def test_messages_are_trls_conversational_format() -> None:

@@ -93,8 +93,11 @@ def arrow_schema(pa: Any, messages: bool) -> Any:
         "preference_id": pa.string(),
         "pair_id": pa.string(),
         "prompt_id": pa.string(),
+        "chosen_score": pa.float64(),
+        "rejected_score": pa.float64(),
     }
-    return pa.schema([pa.field(name, types[name], nullable=name == "soft_label") for name in COLUMNS])
+    nullable = {"soft_label", "chosen_score", "rejected_score"}
+    return pa.schema([pa.field(name, types[name], nullable=name in nullable) for name in COLUMNS])
 
 
 def fsynced(file: IO[Any]) -> None:

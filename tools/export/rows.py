@@ -9,7 +9,10 @@ A row has the columns of `COLUMNS`, in that order:
 - `soft_label`: P(chosen is better) from the judge's log-probabilities (the preference carries
   P(A is better); a row turns it to the chosen side), null when the judge served none;
 - `gap`, `confidence`, `chosen_model`, `rejected_model`, `judge`, `policy`, `simulated`,
-  `preference_id`, `pair_id`, `prompt_id`: as on the preference.
+  `preference_id`, `pair_id`, `prompt_id`: as on the preference;
+- `chosen_score`, `rejected_score`: the verifier's scores of the two answers against the prompt's
+  reference (the preference's `score_a`/`score_b`, turned to the chosen side), null from any other
+  judge.
 
 Ties are never exported: TRL's DPO needs a winner, and a tie has no chosen and no rejected
 answer. They are counted (`Skip.TIE`), like the preferences a filter leaves out and the messages
@@ -43,6 +46,8 @@ COLUMNS: tuple[str, ...] = (
     "preference_id",
     "pair_id",
     "prompt_id",
+    "chosen_score",
+    "rejected_score",
 )
 
 
@@ -85,8 +90,11 @@ def row_of(preference: Preference, messages: bool = False) -> Row | None:
     if trl is None or chosen is None or rejected is None:
         return None
     soft = preference.soft_label
-    if soft is not None and preference.winner == Winner.B:
-        soft = 1.0 - soft  # the record's soft label is P(A is better); a row's is P(chosen is better)
+    chosen_score, rejected_score = preference.score_a, preference.score_b
+    if preference.winner == Winner.B:
+        if soft is not None:
+            soft = 1.0 - soft  # the record's soft label is P(A is better); a row's is P(chosen is better)
+        chosen_score, rejected_score = rejected_score, chosen_score
     prompt, chosen_text, rejected_text = trl["prompt"], trl["chosen"], trl["rejected"]
     if messages:
         prompt = [{"role": "user", "content": prompt}]
@@ -107,6 +115,8 @@ def row_of(preference: Preference, messages: bool = False) -> Row | None:
         "preference_id": trl["preference_id"],
         "pair_id": preference.pair_id,
         "prompt_id": preference.prompt_id,
+        "chosen_score": chosen_score,
+        "rejected_score": rejected_score,
     }
     return row
 
