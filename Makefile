@@ -31,9 +31,7 @@ LAB := karma-out/lab
 demo-lab: $(INSTALLED_LAB)  ## the demo on real models: the lab (trained here on the CPU once, then cached), its profiles measured by karma profile, the verifier as judge
 	$(VENV)/bin/karma lab build --out $(LAB)
 	$(VENV)/bin/karma profile --config $(LAB)/pool.yaml --out $(LAB)/measured.csv $(LAB)/prompts/heldout.jsonl
-	@# hybrid, not kin: the lab's one kin pair has lab-arith between them in superiority, and the kin
-	@# policy compares neighbours only (README, "The lab"); hybrid picks that pair.
-	KARMA_JUDGE__BACKEND=verifier KARMA_KIN__PROFILES=$(LAB)/measured.csv KARMA_POLICY=hybrid \
+	KARMA_JUDGE__BACKEND=verifier KARMA_KIN__PROFILES=$(LAB)/measured.csv KARMA_POLICY=kin \
 	  $(VENV)/bin/karma demo --config $(LAB)/pool.yaml --prompts $(LAB)/prompts/heldout.jsonl --out $(LAB)/preferences.jsonl
 
 # The suite also needs openssl and Prometheus: scripts/ensure-test-tools.sh installs them when missing

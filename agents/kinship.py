@@ -202,20 +202,28 @@ class ChosenPair:
 
 
 def kin_pairs(candidates: Sequence[Scored], profiles: Profiles, rule: KinRule) -> list[ChosenPair]:
-    """Neighbours by superiority that are kin: O(k log k) for k responses, never all pairs.
+    """Each response with its nearest kin above it in superiority, if it has one: at most k - 1
+    pairs for k responses, never all pairs.
 
-    Sorting puts the closest-in-competency responses side by side, so checking only adjacent
-    ones finds each response's nearest kin without comparing every pair.
+    Sorted by superiority, a response's candidates are those after it up to `delta` above it (the
+    scan stops there: every later one is farther), and the first that is kin is its nearest. Not
+    only the next one: a model of another shape can sit between two kin (the lab's lab-arith,
+    between lab-generalist-m2 and -m), and checking neighbours alone paired nothing there.
+    O(k log k + k w) for w responses within `delta` of one another.
     """
     ordered = sorted(candidates, key=lambda c: (c.superiority, c.response_id))
     chosen: list[ChosenPair] = []
-    for low, high in zip(ordered, ordered[1:], strict=False):
-        if low.model == high.model:
-            continue
-        gap = abs(high.superiority - low.superiority)
-        similarity = profiles.similarity(low.model, high.model)
-        if rule.is_kin(similarity, gap, length_ratio(low, high)):
-            chosen.append(ChosenPair(a=low, b=high, similarity=similarity, gap=gap))
+    for i, low in enumerate(ordered):
+        for high in ordered[i + 1 :]:
+            gap = abs(high.superiority - low.superiority)
+            if gap > rule.delta:
+                break
+            if high.model == low.model:
+                continue
+            similarity = profiles.similarity(low.model, high.model)
+            if rule.is_kin(similarity, gap, length_ratio(low, high)):
+                chosen.append(ChosenPair(a=low, b=high, similarity=similarity, gap=gap))
+                break
     return chosen
 
 

@@ -4,8 +4,9 @@ Every policy takes the scored responses of one prompt and returns pairs of two d
 responses from two distinct models. They are selectable per pipeline (`policy:` in the
 config) so that users can compare them on their own pool:
 
-- `kin`: KARMA. Responses sorted by superiority, neighbours kept when they are kin
-  (similar profiles, small superiority gap, comparable length). O(k log k).
+- `kin`: KARMA. Responses sorted by superiority, each paired with its nearest kin above it
+  (similar profile, superiority gap within delta, comparable length), looked for only within
+  delta of it.
 - `sup`: quality-first (ZEBRA): the two most superior models, top-1 vs top-2.
 - `sim`: the pair of models with the most similar profiles.
 - `hybrid`: the pair maximising `w * similarity - (1 - w) * gap`.

@@ -1,5 +1,6 @@
-"""Pairing cost for one prompt with many responses: `kin` (sort + neighbour scan) against
-`sim` (every pair scored), side by side in one run. Prints medians; it is not a test.
+"""Pairing cost for one prompt with many responses: `kin` (sort, then each response scans up to
+`delta` above it for its nearest kin) against `sim` (every pair scored), side by side in one run.
+Prints medians; it is not a test.
 
     .venv/bin/python benchmarks/bench_pairing.py [--responses 1000] [--repeats 21]
 
@@ -49,7 +50,7 @@ def main() -> None:
     kin_ms, kin_pairs = median_ms("kin", profiles, responses, args.repeats)
     sim_ms, _ = median_ms("sim", profiles, responses, max(1, args.repeats // 7))
     print(f"responses: {args.responses}, repeats: {args.repeats}")
-    print(f"kin (sort + neighbours): median {kin_ms:8.2f} ms, {kin_pairs} pairs  (target < 50 ms)")
+    print(f"kin (sort + nearest kin): median {kin_ms:8.2f} ms, {kin_pairs} pairs  (target < 50 ms)")
     print(f"sim (all pairs scored):  median {sim_ms:8.2f} ms")
     print(f"all-pairs / kin: {sim_ms / kin_ms:.0f}x")
 

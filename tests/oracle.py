@@ -98,23 +98,30 @@ def kin_model_pairs(
     lengths: Mapping[str, int] | None = None,
     prompt_id: str = "",
 ) -> list[KinPairOf]:
-    """The kin pairs among one prompt's responses, one per model. `superiority` overrides the
+    """The kin pairs among one prompt's responses: each model with its nearest kin above it in
+    superiority, if any (kin: similar, within delta, comparable lengths). `superiority` overrides the
     table's (the online estimate a worker reports); `lengths` are the answers' words (unknown:
     the length gate passes). Responses of equal superiority are ordered by response id, as the
     pipeline orders them, so the prompt id matters only for those ties."""
     table = table or read_table()
     superiority = {m: (superiority or {}).get(m, table.superiority(m)) for m in models}
     ordered = sorted(superiority, key=lambda m: (superiority[m], response_id_for(prompt_id, m)))
-    pairs = []
-    for low, high in zip(ordered, ordered[1:], strict=False):
+
+    def kin(low: str, high: str) -> bool:
         similar = table.similarity(low, high) >= tau
         close = abs(superiority[high] - superiority[low]) <= delta
         comparable = True
         if lengths is not None and low in lengths and high in lengths:
             longer = max(lengths[low], lengths[high])
             comparable = longer == 0 or min(lengths[low], lengths[high]) / longer >= min_length_ratio
-        if similar and close and comparable:
-            pairs.append(KinPairOf(low, high))
+        return similar and close and comparable
+
+    # Each model with the first model above it (in that order) that is its kin, if any.
+    pairs = []
+    for position, low in enumerate(ordered):
+        above = [high for high in ordered[position + 1 :] if kin(low, high)]
+        if above:
+            pairs.append(KinPairOf(low, above[0]))
     return pairs
 
 

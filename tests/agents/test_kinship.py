@@ -75,7 +75,7 @@ def test_kin_rule_needs_both_similarity_and_small_gap() -> None:
     assert not rule.is_kin(0.95, 0.2)
 
 
-def test_kin_pairs_are_adjacent_kin_in_the_default_pool() -> None:
+def test_kin_pairs_in_the_default_pool() -> None:
     profiles = load_profiles()
     pool = ["llama-2-13b-chat", "wizardlm-13b", "vicuna-33b", "llama-2-70b-chat", "gpt-3.5-turbo"]
     scored = [Scored(f"r-{m}", m, profiles.superiority(m)) for m in pool]
@@ -88,6 +88,28 @@ def test_kin_pairs_are_adjacent_kin_in_the_default_pool() -> None:
         assert p.similarity >= 0.95 and p.gap <= 0.15
     # gpt-3.5-turbo is far above the rest: it is nobody's kin at delta 0.15.
     assert all("gpt-3.5-turbo" not in (p.a.model, p.b.model) for p in pairs)
+
+
+def test_a_model_of_another_shape_between_two_kin_does_not_hide_them() -> None:
+    # The lab's case: lab-arith sits between lab-generalist-m2 and -m in superiority without
+    # being kin to either (its profile has another shape); m2 and m are kin all the same.
+    profiles = Profiles(
+        benchmarks=("arith", "strings"),
+        vectors={"m2": (0.62, 0.63), "arith": (0.95, 0.32), "m": (0.67, 0.68)},
+    )
+    assert profiles.superiority("m2") < profiles.superiority("arith") < profiles.superiority("m")
+    assert profiles.similarity("arith", "m2") < 0.95 and profiles.similarity("arith", "m") < 0.95
+    scored = [Scored(f"r-{m}", m, profiles.superiority(m)) for m in ("m2", "arith", "m")]
+    pairs = kin_pairs(scored, profiles, KinRule(tau=0.95, delta=0.15))
+    assert [(p.a.model, p.b.model) for p in pairs] == [("m2", "m")]
+
+
+def test_each_response_is_paired_with_its_nearest_kin_above_only() -> None:
+    # a, b and c all kin: a goes with b (its nearest), not also with c; b goes with c
+    profiles = Profiles(benchmarks=("x",), vectors={"a": (0.50,), "b": (0.55,), "c": (0.60,)})
+    scored = [Scored(f"r-{m}", m, profiles.superiority(m)) for m in "abc"]
+    pairs = kin_pairs(scored, profiles, KinRule(tau=0.95, delta=0.15))
+    assert [(p.a.model, p.b.model) for p in pairs] == [("a", "b"), ("b", "c")]
 
 
 vectors = st.dictionaries(
