@@ -287,7 +287,7 @@ class HFRunner:
 
 
 class ProcessRunner:
-    """An HFRunner in a child process of its own (spawned; `engine_process: true`, the default).
+    """An HFRunner in a child process of its own (`engine_process: true`, the default).
 
     A small model's generation is mostly Python (a loop of small tensor calls per token), and in
     the worker's process it takes turns with the event loop for one interpreter lock: measured
@@ -305,7 +305,7 @@ class ProcessRunner:
         self._start()
 
     def _start(self) -> ProcessPoolExecutor:
-        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=_engine_context())
         try:
             self.context_tokens = pool.submit(_load_in_child, self._model_id, self._engine_args).result()
         except BaseException:
@@ -342,6 +342,15 @@ class ProcessRunner:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+def _engine_context() -> multiprocessing.context.BaseContext:
+    """Where the models' processes come from: forks of a server process that imported torch and
+    transformers once, so the first model's process pays for those imports (seconds) and the
+    others start at once. Safe for CUDA: the server never initialises it, each child does."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "transformers", __name__])
+    return context
 
 
 # The child's runner (ProcessRunner): one per child process.
