@@ -39,10 +39,12 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import pickle
 import threading
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -295,7 +297,12 @@ class ProcessRunner:
     has its own interpreter, as vLLM runs its engine core apart from its server. A call sends the
     prompts and gets the replies back through a pipe; the weights live in the child alone. A child
     that dies (killed, out of memory) fails the batch in hand with a reason saying so, and is
-    started again, reloading the model, for the next one."""
+    started again, reloading the model, for the next one.
+
+    The models of one worker share its cores: each generates with `cpu_share()` torch threads
+    (unless OMP_NUM_THREADS says), as the interpreter lock made them take turns in a thread.
+    Seven lab models with every core each spun on one another's cores: `make demo-lab` took 66 s
+    instead of 40."""
 
     def __init__(self, model_id: str, engine_args: dict[str, Any]) -> None:
         self._model_id, self._engine_args = model_id, engine_args
@@ -303,6 +310,7 @@ class ProcessRunner:
         self._pool: ProcessPoolExecutor | None = None
         self.context_tokens: int | None = None
         self._start()
+        _LIVE_RUNNERS.add(self)
 
     def _start(self) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(max_workers=1, mp_context=_engine_context())
@@ -327,7 +335,7 @@ class ProcessRunner:
             pool = self._pool or self._start()
         args = (conversations, seed, temperature, max_tokens, top_logprobs, max_prompt_tokens)
         try:
-            return pool.submit(_generate_in_child, *args).result()
+            return pool.submit(_generate_in_child, cpu_share(len(_LIVE_RUNNERS)), *args).result()
         except BrokenProcessPool:
             with self._lock:
                 if self._pool is pool:
@@ -339,9 +347,24 @@ class ProcessRunner:
             ) from None
 
     def close(self) -> None:
+        _LIVE_RUNNERS.discard(self)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+
+
+# The models' processes this worker runs now: they share its cores (`cpu_share`).
+_LIVE_RUNNERS: weakref.WeakSet[ProcessRunner] = weakref.WeakSet()
+
+
+def cpu_share(models: int, environ: Mapping[str, str] | None = None, cores: int | None = None) -> int | None:
+    """Torch threads for each of `models` model processes of one worker: the cores divided among
+    them (at least one), or None when OMP_NUM_THREADS is set (the operator's word stands)."""
+    environ = os.environ if environ is None else environ
+    if environ.get("OMP_NUM_THREADS", "").strip():
+        return None
+    cores = len(os.sched_getaffinity(0)) if cores is None else cores
+    return max(1, cores // max(1, models))
 
 
 def _engine_context() -> multiprocessing.context.BaseContext:
@@ -366,9 +389,12 @@ def _load_in_child(model_id: str, engine_args: dict[str, Any]) -> int | None:
     return _CHILD_RUNNER.context_tokens
 
 
-def _generate_in_child(*args: Any) -> list[LocalOutput | TooLong]:
+def _generate_in_child(threads: int | None, *args: Any) -> list[LocalOutput | TooLong]:
     assert _CHILD_RUNNER is not None, "the model is loaded when the child starts"
     try:
+        torch = _CHILD_RUNNER.torch
+        if threads is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
         return _CHILD_RUNNER.generate(*args)
     except Exception as exc:
         raise _sendable(exc) from None

@@ -32,6 +32,7 @@ from karma.agents.backends.transformers import (
     TransformersGenerator,
     TransformersJudge,
     context_tokens,
+    cpu_share,
     logprob_tokens,
     stop_token_ids,
     tokenizer_kwargs,
@@ -111,6 +112,13 @@ def judge_request(question: str, seed: int = 0) -> JudgeRequest:
 
 
 # --- pure helpers -----------------------------------------------------------------------------------
+
+
+def test_the_models_processes_of_a_worker_share_its_cores() -> None:
+    assert cpu_share(1, {}, cores=8) == 8  # one model: every core, as torch would take
+    assert cpu_share(3, {}, cores=8) == 2
+    assert cpu_share(7, {}, cores=2) == 1  # never none
+    assert cpu_share(3, {"OMP_NUM_THREADS": "4"}, cores=8) is None  # the operator's word stands
 
 
 def test_tokenizer_kwargs_keep_only_what_concerns_the_tokenizer() -> None:
