@@ -43,7 +43,6 @@ import os
 import pickle
 import threading
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -310,7 +309,6 @@ class ProcessRunner:
         self._pool: ProcessPoolExecutor | None = None
         self.context_tokens: int | None = None
         self._start()
-        _LIVE_RUNNERS.add(self)
 
     def _start(self) -> ProcessPoolExecutor:
         pool = ProcessPoolExecutor(max_workers=1, mp_context=_engine_context())
@@ -335,7 +333,7 @@ class ProcessRunner:
             pool = self._pool or self._start()
         args = (conversations, seed, temperature, max_tokens, top_logprobs, max_prompt_tokens)
         try:
-            return pool.submit(_generate_in_child, cpu_share(len(_LIVE_RUNNERS)), *args).result()
+            return pool.submit(_generate_in_child, cpu_share(len(_PROCESS_RUNNERS)), *args).result()
         except BrokenProcessPool:
             with self._lock:
                 if self._pool is pool:
@@ -347,14 +345,9 @@ class ProcessRunner:
             ) from None
 
     def close(self) -> None:
-        _LIVE_RUNNERS.discard(self)
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-
-
-# The models' processes this worker runs now: they share its cores (`cpu_share`).
-_LIVE_RUNNERS: weakref.WeakSet[ProcessRunner] = weakref.WeakSet()
 
 
 def cpu_share(models: int, environ: Mapping[str, str] | None = None, cores: int | None = None) -> int | None:
@@ -410,7 +403,8 @@ def _sendable(exc: Exception) -> Exception:
 
 
 # The process's loaded checkpoints, in a thread of the worker or in a child process; the last
-# user drops one (a thread's: the garbage collector frees it; a child: it is stopped).
+# user drops one (a thread's: the garbage collector frees it; a child: it is stopped). The
+# processes loaded now share the worker's cores (`cpu_share(len(_PROCESS_RUNNERS))`).
 # Loading blocks: callers run acquire in a thread.
 _RUNNERS = SharedModels(HFRunner, lambda _runner: None)
 _PROCESS_RUNNERS = SharedModels(ProcessRunner, lambda runner: runner.close())
