@@ -14,7 +14,7 @@ $(INSTALLED): pyproject.toml
 	touch $(INSTALLED)
 
 $(INSTALLED_LAB): $(INSTALLED)
-	$(VENV)/bin/pip install --quiet --editable '.[test,lab]'
+	$(VENV)/bin/pip install --quiet --editable '.[test,lab,train]'
 	touch $(INSTALLED_LAB)
 
 demo: $(INSTALLED)  ## broker up, workers up, 50 prompts in, preferences out, summary
