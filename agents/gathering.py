@@ -165,7 +165,7 @@ class Gatherer:
         else:
             entry.statuses[response.model] = OK
             self._new_answers[AnswerKey(response.prompt_id, response.model)] = Answer(
-                response.response_id, response.text, response.simulated
+                response.response_id, response.text, response.simulated, response.model_version
             )
         if entry.finished:
             outcome = self._pair(response.prompt_id, entry)
@@ -277,6 +277,7 @@ class Gatherer:
                 "response_id": stored.response_id,
                 "text": stored.text,
                 "simulated": stored.simulated,
+                "model_version": stored.model_version,
             }
         prompt = self._answer(AnswerKey(prompt_id))
         assert isinstance(prompt, PromptText)  # a key without a model holds the prompt's text

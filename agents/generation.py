@@ -9,6 +9,15 @@ for good (after the backend's retries) goes to the dead-letter topic with the re
 failure record (a Response with `error`), to the responses topic, so the rating stage knows the
 model is accounted for; the other models' responses, and the rest of the batch, go on.
 
+Checkpoints: the worker follows karma.checkpoints (written by `karma train`). At start it reads
+the topic to its end and loads each model's newest version instead of the configured checkpoint;
+then it keeps reading, and a batch that starts after a newer version arrived switches the model
+to it first (`Generator.switch`: a batch in flight finishes on the old weights). Every response
+names the version that wrote it (`model_version`, part of its id from version 2), so a prompt
+is answered once per model, by whichever version took its batch. A backend that cannot switch
+(openai) says so once in the log and serves on; a checkpoint that does not load is logged and
+skipped, the old version serving on.
+
 Sizes (streams/sizes.py): a prompt too large to travel beside two answers is dead-lettered
 before any model works on it (`error_type: too_large`, by the group that reports bad prompts);
 an answer too long to travel beside its prompt and another answer is handled as a failure of
@@ -18,25 +27,30 @@ its model (`too_large`), and so is an answer whose record the broker refuses.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from karma.agents.backends import BackendError, Generation, GenerationRequest, Generator, make_generator
-from karma.schemas.models import Prompt, Response, response_id_for
+from karma.agents.backends.base import ModelLoadError, SwitchUnsupported
+from karma.schemas.models import Checkpoint, Prompt, Response, response_id_for
+from karma.streams.client import TopicReader
 from karma.streams.codecs import encode
 from karma.streams.config import ModelSpec
 from karma.streams.delivery import Outbox, Refusal
-from karma.streams.metrics import BACKEND_REQUESTS
+from karma.streams.metrics import BACKEND_REQUESTS, CHECKPOINT_SWITCHES, MODEL_VERSION
 from karma.streams.sizes import TextBudget
 from karma.streams.stage import Stage
 
 STAGE = "generation"
+log = logging.getLogger(__name__)
 
 
 def to_response(prompt: Prompt, generator: Generator, generated: Generation | BackendError) -> Response:
     """The answer, or the failure record that accounts for this model on this prompt."""
     failed = isinstance(generated, BackendError)
+    version = generator.version if isinstance(generated, BackendError) else generated.model_version
     return Response(
-        response_id=response_id_for(prompt.prompt_id, generator.model),
+        response_id=response_id_for(prompt.prompt_id, generator.model, version=version),
         prompt_id=prompt.prompt_id,
         prompt_text=prompt.text,
         model=generator.model,
@@ -47,16 +61,100 @@ def to_response(prompt: Prompt, generator: Generator, generated: Generation | Ba
         latency_ms=0.0 if failed else generated.latency_ms,
         error=generated.reason if failed else None,
         prompt_metadata=prompt.metadata,  # on to the pairs, for the judge (the verifier's reference)
+        model_version=version,
     )
+
+
+def newest_versions(checkpoints: list[Checkpoint]) -> dict[str, Checkpoint]:
+    """Each model's checkpoint of the highest version (a version published twice: the first)."""
+    newest: dict[str, Checkpoint] = {}
+    for checkpoint in checkpoints:
+        if checkpoint.model not in newest or checkpoint.version > newest[checkpoint.model].version:
+            newest[checkpoint.model] = checkpoint
+    return newest
+
+
+class CheckpointFollower:
+    """The generators of one worker, kept on their models' newest checkpoints (module docstring)."""
+
+    def __init__(self, stage: Stage, generators: list[Generator]) -> None:
+        self.stage = stage
+        self.generators = generators
+        self.newest: dict[str, Checkpoint] = {}
+        self._given_up: dict[str, int] = {}  # model -> the version it could not switch to
+        self._switching = {g.model: asyncio.Lock() for g in generators}
+        for g in generators:
+            MODEL_VERSION.labels(g.model).set(g.version)
+
+    def saw(self, checkpoints: list[Checkpoint]) -> None:
+        mine = {g.model for g in self.generators}
+        for model, checkpoint in newest_versions(checkpoints).items():
+            known = self.newest.get(model)
+            if model in mine and (known is None or checkpoint.version > known.version):
+                self.newest[model] = checkpoint
+
+    async def read_to_end(self) -> None:
+        async with TopicReader(self.stage.settings, "checkpoints") as reader:
+            received = await reader.read_to_end()
+        self.saw([r.record for r in received if isinstance(r.record, Checkpoint)])
+
+    async def load(self, generator: Generator) -> None:
+        """The worker's start: the newest version of the model, or the configured checkpoint."""
+        await self.read_to_end()
+        checkpoint = self.newest.get(generator.model)
+        if checkpoint is None:
+            await generator.load()
+        else:
+            await self._switch(generator, checkpoint)  # loads it: nothing was loaded before
+
+    async def follow(self) -> None:
+        """Reads karma.checkpoints as it grows (a faust task, for the worker's life)."""
+        async with TopicReader(self.stage.settings, "checkpoints") as reader:
+            while True:
+                received = await reader.poll(timeout_ms=1000)
+                self.saw([r.record for r in received if isinstance(r.record, Checkpoint)])
+
+    async def catch_up(self) -> None:
+        """Before a batch: each generator on its newest version, unless it cannot be."""
+        for generator in self.generators:
+            checkpoint = self.newest.get(generator.model)
+            if checkpoint is None or checkpoint.version <= generator.version:
+                continue
+            if self._given_up.get(generator.model) == checkpoint.version:
+                continue
+            async with self._switching[generator.model]:  # two batches in flight: one switches
+                if checkpoint.version > generator.version:
+                    await self._switch(generator, checkpoint)
+
+    async def _switch(self, generator: Generator, checkpoint: Checkpoint) -> None:
+        model, old = generator.model, generator.version
+        try:
+            await generator.switch(model, checkpoint.path, checkpoint.version)
+        except SwitchUnsupported as exc:
+            self._given_up[model] = checkpoint.version
+            CHECKPOINT_SWITCHES.labels(model, "unsupported").inc()
+            log.warning("model %s stays on version %d: %s", model, old, exc)
+            return
+        except ModelLoadError as exc:
+            self._given_up[model] = checkpoint.version
+            CHECKPOINT_SWITCHES.labels(model, "failed").inc()
+            log.error("model %s stays on version %d: version %d: %s", model, old, checkpoint.version, exc)
+            return
+        CHECKPOINT_SWITCHES.labels(model, "switched").inc()
+        MODEL_VERSION.labels(model).set(checkpoint.version)
+        log.info("model %s: version %d -> %d (%s)", model, old, checkpoint.version, checkpoint.path)
 
 
 def register(stage: Stage, models: list[ModelSpec]) -> None:
     settings = stage.settings
     generators = [make_generator(spec, settings) for spec in models]
-    # Loaded before the worker consumes (/readyz: "loading model X" meanwhile), closed when it stops.
+    checkpoints = CheckpointFollower(stage, generators)
+    # Loaded before the worker consumes (/readyz: "loading model X" meanwhile), at the newest
+    # version karma.checkpoints names; closed when it stops.
     for g in generators:
-        stage.expect_model(g.model, g.load)
+        stage.expect_model(g.model, lambda g=g: checkpoints.load(g))
     stage.closers.extend(g.close for g in generators)
+    stage.app.task(checkpoints.follow)
     # With one consumer group per model every group reads a bad prompt; only the group that
     # serves the pool's first model reports it, so it is dead-lettered once, not once a model.
     reports_bad_prompts = settings.pool[0].name in {spec.name for spec in models}
@@ -79,6 +177,7 @@ def register(stage: Stage, models: list[ModelSpec]) -> None:
         if not travelling:
             return
         requests = [GenerationRequest(p.prompt_id, p.text, settings.seed) for _, p in travelling]
+        await checkpoints.catch_up()  # a newer checkpoint is taken between batches, never within one
         # Every model works on the batch at the same time.
         outcomes = await asyncio.gather(*(g.generate(requests) for g in generators))
         for generator, results in zip(generators, outcomes, strict=True):

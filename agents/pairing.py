@@ -72,4 +72,5 @@ def _candidate(response: Mapping[str, Any], scored: Scored) -> Candidate:
         text=response["text"],
         superiority=scored.superiority,
         simulated=response["simulated"],
+        model_version=response.get("model_version", 1),
     )

@@ -108,6 +108,7 @@ class Answer:
     response_id: str
     text: str
     simulated: bool
+    model_version: int = 1  # the checkpoint version that wrote it (Response.model_version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +174,9 @@ def encode_answer(value: Answer | PromptText) -> dict[str, Any]:
     if isinstance(value, PromptText):
         # Without "meta" when empty: the bytes of a prompt without metadata stay what they were.
         return {"text": value.text, "meta": dict(value.metadata)} if value.metadata else {"text": value.text}
-    return {"id": value.response_id, "text": value.text, "sim": value.simulated}
+    stored = {"id": value.response_id, "text": value.text, "sim": value.simulated}
+    # "v" only past version 1: the bytes of an answer of the configured checkpoint stay what they were.
+    return stored if value.model_version == 1 else stored | {"v": value.model_version}
 
 
 def decode_answer(key: AnswerKey, stored: Any) -> Answer | PromptText:
@@ -187,7 +190,8 @@ def decode_answer(key: AnswerKey, stored: Any) -> Answer | PromptText:
     simulated = _get(value, "sim", what)
     if not isinstance(simulated, bool):
         raise StateDecodeError(f"answer: sim is {simulated!r}, not a boolean")
-    return Answer(_str(_get(value, "id", what), "answer: id"), text, simulated)
+    version = value.get("v", 1)  # absent: version 1, or written before versions existed
+    return Answer(_str(_get(value, "id", what), "answer: id"), text, simulated, _int(version, "answer: v"))
 
 
 def encode_competency_key(key: CompetencyKey) -> str:

@@ -25,11 +25,13 @@ SCHEMA_FILES: dict[str, str] = {name: f"{name}.avsc" for name in RECORD_TYPES}
 
 # Earlier versions still readable: bytes written with them keep decoding after an upgrade.
 SCHEMA_HISTORY: dict[str, tuple[str, ...]] = {
-    "preference": ("preference.v1.avsc", "preference.v2.avsc"),  # before soft_label; before score_a/b
+    # before soft_label; before score_a/b; before Candidate.model_version
+    "preference": ("preference.v1.avsc", "preference.v2.avsc", "preference.v3.avsc"),
     # before prompt_id; before value_size; before models
     "dead_letter": ("dead_letter.v1.avsc", "dead_letter.v2.avsc", "dead_letter.v3.avsc"),
-    "response": ("response.v1.avsc", "response.v2.avsc"),  # before error; before prompt_metadata
-    "kin_pair": ("kin_pair.v1.avsc",),  # before prompt_metadata
+    # before error; before prompt_metadata; before model_version
+    "response": ("response.v1.avsc", "response.v2.avsc", "response.v3.avsc"),
+    "kin_pair": ("kin_pair.v1.avsc", "kin_pair.v2.avsc"),  # before prompt_metadata; before model_version
 }
 
 

@@ -67,8 +67,16 @@ def prompt_id_for(text: str, source: str = "") -> str:
     return "p-" + stable_id(source, text, length=20)
 
 
-def response_id_for(prompt_id: str, model: str, sample: int = 0) -> str:
-    return "r-" + stable_id(prompt_id, model, str(sample))
+def response_id_for(prompt_id: str, model: str, sample: int = 0, version: int = 1) -> str:
+    """Version 1 (the configured checkpoint) keeps the ids of records written before versions
+    existed; a later checkpoint's answer to the same prompt is another response."""
+    if version == 1:
+        return "r-" + stable_id(prompt_id, model, str(sample))
+    return "r-" + stable_id(prompt_id, model, str(sample), f"v{version}")
+
+
+def checkpoint_id_for(model: str, version: int) -> str:
+    return "ckpt-" + stable_id(model, str(version), length=20)
 
 
 def prompt_id_of_key(key: bytes | None) -> str | None:
@@ -160,6 +168,8 @@ class Response(Record):
     error: str | None = None  # set: the model failed for good on this prompt (a failure record)
     # The prompt's metadata (version 3), carried on to the pairs so that the judge can read it.
     prompt_metadata: dict[str, str] = Field(default_factory=dict)
+    # The checkpoint version that wrote it (version 4): 1 is the configured one (karma.checkpoints).
+    model_version: int = Field(default=1, ge=1)
 
     @property
     def failed(self) -> bool:
@@ -174,6 +184,7 @@ class Candidate(Record):
     text: str
     superiority: float
     simulated: bool
+    model_version: int = Field(default=1, ge=1)  # Response.model_version
 
 
 class KinPair(Record):
@@ -286,6 +297,44 @@ class DeadLetter(Record):
     created_at_ms: int = Field(default_factory=now_ms, ge=0)
 
 
+class InputOffset(Record):
+    schema_name: ClassVar[str] = "input_offset"
+
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+
+
+class Checkpoint(Record):
+    """A model version `karma train` wrote: the generation workers of `model` switch to it."""
+
+    schema_name: ClassVar[str] = "checkpoint"
+
+    checkpoint_id: Id
+    model: Id
+    version: int = Field(ge=2)
+    path: NonBlank
+    parent_version: int = Field(ge=1)
+    parent_path: NonBlank
+    preference_ids: list[Id]
+    train_loss: float
+    reward_margin: float
+    reward_accuracy: float = Field(ge=0.0, le=1.0)
+    method: str  # "full" or "lora"
+    consumer_group: str
+    # Where the trainer's group reads on after this round: the next offset of each partition of
+    # karma.preferences. A trainer that resumes starts here, whatever its committed offsets say.
+    input_offsets: list[InputOffset]
+    simulated_preferences: int = Field(ge=0)  # of preference_ids, those a simulated judge labelled
+    train_seconds: float = Field(ge=0.0)
+    created_at_ms: int = Field(default_factory=now_ms, ge=0)
+
+    @model_validator(mode="after")
+    def _child_of_its_parent(self) -> Checkpoint:
+        if self.parent_version != self.version - 1:
+            raise ValueError(f"version {self.version} must have parent version {self.version - 1}")
+        return self
+
+
 RECORD_TYPES: dict[str, type[Record]] = {
-    cls.schema_name: cls for cls in (Prompt, Response, KinPair, Preference, DeadLetter)
+    cls.schema_name: cls for cls in (Prompt, Response, KinPair, Preference, DeadLetter, Checkpoint)
 }

@@ -74,6 +74,16 @@ BACKEND_REQUESTS = Counter(
     "Requests to model backends that ended for good (after the backend's retries), by outcome.",
     ["stage", "backend", "model", "outcome"],
 )
+MODEL_VERSION = Gauge(
+    "karma_generation_model_version",
+    "The checkpoint version a generation worker serves for a model (1: the configured one).",
+    ["model"],
+)
+CHECKPOINT_SWITCHES = Counter(
+    "karma_generation_checkpoint_switches",
+    "Checkpoints (karma.checkpoints) a generation worker acted on, by outcome.",
+    ["model", "outcome"],
+)
 CONSUMER_LAG = Gauge(
     "karma_consumer_lag_messages",
     "Messages of a consumed partition not yet committed by this worker's group.",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from karma.schemas.models import DeadLetter, KinPair, Preference, Prompt, Record, Response
+from karma.schemas.models import Checkpoint, DeadLetter, KinPair, Preference, Prompt, Record, Response
 from karma.streams.config import KarmaSettings
 from karma.streams.kafka_clients import new_admin
 
@@ -43,6 +43,8 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec("pairs", "pairs", KinPair),
     TopicSpec("preferences", "preferences", Preference),
     TopicSpec("dlq", "dlq", DeadLetter),
+    # The model versions `karma train` writes, keyed by model: generation switches to the newest.
+    TopicSpec("checkpoints", "checkpoints", Checkpoint),
     # Internal: the rating stage's clock. Same partitions as `responses`, one tick per partition.
     TopicSpec("ticks", "rating.ticks", None),
 )
@@ -129,6 +131,7 @@ class TopicNames:
     pairs: str
     preferences: str
     dlq: str
+    checkpoints: str
     ticks: str
 
     @classmethod

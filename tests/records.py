@@ -39,17 +39,21 @@ def candidate(
     text: str | None = None,
     superiority: float = 0.5,
     simulated: bool = True,
+    model_version: int = 1,
 ) -> Candidate:
     """`model`'s response in a pair. Its id, unless given, is the one `response_id_for` gives its
     answer to `prompt_id`, or `r-<model>` without a prompt."""
     if response_id is None:
-        response_id = response_id_for(prompt_id, model) if prompt_id is not None else f"r-{model}"
+        response_id = f"r-{model}"
+        if prompt_id is not None:
+            response_id = response_id_for(prompt_id, model, version=model_version)
     return Candidate(
         response_id=response_id,
         model=model,
         text=answer_text(model) if text is None else text,
         superiority=superiority,
         simulated=simulated,
+        model_version=model_version,
     )
 
 
@@ -66,13 +70,16 @@ def response(
     response_id: str | None = None,
     created_at_ms: int | None = None,
     prompt_metadata: dict[str, str] | None = None,
+    model_version: int = 1,
 ) -> Response:
     """`model`'s answer to `prompt_id`, with the id `response_id_for` gives it; a failure record
     when `error` is set (its text, unless given, is then empty)."""
     if text is None:
         text = "" if error else answer_text(model)
     return Response(
-        response_id=response_id_for(prompt_id, model) if response_id is None else response_id,
+        response_id=response_id_for(prompt_id, model, version=model_version)
+        if response_id is None
+        else response_id,
         prompt_id=prompt_id,
         prompt_text=prompt_text,
         model=model,
@@ -83,6 +90,7 @@ def response(
         latency_ms=latency_ms,
         error=error,
         prompt_metadata=prompt_metadata or {},
+        model_version=model_version,
         **_stamped(created_at_ms),
     )
 

@@ -39,6 +39,7 @@ class Generation:
     num_tokens: int
     latency_ms: float
     simulated: bool
+    model_version: int = 1  # the checkpoint version that wrote it (Generator.version when it ran)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,11 @@ class BackendError(Exception):
         self.kind = kind
 
 
+class SwitchUnsupported(Exception):
+    """A backend that cannot serve a new checkpoint in a running worker: its text says why and
+    what to do instead; the generation stage logs it once and serves on with the version it has."""
+
+
 class ModelLoadError(Exception):
     """A model whose weights cannot be loaded at the worker's start: the worker stops before it
     consumes anything (streams/worker.py), since every prompt would only become a failure record.
@@ -129,6 +135,7 @@ def too_long(what: str, tokens: int, context: int, max_tokens: int) -> str | Non
 class Generator(Protocol):
     backend: str
     model: str
+    version: int  # the checkpoint version it serves: 1 is the configured one (karma.checkpoints)
 
     async def load(self) -> None:
         """Loads the model's weights (or checks a remote one) before the worker consumes; raises
@@ -136,6 +143,12 @@ class Generator(Protocol):
         ...
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation | BackendError]: ...
+
+    async def switch(self, name: str, path: str, version: int) -> None:
+        """Serves the checkpoint at `path` as `version` from the next batch on; the batches in
+        flight finish on the old one. Raises SwitchUnsupported where the backend cannot, and
+        ModelLoadError when the checkpoint does not load (the old one serves on)."""
+        ...
 
     async def close(self) -> None: ...
 

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING, Any
 import openai
 from openai import AsyncOpenAI
 
-from karma.agents.backends.base import BackendError, Generation, GenerationRequest, JudgeReply, JudgeRequest
+from karma.agents.backends.base import (
+    BackendError,
+    Generation,
+    GenerationRequest,
+    JudgeReply,
+    JudgeRequest,
+    SwitchUnsupported,
+)
 from karma.agents.judge_prompt import (
     TOP_LOGPROBS,
     VERDICT_SCHEMA,
@@ -79,6 +86,7 @@ async def server_loads(name: str) -> None:
 
 class OpenAIGenerator:
     backend = "openai"
+    version = 1  # what the server serves is the server's: see `switch`
 
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
@@ -112,6 +120,15 @@ class OpenAIGenerator:
         tokens = completion.usage.completion_tokens if completion.usage else len(text.split())
         simulated = completion.system_fingerprint == SIMULATED_FINGERPRINT
         return Generation(text, tokens, latency_ms, simulated)
+
+    async def switch(self, name: str, path: str, version: int) -> None:
+        raise SwitchUnsupported(
+            f"model {name} is served by {self.spec.base_url}, which this worker cannot load "
+            f"checkpoints into: serve {path} there (vLLM's server loads a LoRA adapter at run time "
+            "with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and POST /v1/load_lora_adapter; a full "
+            "checkpoint needs the server restarted on it) and point served_model at it; until "
+            f"then its answers stay version {self.version}"
+        )
 
     async def close(self) -> None:
         await self._client.close()

@@ -11,6 +11,12 @@ importing anything, so a missing SDK fails the start and not the first batch.
 (tests), or acquired from the backend's `SharedModels` by `_load` (the generator's and judge's
 `load`) at the worker's start, or on first use when nothing loaded it, in a worker thread so
 that loading weights (minutes) does not stall the event loop; it is released on close.
+
+A generator follows its model's checkpoints (`switch`, called between batches by the generation
+stage): the new checkpoint is acquired beside the old one, new batches take it, and the old one
+is released once the last batch that holds it (`_using`) has finished: a batch in flight ends on
+the weights it started with, and its responses say so (`model_version`). Beside, not in place:
+for a moment the process holds both, which a GPU with room for one model does not allow.
 """
 
 from __future__ import annotations
@@ -19,7 +25,9 @@ import abc
 import asyncio
 import importlib
 import importlib.util
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +88,9 @@ class SharedModelClient(abc.ABC):
         self._model = model  # injected (tests), or acquired on first use
         self._owns_model = model is None
         self._starting = asyncio.Lock()  # one load, however many batches wait for it
+        self.version = 1  # the checkpoint version served: 1 is the configured one (karma.checkpoints)
+        self._batches: Counter[int] = Counter()  # version -> batches running on it now
+        self._batch_done = asyncio.Condition()
 
     @abc.abstractmethod
     def _acquire(self, served_model: str, engine_args: dict[str, Any]) -> Any:
@@ -126,6 +137,55 @@ class SharedModelClient(abc.ABC):
             return BackendError(f"{who}: {exc.reason}", exc.kind)
         except Exception as exc:
             return BackendError(f"{who}: {self._cannot_load(exc)}")
+
+    @asynccontextmanager
+    async def _using(self, who: str) -> AsyncIterator[tuple[Any, int]]:
+        """What one batch's requests use (or a BackendError, as `_ready`), and the version it is,
+        held for the batch: a `switch` releases the old model only when no batch holds it."""
+        try:
+            async with self._starting:
+                if self._model is None:
+                    self._model = await asyncio.to_thread(
+                        self._acquire, self.served_model, dict(self.spec.engine_args)
+                    )
+                model, version = self._model, self.version
+                self._batches[version] += 1
+        except BackendError as exc:
+            yield BackendError(f"{who}: {exc.reason}", exc.kind), self.version
+            return
+        except Exception as exc:
+            yield BackendError(f"{who}: {self._cannot_load(exc)}"), self.version
+            return
+        try:
+            try:
+                ready: Any = await self._prepared(model)
+            except BackendError as exc:
+                ready = BackendError(f"{who}: {exc.reason}", exc.kind)
+            except Exception as exc:
+                ready = BackendError(f"{who}: {self._cannot_load(exc)}")
+            yield ready, version
+        finally:
+            async with self._batch_done:
+                self._batches[version] -= 1
+                self._batch_done.notify_all()
+
+    async def switch(self, name: str, path: str, version: int) -> None:
+        """Serves the checkpoint at `path` as `version` from the next batch on (see the module
+        docstring). A checkpoint that does not load raises ModelLoadError and the old one serves on."""
+        try:
+            new = await asyncio.to_thread(self._acquire, path, dict(self.spec.engine_args))
+        except BackendError as exc:
+            raise ModelLoadError(name, path, exc.reason) from exc
+        except Exception as exc:
+            raise ModelLoadError(name, path, exc) from exc
+        async with self._starting:
+            old, old_version, owned = self._model, self.version, self._owns_model
+            self._model, self.served_model, self.version = new, path, version
+            self._owns_model = True
+        if old is not None and owned:
+            async with self._batch_done:
+                await self._batch_done.wait_for(lambda: self._batches[old_version] <= 0)
+            await self._release(old)
 
     async def close(self) -> None:
         if self._owns_model and self._model is not None:

@@ -103,6 +103,9 @@ class SimulatedJudge:
 class SimulatedGeneratorBackend:
     simulator: SimulatedGenerator
     backend: str = "simulated"
+    # A checkpoint "switched to" changes only this: the stand-in answers as before, and its
+    # records carry the version (and say they are simulated), so the switch can be tested on the CPU.
+    version: int = 1
 
     @property
     def model(self) -> str:
@@ -119,8 +122,11 @@ class SimulatedGeneratorBackend:
                 await asyncio.sleep(self.simulator.latency_s)  # like a GPU would take
             text = self.simulator.generate(request.prompt_id, request.prompt_text)
             latency_ms = (time.perf_counter() - started) * 1000
-            results.append(Generation(text, len(text.split()), latency_ms, simulated=True))
+            results.append(Generation(text, len(text.split()), latency_ms, True, self.version))
         return results
+
+    async def switch(self, name: str, path: str, version: int) -> None:
+        self.version = version
 
     async def close(self) -> None:
         return None

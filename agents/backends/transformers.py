@@ -473,22 +473,24 @@ class TransformersGenerator(_TransformersClient):
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation | BackendError]:
         if not requests:
             return []
-        runner = await self._ready(self.model)
-        if isinstance(runner, BackendError):
-            return [runner] * len(requests)
-        conversations: list[list[Message]] = [[{"role": "user", "content": r.prompt_text}] for r in requests]
-        started = time.perf_counter()
-        try:
-            outputs = await self._run(runner, conversations, requests[0].seed, top_logprobs=0)
-        except Exception as exc:
-            return [BackendError(f"{self.model}: generation failed: {named(exc)}")] * len(requests)
-        latency_ms = (time.perf_counter() - started) * 1000  # the batch's: every request waited for it
-        return [
-            self._too_long(runner, f"prompt {r.prompt_id}", o)
-            if isinstance(o, TooLong)
-            else Generation(o.text, o.num_tokens, latency_ms, simulated=False)
-            for r, o in zip(requests, outputs, strict=True)
-        ]
+        async with self._using(self.model) as (runner, version):
+            if isinstance(runner, BackendError):
+                return [runner] * len(requests)
+            conversations: list[list[Message]] = [
+                [{"role": "user", "content": r.prompt_text}] for r in requests
+            ]
+            started = time.perf_counter()
+            try:
+                outputs = await self._run(runner, conversations, requests[0].seed, top_logprobs=0)
+            except Exception as exc:
+                return [BackendError(f"{self.model}: generation failed: {named(exc)}")] * len(requests)
+            latency_ms = (time.perf_counter() - started) * 1000  # the batch's: every request waited for it
+            return [
+                self._too_long(runner, f"prompt {r.prompt_id}", o)
+                if isinstance(o, TooLong)
+                else Generation(o.text, o.num_tokens, latency_ms, False, version)
+                for r, o in zip(requests, outputs, strict=True)
+            ]
 
 
 class TransformersJudge(_TransformersClient):

@@ -34,6 +34,7 @@ import inspect
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from karma.agents.backends.base import (
@@ -287,11 +288,12 @@ class VLLMGenerator(_VLLMClient):
         await self._load(self.model)
 
     async def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation | BackendError]:
-        started = await self._ready(self.model)
-        if isinstance(started, BackendError):
-            return [started] * len(requests)
-        engine, tokenizer = started
-        return list(await asyncio.gather(*(self._one(engine, tokenizer, r) for r in requests)))
+        async with self._using(self.model) as (started, version):
+            if isinstance(started, BackendError):
+                return [started] * len(requests)
+            engine, tokenizer = started
+            results = await asyncio.gather(*(self._one(engine, tokenizer, r) for r in requests))
+        return [r if isinstance(r, BackendError) else replace(r, model_version=version) for r in results]
 
     async def _one(
         self, engine: Any, tokenizer: Any, request: GenerationRequest

@@ -22,6 +22,7 @@ BUDGET = TextBudget("karma.pairs", Limit(1_000_000, "test"), 16_384)
 class Generator:
     model: str = "m-1"
     backend: str = "simulated"
+    version: int = 1
 
 
 class RecordingOutbox:

@@ -25,13 +25,14 @@ def schemas_json() -> dict:  # type: ignore[type-arg]
 def test_every_record_type_with_its_current_id_and_earlier_versions() -> None:
     records = {r["record"]: r for r in schemas_json()["records"]}
     catalogue = default_catalogue()
-    assert set(records) == {"prompt", "response", "kin_pair", "preference", "dead_letter"}
+    assert set(records) == {"prompt", "response", "kin_pair", "preference", "dead_letter", "checkpoint"}
     for name, entry in records.items():
         assert entry["schema_id"] == catalogue.id_of(name)
         assert entry["version"] == len(entry["earlier"]) + 1
         for earlier in entry["earlier"]:
             assert catalogue.name_of(earlier["schema_id"]) == name  # old bytes still decode
     assert records["preference"]["topics"] == ["preferences"] and records["dead_letter"]["topics"] == ["dlq"]
+    assert records["checkpoint"]["topics"] == ["checkpoints"]
 
 
 def test_bytes_framed_as_the_output_says_decode_like_the_sdks() -> None:

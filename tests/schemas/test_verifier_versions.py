@@ -80,12 +80,15 @@ def test_the_oldest_versions_still_decode() -> None:
 
 
 @pytest.mark.parametrize(
-    "record", [_response, _pair, _preference], ids=["response", "kin_pair", "preference"]
+    ("record", "old_file"),
+    [(_response, "response.v2.avsc"), (_pair, "kin_pair.v1.avsc"), (_preference, "preference.v2.avsc")],
+    ids=["response", "kin_pair", "preference"],
 )
-def test_the_new_fields_round_trip_and_a_reader_on_the_old_version_skips_them(record: Any) -> None:
+def test_the_new_fields_round_trip_and_a_reader_on_the_old_version_skips_them(
+    record: Any, old_file: str
+) -> None:
     new = record()
     assert decode(encode(new), type(new)) == new
-    old_file = SCHEMA_HISTORY[new.schema_name][-1]
     old = decode_raw(encode(new), parse_schema(json.loads((SCHEMAS / old_file).read_text())))
     assert old["prompt_id"] == new.prompt_id and not {"prompt_metadata", "score_a", "score_b"} & set(old)
 
@@ -96,9 +99,9 @@ def test_karma_schemas_lists_the_new_versions() -> None:
     listed = {r["record"]: r for r in json.loads(result.output)["records"]}
     catalogue = default_catalogue()
     for name, version, earlier in [
-        ("response", 3, ["response.v1.avsc", "response.v2.avsc"]),
-        ("kin_pair", 2, ["kin_pair.v1.avsc"]),
-        ("preference", 3, ["preference.v1.avsc", "preference.v2.avsc"]),
+        ("response", 4, ["response.v1.avsc", "response.v2.avsc", "response.v3.avsc"]),
+        ("kin_pair", 3, ["kin_pair.v1.avsc", "kin_pair.v2.avsc"]),
+        ("preference", 4, ["preference.v1.avsc", "preference.v2.avsc", "preference.v3.avsc"]),
     ]:
         entry = listed[name]
         assert entry["version"] == version

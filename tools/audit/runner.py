@@ -13,7 +13,6 @@ from karma.agents.pairing import make_pairs
 from karma.schemas.models import Response
 from karma.streams.client import Received, read_topic
 from karma.streams.config import KarmaSettings
-from karma.streams.topics import STAGES
 from karma.tools.audit.accounts import ExpectedPairs, build_ledger
 from karma.tools.audit.ledger import Ledger
 
@@ -41,6 +40,10 @@ def expected_pairs_for(settings: KarmaSettings) -> ExpectedPairs:
     return expected
 
 
+# The topics a prompt's account is read from, in pipeline order (not karma.checkpoints).
+AUDITED = ("prompts", "responses", "pairs", "preferences", "dlq")
+
+
 async def audit(
     settings: KarmaSettings, now_ms: int | None = None, *, backstop_s: float | None = None
 ) -> Ledger:
@@ -51,7 +54,7 @@ async def audit(
     # In pipeline order, one after another: each topic's end offsets are taken no earlier than
     # those of the topics before it, so whatever a message read caused is read too (or younger).
     read: dict[str, list[Received]] = {}
-    for stage in STAGES:
+    for stage in AUDITED:
         read[stage] = [msg async for msg in read_topic(settings, stage, until_end=True)]
     backstop = settings.gather_timeout_s if backstop_s is None else backstop_s
     return build_ledger(
