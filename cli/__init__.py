@@ -1,7 +1,7 @@
 """The `karma` command line: the typer app, its global options, and the table of its commands.
 
 Each command lives in the module of its group (workers, records, tail, kin, backends, demo, evaluate,
-export, schemas, simulated_server, broker, lab); what they share is in common.py. Every command is
+export, train, schemas, simulated_server, broker, lab); what they share is in common.py. Every command is
 documented by `karma COMMAND --help`.
 
 The commands are registered by name (`COMMANDS`, cli/lazy.py): `karma --help` lists them without
@@ -83,6 +83,12 @@ COMMANDS: tuple[LazyCommand, ...] = (
         "export",
         "karma.cli.export:export",
         "Export the preferences as TRL-ready shards (DPO: prompt, chosen, rejected), exactly once.",
+    ),
+    LazyCommand(
+        "train",
+        "karma.cli.train:train",
+        "Continual DPO for one model of the pool: rounds of preferences, each a new checkpoint version "
+        "that the generation workers switch to.",
     ),
     LazyCommand(
         "simulated-server",

@@ -84,6 +84,26 @@ CHECKPOINT_SWITCHES = Counter(
     "Checkpoints (karma.checkpoints) a generation worker acted on, by outcome.",
     ["model", "outcome"],
 )
+# `karma train` (tools/train/): one series per model it trains.
+TRAIN_ROUNDS = Counter("karma_train_rounds", "DPO rounds finished and published as a checkpoint.", ["model"])
+TRAIN_PREFERENCES = Counter(
+    "karma_train_preferences",
+    "Preferences the trainer read: trained on, or skipped (tie, policy, judge, confidence, ...).",
+    ["model", "outcome"],
+)
+TRAIN_LOSS = Gauge("karma_train_loss", "Mean DPO loss of the last round.", ["model"])
+TRAIN_REWARD_MARGIN = Gauge(
+    "karma_train_reward_margin",
+    "Mean implicit reward margin (chosen less rejected) of the last round.",
+    ["model"],
+)
+TRAIN_VERSION = Gauge("karma_train_version", "The newest version the trainer has published.", ["model"])
+TRAIN_ROUND_SECONDS = Histogram(
+    "karma_train_round_seconds",
+    "Wall time of one DPO round (load, train, save).",
+    ["model"],
+    buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
 CONSUMER_LAG = Gauge(
     "karma_consumer_lag_messages",
     "Messages of a consumed partition not yet committed by this worker's group.",

@@ -96,7 +96,7 @@ async def run_export(
         )
         await consumer.start()
         try:
-            tps = await _assign(settings, consumer, name)
+            tps = await assign_all(settings, consumer, name)
             positions = await _seek(consumer, tps, store.resume_offsets(), say)
             builder = ShardBuilder(
                 store,
@@ -106,7 +106,7 @@ async def run_export(
                 on_undecodable=undecodable,
             )
             ends = None if options.follow else await consumer.end_offsets(tps)
-            hint = _CommitHint(consumer, name, say)
+            hint = CommitHint(consumer, name, say)
             with (progress or partial(Progress, disable=True))() as bar:  # disabled: draws nothing
                 backlog = None if ends is None else [ends[tp] - positions[tp.partition] for tp in tps]
                 total = None if backlog is None else sum(max(0, n) for n in backlog)
@@ -163,7 +163,7 @@ def _report_recovery(recovery: Recovery, say: Callable[[str], object]) -> None:
         say(f"warning: {gap}")
 
 
-async def _assign(settings: KarmaSettings, consumer: AIOKafkaConsumer, name: str) -> list[TopicPartition]:
+async def assign_all(settings: KarmaSettings, consumer: AIOKafkaConsumer, name: str) -> list[TopicPartition]:
     """Assigns every partition the topic has now. (The consumer knows partitions only of topics
     it subscribes to, and subscribing with a group id would join the group: the admin client
     tells them.)"""
@@ -225,7 +225,7 @@ async def _at_end(
     return all([await consumer.position(tp) >= ends[tp] for tp in tps])
 
 
-class _CommitHint:
+class CommitHint:
     """Commits the exported positions to the consumer group, for lag monitoring; a failure is
     reported once and otherwise ignored (the manifests, not the group, say where to resume)."""
 
