@@ -24,13 +24,23 @@ from karma.localkafka.broker import BrokerError
 from karma.streams.topics import TopicMismatchError
 from karma.tools.evaluation import (
     EvalError,
+    EvalResult,
     load_prompts,
     parse_policies,
     run_eval,
     summary_table,
     with_pool,
 )
+from karma.tools.evaluation.training import (
+    StudySettings,
+    heldout_examples,
+    run_study,
+    stream_prompts,
+    study_size,
+    write_study,
+)
 from karma.tools.processes import broker_for
+from karma.tools.train.dpo import DpoSettings
 
 
 class PoolChoice(StrEnum):
@@ -62,6 +72,29 @@ def evaluate(
     port: Annotated[int, typer.Option(help="Port of the local broker (without --bootstrap).")] = 9092,
     bootstrap: BootstrapOption = None,
     timeout: Annotated[float, typer.Option(help="Seconds each policy may take to drain.")] = 300.0,
+    train: Annotated[
+        bool,
+        typer.Option(
+            "--train",
+            help="--pool lab: then train the student by DPO on each policy's preferences and measure it "
+            "(see below).",
+        ),
+    ] = False,
+    student: Annotated[
+        str, typer.Option(help="--train: the lab model trained (in the middle of both labs' pools).")
+    ] = "lab-generalist-l2",
+    seeds: Annotated[int, typer.Option(min=1, help="--train: DPO runs per policy and budget.")] = 3,
+    stream_per_skill: Annotated[
+        int, typer.Option(min=1, help="--train: stream prompts per skill (held out, not the profile set).")
+    ] = 60,
+    train_learning_rate: Annotated[
+        float, typer.Option(min=0.0, help="--train: the DPO learning rate.")
+    ] = 1e-4,
+    train_epochs: Annotated[int, typer.Option(min=1, help="--train: passes over the preferences.")] = 2,
+    train_sft_weight: Annotated[
+        float,
+        typer.Option(min=0.0, help="--train: weight of the chosen answers' NLL beside DPO (0: DPO alone)."),
+    ] = 1.0,
     config: ConfigOption = None,
 ) -> None:
     """Compare pairing policies: the pipeline once per policy over one prompt set, then a report.
@@ -76,6 +109,13 @@ def evaluate(
     With --pool lab: the lab's pool.yaml is the config (unless --config), its held-out prompts the
     prompt set (unless --prompts), and the verifier the judge; the report then gives, per policy,
     how often zebra's label (the more superior model wins) is the checked truth.
+
+    With --pool lab --train: the prompts are a stream of held-out lab questions that are not in the
+    profile set (--stream-per-skill each), and after the pipeline runs the student (--student) is
+    trained by DPO from its checkpoint on each policy's preferences: labelled by the verifier and,
+    as a second arm, by zebra; with an equal number of preferences and with an equal number of
+    prompts; --seeds times each. Its accuracy on the profile set before and after, as the mean
+    change and its 95% interval, goes to OUT/train-report.md, .json and .png.
     """
     judge_override = {}
     if pool is PoolChoice.lab:
@@ -85,8 +125,16 @@ def evaluate(
             )
             raise typer.Exit(2)
         config = config or lab / "pool.yaml"
+        if train and prompts is None:
+            prompts = out_dir / "stream.jsonl"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            stream = stream_prompts(lab, stream_per_skill)
+            prompts.write_text("".join(p.model_dump_json() + "\n" for p in stream))
         prompts = prompts or lab / "prompts" / "heldout.jsonl"
         judge_override = {"judge": {"backend": "verifier"}}
+    elif train:
+        console.print("[red]error:[/] --train needs --pool lab (real models and a checked truth)")
+        raise typer.Exit(2)
     try:
         chosen = parse_policies(policies)
     except ValueError as exc:
@@ -134,3 +182,29 @@ def evaluate(
         raise typer.Exit(1) from None
     out.print(summary_table(result.summaries, title=f"karma eval ({result.seconds:.0f} s)"))
     out.print(f"report: {result.paths['report_md']} (and report.json, gap_distribution.png, quality.png)")
+    if train:
+        dpo = DpoSettings(learning_rate=train_learning_rate, epochs=train_epochs, sft_weight=train_sft_weight)
+        _train_study(result, lab, student, seeds, dpo, out_dir)
+
+
+def _train_study(
+    result: EvalResult, lab: Path, student: str, seeds: int, dpo: DpoSettings, out_dir: Path
+) -> None:
+    student_path = lab / "models" / student
+    if not (student_path / "config.json").is_file():
+        console.print(f"[red]error:[/] --student {student}: no checkpoint at {student_path}")
+        raise typer.Exit(2)
+    settings = StudySettings(student, student_path, seeds=seeds, dpo=dpo)
+    heldout = heldout_examples(lab)
+    with new_progress() as bar:
+        task = bar.add_task(f"DPO runs from {student}", total=study_size(result.preferences, settings))
+        study = run_study(
+            result.preferences,
+            heldout,
+            settings,
+            say=console.print,
+            advance=lambda: bar.advance(task),
+        )
+    paths = write_study(study, out_dir, result.seconds)
+    out.print(paths["md"].read_text(), markup=False, highlight=False)
+    out.print(f"report: {paths['md']} (and train-report.json, train-report.png)")

@@ -4,7 +4,7 @@ the report (figures: metrics.py; report: report.py).
 `run_eval` gives each policy a fresh topic prefix and consumer group, ensures its topics, spawns
 one `karma run` worker (tools/processes.py), submits the prompts, then waits until the
 pipeline has *drained*. How many pairs a policy yields cannot be predicted (online competency
-moves superiority as verdicts arrive), so draining is measured (`_drive`): every response is on
+moves superiority as verdicts arrive), so draining is measured (`drive`): every response is on
 the responses topic, the worker's group has committed everything on the responses and pairs
 topics, and every pair has its preference. The inputs are here too: `parse_policies`,
 `load_prompts`, `with_pool`, the simulator's ground truth (`ground_truth`,
@@ -166,6 +166,9 @@ class EvalResult:
     summaries: list[PolicySummary]
     paths: dict[str, Path]
     seconds: float
+    preferences: dict[
+        str, list[Preference]
+    ]  # policy -> its preferences (`karma eval --train` trains on them)
 
 
 def run_eval(
@@ -187,6 +190,7 @@ def run_eval(
     quality = ground_truth(settings)
     truth = checked_truth(prompts, settings.judge.scorer)
     summaries: list[PolicySummary] = []
+    by_policy: dict[str, list[Preference]] = {}
     words: dict[str, dict[str, int]] = {}  # model -> response id -> words
     out_dir.mkdir(parents=True, exist_ok=True)
     bar_or_none = progress or partial(Progress, disable=True)  # rich draws nothing when disabled
@@ -208,9 +212,10 @@ def run_eval(
             asyncio.run(ensure_topics(run))
             worker = spawn_worker(run, log_path)
             try:
-                preferences, dlq = asyncio.run(_drive(run, prompts, timeout_s, worker, log_path, bar, task))
+                preferences, dlq = asyncio.run(drive(run, prompts, timeout_s, worker, log_path, bar, task))
             finally:
                 stop_worker(worker)
+            by_policy[policy] = preferences
             for p in preferences:
                 for c in (p.response_a, p.response_b):
                     words.setdefault(c.model, {})[c.response_id] = len(c.text.split())
@@ -243,10 +248,10 @@ def run_eval(
         **(info or {}),
     }
     paths = write_report(summaries, out_dir, simulator_assumptions(settings, mean_words), run_info)
-    return EvalResult(summaries=summaries, paths=paths, seconds=seconds)
+    return EvalResult(summaries=summaries, paths=paths, seconds=seconds, preferences=by_policy)
 
 
-async def _drive(
+async def drive(
     settings: KarmaSettings,
     prompts: Sequence[Prompt],
     timeout_s: float,
@@ -254,11 +259,14 @@ async def _drive(
     log_path: Path,
     bar: Progress,
     task: TaskID,
+    *,
+    earlier: int = 0,
 ) -> tuple[list[Preference], int]:
-    """Submits the prompts, waits until the pipeline has drained, returns its preferences and
-    how many dead letters it wrote."""
+    """Submits the prompts, waits until the pipeline has drained, returns its preferences (every
+    one on the topic) and how many dead letters it wrote. `earlier`: prompts the pipeline was
+    given before these (`karma loop` drives one pipeline several times)."""
     policy = settings.policy
-    expected = len({p.prompt_id for p in prompts}) * len(settings.pool)
+    expected = (len({p.prompt_id for p in prompts}) + earlier) * len(settings.pool)
     async with PromptProducer(settings, source="karma-eval") as producer:
         await asyncio.gather(*[await producer.send_prompt(p) for p in prompts])
     ids: dict[str, set[str]] = {stage: set() for stage in ID_FIELDS}  # the distinct ids seen so far

@@ -55,6 +55,10 @@ class DpoSettings:
     batch_size: int = 8
     seed: int = 0
     lora_rank: int = 8
+    # Above 0, the round's loss is DPO plus this weight times the chosen answers' negative
+    # log-likelihood (TRL's loss_type ["sigmoid", "sft"], as RPO does): DPO alone lowers the
+    # likelihood of the chosen answers too, so greedy answers need not improve.
+    sft_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,7 @@ def train_round(
             bf16=False,  # on by TRL's default: the round trains in fp32 (above)
             use_cpu=not torch.cuda.is_available(),
             dataloader_num_workers=0,
+            **_losses(settings),
         )
         trainer = trl.DPOTrainer(
             model=model,
@@ -164,6 +169,12 @@ def train_round(
         steps=steps,
         seconds=time.perf_counter() - started,
     )
+
+
+def _losses(settings: DpoSettings) -> dict[str, Any]:
+    if settings.sft_weight <= 0:
+        return {}
+    return {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, settings.sft_weight]}
 
 
 def _check(parent: Path, rows: Sequence[Mapping[str, Any]], staging: Path, settings: DpoSettings) -> None:
