@@ -1,8 +1,8 @@
 """The `karma` command line: the typer app, its global options, and the table of its commands.
 
 Each command lives in the module of its group (workers, records, tail, kin, backends, demo, evaluate,
-export, train, schemas, simulated_server, broker, lab); what they share is in common.py. Every command is
-documented by `karma COMMAND --help`.
+export, train, loop, schemas, simulated_server, broker, lab); what they share is in common.py. Every
+command is documented by `karma COMMAND --help`.
 
 The commands are registered by name (`COMMANDS`, cli/lazy.py): `karma --help` lists them without
 importing their modules, and `karma COMMAND` imports that command's module only, so the command
@@ -89,6 +89,11 @@ COMMANDS: tuple[LazyCommand, ...] = (
         "karma.cli.train:train",
         "Continual DPO for one model of the pool: rounds of preferences, each a new checkpoint version "
         "that the generation workers switch to.",
+    ),
+    LazyCommand(
+        "loop",
+        "karma.cli.loop:loop",
+        "Turn the continual-alignment loop on the lab: generate, rate, judge, train, reload, k times.",
     ),
     LazyCommand(
         "simulated-server",

@@ -81,8 +81,8 @@ def evaluate(
         ),
     ] = False,
     student: Annotated[
-        str, typer.Option(help="--train: the lab model trained (in the middle of both labs' pools).")
-    ] = "lab-generalist-l2",
+        str, typer.Option(help="--train: the lab model trained (a model of both labs' pools).")
+    ] = "lab-generalist-m",
     seeds: Annotated[int, typer.Option(min=1, help="--train: DPO runs per policy and budget.")] = 3,
     stream_per_skill: Annotated[
         int, typer.Option(min=1, help="--train: stream prompts per skill (held out, not the profile set).")
@@ -125,6 +125,9 @@ def evaluate(
             )
             raise typer.Exit(2)
         config = config or lab / "pool.yaml"
+        if train and not (lab / "models" / student / "config.json").is_file():  # before the pipeline runs
+            console.print(f"[red]error:[/] --student {student}: no checkpoint at {lab / 'models' / student}")
+            raise typer.Exit(2)
         if train and prompts is None:
             prompts = out_dir / "stream.jsonl"
             out_dir.mkdir(parents=True, exist_ok=True)
