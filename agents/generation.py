@@ -30,10 +30,12 @@ import asyncio
 import logging
 from typing import Any
 
+from aiokafka.errors import KafkaError
+
 from karma.agents.backends import BackendError, Generation, GenerationRequest, Generator, make_generator
 from karma.agents.backends.base import ModelLoadError, SwitchUnsupported
 from karma.schemas.models import Checkpoint, Prompt, Response, response_id_for
-from karma.streams.client import TopicReader
+from karma.streams.client import TopicNotFoundError, TopicReader
 from karma.streams.codecs import encode
 from karma.streams.config import ModelSpec
 from karma.streams.delivery import Outbox, Refusal
@@ -42,6 +44,7 @@ from karma.streams.sizes import TextBudget
 from karma.streams.stage import Stage
 
 STAGE = "generation"
+FOLLOW_RETRY_S = 10.0
 log = logging.getLogger(__name__)
 
 
@@ -93,10 +96,17 @@ class CheckpointFollower:
             if model in mine and (known is None or checkpoint.version > known.version):
                 self.newest[model] = checkpoint
 
-    async def read_to_end(self) -> None:
-        async with TopicReader(self.stage.settings, "checkpoints") as reader:
-            received = await reader.read_to_end()
+    async def read_to_end(self) -> bool:
+        """What karma.checkpoints holds now; False (and a warning) when it cannot be read: the
+        worker then starts on the configured checkpoints, and `follow` keeps trying."""
+        try:
+            async with TopicReader(self.stage.settings, "checkpoints") as reader:
+                received = await reader.read_to_end()
+        except (TopicNotFoundError, KafkaError) as exc:
+            log.warning("cannot read the checkpoints topic (%s): serving the configured checkpoints", exc)
+            return False
         self.saw([r.record for r in received if isinstance(r.record, Checkpoint)])
+        return True
 
     async def load(self, generator: Generator) -> None:
         """The worker's start: the newest version of the model, or the configured checkpoint."""
@@ -108,11 +118,17 @@ class CheckpointFollower:
             await self._switch(generator, checkpoint)  # loads it: nothing was loaded before
 
     async def follow(self) -> None:
-        """Reads karma.checkpoints as it grows (a faust task, for the worker's life)."""
-        async with TopicReader(self.stage.settings, "checkpoints") as reader:
-            while True:
-                received = await reader.poll(timeout_ms=1000)
-                self.saw([r.record for r in received if isinstance(r.record, Checkpoint)])
+        """Reads karma.checkpoints as it grows (a faust task, for the worker's life); a topic that
+        cannot be read is tried again every `FOLLOW_RETRY_S`."""
+        while True:
+            try:
+                async with TopicReader(self.stage.settings, "checkpoints") as reader:
+                    while True:
+                        received = await reader.poll(timeout_ms=1000)
+                        self.saw([r.record for r in received if isinstance(r.record, Checkpoint)])
+            except (TopicNotFoundError, KafkaError) as exc:
+                log.warning("cannot follow the checkpoints topic (%s); trying again", exc)
+                await asyncio.sleep(FOLLOW_RETRY_S)
 
     async def catch_up(self) -> None:
         """Before a batch: each generator on its newest version, unless it cannot be."""
