@@ -135,11 +135,24 @@ def load_models(stage: Stage, loop: asyncio.AbstractEventLoop) -> None:
     ModelLoadError with every input left for the next worker. Meanwhile /readyz answers
     "loading model X" and /healthz "ok". The models already loaded are closed before the error
     goes up (a vLLM engine has processes of its own)."""
+    # Until faust installs its own handlers, SIGINT/SIGTERM end the start-up cleanly: nothing has
+    # been fetched yet (loading reads karma.checkpoints first, so this window is not instant).
+    previous = {
+        signum: signal.signal(signum, _stop_during_start_up) for signum in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         loop.run_until_complete(stage.load_models())
     except BaseException:
         loop.run_until_complete(stage.close_backends())
         raise
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _stop_during_start_up(signum: int, frame: object) -> None:
+    log.warning("%s while loading models: stopping before anything was consumed", signal.Signals(signum).name)
+    raise SystemExit(0)
 
 
 def run_worker(
