@@ -5,6 +5,8 @@ and the two wrappers that turn a bad config or an unreachable broker into a one-
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -63,6 +65,16 @@ def run_or_exit(coro: Coroutine[Any, Any, T]) -> T:
     except KafkaError as exc:
         console.print(f"[red]error:[/] {escape(kafka_problem(exc))}")
     raise typer.Exit(1)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM, on the running loop: a long command stops cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    return stop
 
 
 def new_progress() -> Progress:

@@ -3,9 +3,6 @@ in tools/export/; this module is its options, its signals and its messages)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -21,6 +18,7 @@ from karma.cli.common import (
     out,
     run_or_exit,
     settings_or_exit,
+    stop_on_signals,
 )
 from karma.streams.config import KarmaSettings
 from karma.tools.export import (
@@ -109,11 +107,7 @@ def export(
 
 async def _export(settings: KarmaSettings, options: ExportOptions) -> ExportResult:
     # SIGTERM and Ctrl-C end a --follow run cleanly: the open shard is committed first.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
 
     def say(line: str) -> None:
         console.print(escape(line))

@@ -3,9 +3,6 @@ is its options, its signals and its messages)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -22,6 +19,7 @@ from karma.cli.common import (
     out,
     run_or_exit,
     settings_or_exit,
+    stop_on_signals,
 )
 from karma.streams.config import KarmaSettings
 from karma.tools.train import (
@@ -141,11 +139,7 @@ def train(
 
 async def _train(settings: KarmaSettings, options: TrainOptions) -> TrainResult:
     # SIGTERM and Ctrl-C stop between rounds; a round in training is finished first.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
 
     def say(line: str) -> None:
         console.print(escape(line))
