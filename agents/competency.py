@@ -14,6 +14,12 @@ half); `assess` turns those tallies into one superiority per model:
   two weigh the same; old evidence leaves as the window hops on.
 
 All three are clipped to [0, 1], the range of profile superiority.
+
+Versions (`karma train` writes them) are players of their own: `player_of("m", 2)` is "m@v2"
+(version 1 keeps the bare name, so evidence from before versions existed counts for it). A
+version's prior is its parent's blended superiority, computed in the same assessment: it starts
+where its parent stands and moves with its own verdicts. Its profile (for similarity) is its
+model's. "@" is not allowed in a model's name (streams/config.py), so a player names one version.
 """
 
 from __future__ import annotations
@@ -38,6 +44,39 @@ class Tally:
 
     n: float
     score_a: float
+
+
+VERSION_MARK = "@v"
+PRIOR_PASSES = 8  # a version's prior follows its parent's blended: a chain settles in a few passes
+
+
+def player_of(model: str, version: int = 1) -> str:
+    """The name online competency knows a model's version by: "m" for version 1, "m@v2" after."""
+    return model if version <= 1 else f"{model}{VERSION_MARK}{version}"
+
+
+def version_of(player: str) -> tuple[str, int]:
+    """(model, version) of a player name: the inverse of `player_of`."""
+    model, mark, version = player.rpartition(VERSION_MARK)
+    if mark and version.isdigit() and int(version) >= 2:
+        return model, int(version)
+    return player, 1
+
+
+def parent_of(player: str) -> str | None:
+    """The version a player's version was trained from (None for version 1)."""
+    model, version = version_of(player)
+    return None if version == 1 else player_of(model, version - 1)
+
+
+def superiority_of(model: str, version: int, superiority: Mapping[str, float], profiles: Profiles) -> float:
+    """The superiority pairing uses for `version` of `model`: its own value, or else its nearest
+    ancestor's (a version not assessed yet starts where its parent stands), or else the profile's."""
+    for ancestor in range(version, 0, -1):
+        value = superiority.get(player_of(model, ancestor))
+        if value is not None:
+            return value
+    return profiles.superiority(model)
 
 
 def pair_key(model_a: str, model_b: str) -> tuple[str, str]:
@@ -142,31 +181,52 @@ def assess(
     evidence: float,
     scale: float,
 ) -> dict[str, Competency]:
-    """Prior, online and blended superiority of `models` (and of any model met in `comparisons`)."""
+    """Prior, online and blended superiority of `models` (players: a model or one of its
+    versions) and of any player met in `comparisons`.
+
+    A version's prior is its parent's blended superiority, and the parent's blended value comes
+    out of the same fit, so the fit is repeated with the versions' priors updated until they
+    stop moving (`PRIOR_PASSES` at most); with no versions it runs once."""
     names = sorted(set(models) | {m for key in comparisons for m in key})
-    prior = {m: profiles.superiority(m) for m in names}
-    online = fit_bradley_terry(comparisons, prior, scale)
+    prior = {m: profiles.superiority(version_of(m)[0]) for m in names}
     counts = dict.fromkeys(names, 0.0)
     for (a, b), t in comparisons.items():
         counts[a] += t.n
         counts[b] += t.n
-    result = {}
-    for m in names:
-        n = counts[m]
-        weight = n / (n + evidence)
-        estimate = _clip(online[m]) if m in online else None
-        blended = prior[m] if estimate is None else _clip(prior[m] + weight * (estimate - prior[m]))
-        result[m] = Competency(m, prior[m], estimate, n, weight, blended)
+    result: dict[str, Competency] = {}
+    for _ in range(PRIOR_PASSES):
+        online = fit_bradley_terry(comparisons, prior, scale)
+        result = {}
+        for m in names:
+            n = counts[m]
+            weight = n / (n + evidence)
+            estimate = _clip(online[m]) if m in online else None
+            blended = prior[m] if estimate is None else _clip(prior[m] + weight * (estimate - prior[m]))
+            result[m] = Competency(m, prior[m], estimate, n, weight, blended)
+        inherited = {m: _inherited_prior(m, result, profiles) for m in names if parent_of(m) is not None}
+        if all(abs(inherited[m] - prior[m]) < TOLERANCE for m in inherited):
+            break
+        prior.update(inherited)
     return result
 
 
+def _inherited_prior(player: str, assessed: Mapping[str, Competency], profiles: Profiles) -> float:
+    """A version's prior: its nearest assessed ancestor's blended superiority (or the profile's)."""
+    model, version = version_of(player)
+    return superiority_of(model, version - 1, {m: c.blended for m, c in assessed.items()}, profiles)
+
+
 def kin_of(model: str, superiority: Mapping[str, float], profiles: Profiles, rule: KinRule) -> list[str]:
-    """The models kin to `model` at these superiorities (lengths are per response: not here)."""
+    """The players kin to player `model` at these superiorities (lengths are per response: not
+    here). Versions of one model never answer the same prompt together, so they are not kin."""
+    base = version_of(model)[0]
     return sorted(
         other
         for other in superiority
-        if other != model
-        and rule.is_kin(profiles.similarity(model, other), abs(superiority[model] - superiority[other]))
+        if version_of(other)[0] != base
+        and rule.is_kin(
+            profiles.similarity(base, version_of(other)[0]), abs(superiority[model] - superiority[other])
+        )
     )
 
 
@@ -179,19 +239,20 @@ def pool_table(
     evidence: float,
     scale: float,
 ) -> list[dict[str, object]]:
-    """One row per model, most superior first: prior, online and blended superiority,
-    comparisons in the window, the online weight, and the models kin to it now."""
+    """One row per player (a model, or a version of one), most superior first: prior, online and
+    blended superiority, comparisons in the window, the online weight, and its kin now."""
     assessed = assess(models, profiles, comparisons, evidence=evidence, scale=scale)
     blended = {m: c.blended for m, c in assessed.items()}
     return [
         {
             "model": c.model,
+            "version": version_of(c.model)[1],
             "prior": c.prior,
             "online": c.online,
             "blended": c.blended,
             "comparisons": c.comparisons,
             "weight": c.weight,
-            "has_profile": c.model in profiles.vectors,
+            "has_profile": version_of(c.model)[0] in profiles.vectors,
             "kin": kin_of(c.model, blended, profiles, rule),
         }
         for c in sorted(assessed.values(), key=lambda c: (-c.blended, c.model))

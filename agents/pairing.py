@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from karma.agents.competency import superiority_of
 from karma.agents.gathering import Gathered
 from karma.agents.kinship import KinRule, Profiles, Scored
 from karma.agents.policies import Policy, select_pairs
@@ -16,7 +17,8 @@ from karma.schemas.models import Candidate, KinPair, pair_id_for
 
 @dataclass
 class LiveCompetency:
-    """The superiority pairing uses now (model -> blended value) and when it was computed."""
+    """The superiority pairing uses now (player -> blended value: a model, or a version of one as
+    agents/competency.py names it) and when it was computed."""
 
     superiority: dict[str, float]
     refreshed_at: float = 0.0  # ms
@@ -31,13 +33,14 @@ def make_pairs(
     superiority: Mapping[str, float] | None = None,
 ) -> list[KinPair]:
     """The pairs `policy` picks among one prompt's responses: pure, so it is tested without Kafka.
-    `superiority` (model -> value, e.g. the blended online estimate) overrides the profiles'."""
+    `superiority` (player -> value, e.g. the blended online estimate) overrides the profiles':
+    each response is scored as the version of its model that wrote it."""
     superiority = superiority or {}
     scored = [
         Scored(
             response_id=r["response_id"],
             model=model,
-            superiority=superiority.get(model, profiles.superiority(model)),
+            superiority=superiority_of(model, r.get("model_version", 1), superiority, profiles),
             length=len(r["text"].split()),
         )
         for model, r in gathered.responses.items()

@@ -47,13 +47,15 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from karma.agents.competency import Tally, assess, is_evidence, pair_key, score_of_first
+from karma.agents.competency import Tally, assess, is_evidence, pair_key, player_of, score_of_first
 from karma.agents.gathering import Gathered, Gatherer, Outcome
 from karma.agents.kinship import load_profiles
 from karma.agents.pairing import LiveCompetency, make_pairs
 from karma.agents.rating_state import (
     CompetencyKey,
+    StateDecodeError,
     answers_kept,
+    decode_competency_key,
     encode_competency_key,
     prompt_entries,
 )
@@ -144,6 +146,9 @@ class RatingStage:
         self.rule = settings.kin.rule()
         self.pool = settings.model_names
         self.online = settings.competency.online
+        # Who online competency assesses: the pool's models and every version of them seen in a
+        # response or verdict (agents/competency.py player_of), so a new checkpoint is a player.
+        self.players: set[str] = set(self.pool)
         # Verdict evidence of the batch being handled: (event, competency key, amount), written
         # with the rest of the state, after the batch's outputs are confirmed.
         self._evidence: list[tuple[Any, CompetencyKey, float]] = []
@@ -232,6 +237,7 @@ class RatingStage:
                 models=[response.model],
             )
             response = response.model_copy(update={"text": "", "error": too_large})
+        self.players.add(player_of(response.model, response.model_version))
         outcome = self.gatherer.on_response(response, event.message.partition, now_ms)
         if outcome.duplicate:
             DUPLICATES.labels(STAGE).inc()  # a replay after a restart: already counted
@@ -272,7 +278,9 @@ class RatingStage:
             return
         if not is_evidence(preference):
             return
-        a, b = preference.response_a.model, preference.response_b.model
+        sides = (preference.response_a, preference.response_b)
+        a, b = (player_of(side.model, side.model_version) for side in sides)
+        self.players.update((a, b))
         key = pair_key(a, b)
         n_key, score_key = tally_keys(*key, event.message.partition)
         # Written with the verdict's id in its prompt's entry (rate_batch), never before: a retried
@@ -289,8 +297,10 @@ class RatingStage:
         await self.publish(self.gatherer.on_tick(partition, now_ms), partition, outbox)
 
     def rebuild(self) -> None:
-        """After every rebalance's recovery: the time queues of the partitions held now."""
+        """After every rebalance's recovery: the time queues of the partitions held now, and the
+        players whose tallies the recovered competency table holds."""
         self.gatherer.rebuild(self.gatherer.meta.items())
+        self.players.update(self.tallied_players())
         PENDING_PROMPTS.set(self.gatherer.open_prompts)
 
     # -- outputs ------------------------------------------------------------------------------
@@ -326,11 +336,12 @@ class RatingStage:
     # -- online competency --------------------------------------------------------------------
 
     def window_tallies(self) -> dict[tuple[str, str], Tally]:
-        """The current window's tallies, summed over every partition this worker holds."""
+        """The current window's tallies of the known players, summed over every partition this
+        worker holds."""
         competency = self.tables.competency
         window = competency.table.window.earliest(self.clock() / 1000)
         tallies = {}
-        for a, b in itertools.combinations(sorted(self.pool), 2):
+        for a, b in itertools.combinations(sorted(self.players), 2):
             n = score = 0.0
             for partition in range(self.settings.partitions):
                 n_key, score_key = tally_keys(a, b, partition)
@@ -340,9 +351,23 @@ class RatingStage:
                 tallies[(a, b)] = Tally(n, score)
         return tallies
 
+    def tallied_players(self) -> set[str]:
+        """The players named by the competency table's keys, in any window: after a restart, the
+        versions whose evidence the worker must assess again. The table's store is keyed by
+        (key, window) (a tuple, or a list as a serialized store decodes it)."""
+        players = set()
+        for stored in list(self.tables.competency.table.data):
+            key = stored[0] if isinstance(stored, tuple | list) else stored
+            try:
+                decoded = decode_competency_key(key)
+            except StateDecodeError:
+                continue  # not a tally key: nothing to assess
+            players.update((decoded.model_a, decoded.model_b))
+        return players
+
     def refresh_competency(self) -> None:
         assessed = assess(
-            self.pool,
+            self.players,
             self.profiles,
             self.window_tallies(),
             evidence=self.settings.competency.evidence,

@@ -74,7 +74,9 @@ def competency(
 ) -> None:
     """The live pool: prior, online and blended superiority, comparisons in the window, kin now.
 
-    Recomputed from the verdicts on karma.preferences in the rating stage's current window."""
+    Recomputed from the verdicts on karma.preferences in the rating stage's current window. A
+    checkpoint `karma train` wrote is a row of its own (MODEL@vK, from version 2 on), whose prior
+    is its parent's blended superiority."""
     settings = settings_or_exit(config, bootstrap_servers=bootstrap)
     try:
         profiles = load_profiles(settings.kin.profiles)

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from karma.agents.competency import Tally, is_evidence, tally, window_of
+from karma.agents.competency import Tally, is_evidence, player_of, tally, window_of
 from karma.schemas.models import (
     Preference,
     Prompt,
@@ -194,8 +194,9 @@ def parse_prompt_file(lines: list[str], source: str) -> Iterator[tuple[int, Prom
 
 
 async def window_verdicts(settings: KarmaSettings, now_s: float | None = None) -> WindowVerdicts:
-    """The verdicts on karma.preferences in the current competency window, tallied per model pair,
-    each preference id once: the evidence the rating stage's online competency holds."""
+    """The verdicts on karma.preferences in the current competency window, tallied per pair of
+    players (a model's versions apart: agents/competency.py), each preference id once: the
+    evidence the rating stage's online competency holds."""
     now_s = time.time() if now_s is None else now_s
     start, end = window_of(now_s, settings.window_size_s, settings.window_step_s)
     seen: set[str] = set()
@@ -207,7 +208,8 @@ async def window_verdicts(settings: KarmaSettings, now_s: float | None = None) -
         if received.timestamp_ms is None or not start * 1000 <= received.timestamp_ms < end * 1000:
             continue
         seen.add(record.preference_id)
-        verdicts.append((record.response_a.model, record.response_b.model, record.winner))
+        a, b = (player_of(side.model, side.model_version) for side in (record.response_a, record.response_b))
+        verdicts.append((a, b, record.winner))
     return WindowVerdicts(start_s=start, end_s=end, preferences=len(seen), tallies=tally(verdicts))
 
 

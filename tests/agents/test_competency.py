@@ -10,7 +10,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from karma.agents.backends.zebra import ZebraJudge
-from karma.agents.competency import Tally, assess, fit_bradley_terry, is_evidence, kin_of, tally, window_of
+from karma.agents.competency import (
+    Tally,
+    assess,
+    fit_bradley_terry,
+    is_evidence,
+    kin_of,
+    parent_of,
+    player_of,
+    pool_table,
+    superiority_of,
+    tally,
+    version_of,
+    window_of,
+)
 from karma.agents.kinship import KinRule, Profiles, load_profiles
 from karma.schemas.models import Preference, Winner
 from tests import records
@@ -91,6 +104,65 @@ def test_a_model_with_no_profile_starts_at_the_pool_mean_and_climbs_into_new_kin
     kin_after = kin_of("newcomer", {m: c.blended for m, c in after.items()}, profiles, rule)
     assert "gpt-4" in kin_after and "gpt-4" not in kin_before
     assert kin_after != kin_before
+
+
+# --- versions: each checkpoint `karma train` writes is a player of its own ---------------------
+
+
+def test_a_version_is_named_apart_from_its_model_and_version_1_keeps_the_bare_name() -> None:
+    assert player_of("lab-m", 1) == "lab-m" and player_of("lab-m", 3) == "lab-m@v3"
+    for player in ("lab-m", "lab-m@v2", "org/model:7b@v12"):
+        assert player_of(*version_of(player)) == player
+    assert version_of("lab-m@v1") == ("lab-m@v1", 1)  # not a name player_of writes
+    assert (
+        parent_of("lab-m@v3") == "lab-m@v2"
+        and parent_of("lab-m@v2") == "lab-m"
+        and parent_of("lab-m") is None
+    )
+
+
+def _graded_profiles() -> Profiles:
+    """Three models of one shape (similarity 1) at superiority 0.3, 0.45 and 0.75."""
+    return Profiles(
+        benchmarks=("x", "y"), vectors={"low": (0.3, 0.3), "mid": (0.45, 0.45), "high": (0.75, 0.75)}
+    )
+
+
+def test_a_new_version_starts_from_its_parents_blended_superiority() -> None:
+    profiles = _graded_profiles()
+    # Version 1 of `low` beat `mid` often: its blended value is above its profile's.
+    tallies = tally([("low", "mid", Winner.A)] * 20)
+    assessed = assess(["low", "mid", "high", "low@v2"], profiles, tallies, evidence=20, scale=SCALE)
+    low, v2 = assessed["low"], assessed["low@v2"]
+    assert low.blended > low.prior == pytest.approx(0.3)
+    assert v2.comparisons == 0 and v2.online is None
+    assert v2.prior == v2.blended == pytest.approx(low.blended)  # where its parent stands
+    # A version not assessed at all (pairing meets it before a refresh) scores as its nearest ancestor.
+    current = {m: c.blended for m, c in assessed.items()}
+    assert superiority_of("low", 4, current, profiles) == current["low@v2"]
+    assert superiority_of("high", 2, {}, profiles) == profiles.superiority("high")
+
+
+def test_a_version_moves_with_its_own_verdicts_and_the_kin_set_follows() -> None:
+    profiles = _graded_profiles()
+    rule = KinRule(tau=0.9, delta=0.16)
+    pool = ["low", "mid", "high"]
+    before = {m: c.blended for m, c in assess(pool, profiles, {}, evidence=5, scale=SCALE).items()}
+    assert kin_of("low", before, profiles, rule) == ["mid"]
+
+    # Version 2 of `low` beats `mid` and ties `high`, over and over; version 1 keeps its record.
+    verdicts = [("low@v2", "mid", Winner.A)] * 30 + [("high", "low@v2", Winner.TIE)] * 30
+    assessed = assess([*pool, "low@v2"], profiles, tally(verdicts), evidence=5, scale=SCALE)
+    after = {m: c.blended for m, c in assessed.items()}
+    assert after["low@v2"] > profiles.superiority("mid") and after["low"] == before["low"]
+    assert kin_of("low@v2", after, profiles, rule) == ["high"]
+    assert kin_of("low", after, profiles, rule) == ["mid"]  # versions of one model are never kin
+    assert "low@v2" in kin_of("high", after, profiles, rule)
+
+    # `karma competency` shows the version as a row of its own.
+    rows = {r["model"]: r for r in pool_table(pool, profiles, rule, tally(verdicts), evidence=5, scale=SCALE)}
+    assert rows["low@v2"]["version"] == 2 and rows["low@v2"]["has_profile"]
+    assert rows["low@v2"]["kin"] == ["high"] and rows["low"]["version"] == 1
 
 
 @settings(max_examples=200, deadline=None)

@@ -114,13 +114,24 @@ class Window:
         return WINDOW
 
 
+class _KeyedByWindow:
+    """The stand-in's store as faust keys a windowed table's: (key, window)."""
+
+    def __init__(self, values: dict[str, float]) -> None:
+        self.values = values
+
+    def __iter__(self) -> Any:
+        return iter([(key, (0.0, 1.0)) for key in self.values])
+
+
 class Hopping:
     """Stands in for faust's hopping table: `table[key] += x` adds through the WindowSet, and
     the wrapper's `__setitem__` then ignores the WindowSet it is handed back, as faust's does."""
 
     def __init__(self) -> None:
         self.values: dict[str, float] = defaultdict(float)  # faust's default=float
-        self.table = type("TableStandIn", (), {"window": Window()})()
+        # faust's Table under the wrapper: its window, and its store keyed by (key, window).
+        self.table = SimpleNamespace(window=Window(), data=_KeyedByWindow(self.values))
 
     def __getitem__(self, key: str) -> Windowed:
         return Windowed(self.values, key)
@@ -413,6 +424,60 @@ def test_verdicts_are_tallied_once_and_move_the_superiority_pairing_uses() -> No
     learned = rig.rating.current.superiority
     assert learned[a] > prior[a] and learned[b] < prior[b]
     assert rig.rating.current.refreshed_at == rig.clock.now_ms
+
+
+def test_a_checkpoints_verdicts_are_its_own_and_its_answers_are_paired_at_its_superiority() -> None:
+    """Version 2 of a model (a `karma train` checkpoint) is a player of its own: its verdicts
+    move its superiority, not version 1's, and pairing scores its answers by it."""
+    rig = Rig()
+    pool = rig.settings.model_names
+    student = min(pool, key=load_profiles().superiority)
+    v2 = f"{student}@v2"
+
+    def answers(prompt_id: str) -> list[Event]:
+        return [
+            rig.event(
+                "responses",
+                encode(
+                    records.response(
+                        prompt_id, m, prompt_text=PROMPT_TEXT, model_version=2 if m == student else 1
+                    )
+                ),
+                partition=1,
+                key=prompt_id.encode(),
+            )
+            for m in pool
+        ]
+
+    for number in range(6):
+        rig.rate(*answers(f"p-{number}"))
+    mine = [p for p in rig.outbox.pairs() if student in (p.response_a.model, p.response_b.model)]
+    assert mine and all(
+        (p.response_a if p.response_a.model == student else p.response_b).model_version == 2 for p in mine
+    )
+    won = [verdict(p, Winner.A if p.response_a.model == student else Winner.B) for p in mine]
+    rig.rate(*(rig.event("preferences", encode(v), partition=1) for v in won))
+    opponents = {(p.response_b if p.response_a.model == student else p.response_a).model for p in mine}
+    assert set(rig.rating.window_tallies()) == {tuple(sorted((v2, other))) for other in opponents}
+    prior = rig.rating.current.superiority[student]
+    rig.rate(rig.event("ticks", b"tick", partition=1))
+    learned = rig.rating.current.superiority
+    assert learned[v2] > prior == learned[student]  # version 1 has no verdicts: it keeps its prior
+
+    before = len(rig.outbox.pairs())
+    rig.rate(*answers("p-next"))
+    scored = {
+        side.model: side.superiority
+        for p in rig.outbox.pairs()[before:]
+        for side in (p.response_a, p.response_b)
+    }
+    assert scored[student] == learned[v2]
+
+    # A worker restarted over the same (recovered) tables finds the version in the tallies' keys.
+    restarted = RatingStage(rig.stage, rig.tables, clock=rig.clock)
+    assert v2 not in restarted.players
+    restarted.rebuild()
+    assert v2 in restarted.players and restarted.window_tallies() == rig.rating.window_tallies()
 
 
 def test_offline_the_stage_reads_no_verdicts_and_keeps_the_prior() -> None:

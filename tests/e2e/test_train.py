@@ -1,10 +1,12 @@
 """The loop closed on the quick lab: real models answer, the verifier labels, `karma train` turns the
 preferences into a new checkpoint version, and the generation worker answers with it while
 prompts keep flowing. A trainer SIGKILLed mid-round trains that round again after its restart
-and no preference is trained on twice; `karma audit` accounts for every prompt across the switch."""
+and no preference is trained on twice; `karma audit` accounts for every prompt across the switch;
+online competency tells the new version apart from the model it was trained from."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -59,7 +61,11 @@ def test_a_trained_version_is_served_while_prompts_flow_and_a_killed_trainer_tra
 ) -> None:
     config = lab_config(lab_quick)
     pipeline = pipeline_factory(
-        pool=config["pool"], kin=config["kin"], policy="all", judge={"backend": "verifier"}
+        pool=config["pool"],
+        kin=config["kin"],
+        policy="all",  # every pair, whatever the superiority: pairs stay predictable with online on
+        judge={"backend": "verifier"},
+        competency={"online": True},
     )
     prompts = heldout_prompts(lab_quick, per_skill=8)
     first, later = prompts[: len(prompts) // 2], prompts[len(prompts) // 2 :]
@@ -107,3 +113,33 @@ def test_a_trained_version_is_served_while_prompts_flow_and_a_killed_trainer_tra
     assert any(f"model {STUDENT}: version" in line and "-> 3" in line for line in pipeline.log_lines())
     ledger = audit(pipeline)
     assert ledger["unaccounted_total"] == 0
+
+    # Version 3's verdicts are its own evidence: a row of its own in `karma competency`, and a
+    # superiority of its own in the rating stage that pairs by it.
+    v3_player = f"{STUDENT}@v3"
+    judged = pipeline.wait_for(
+        "preferences",
+        lambda r: any(
+            isinstance(x.record, Preference)
+            and (STUDENT, 3)
+            in {(c.model, c.model_version) for c in (x.record.response_a, x.record.response_b)}
+            for x in r
+        ),
+        timeout_s=120,
+    )
+    assert judged
+    run = subprocess.run(
+        [sys.executable, "-m", "karma.cli", "competency", "--json"],
+        env={**os.environ, **settings_env(pipeline.settings)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    rows = {row["model"]: row for row in json.loads(run.stdout)["models"]}
+    assert rows[v3_player]["version"] == 3 and rows[v3_player]["comparisons"] > 0
+    assert rows[STUDENT]["version"] == 1 and rows[STUDENT]["comparisons"] > 0  # its verdicts before
+    pipeline.wait_for_metrics(
+        lambda text: f'karma_model_superiority{{estimate="blended",model="{v3_player}"}}' in text,
+        timeout_s=60,
+    )

@@ -24,7 +24,7 @@ from typing import Any
 
 from rich.progress import Progress
 
-from karma.agents.competency import pool_table
+from karma.agents.competency import player_of, pool_table
 from karma.agents.kinship import load_profiles
 from karma.lab.skills import Example
 from karma.schemas.models import Prompt, Winner
@@ -127,15 +127,16 @@ def _standing(
 ) -> Standing:
     accuracy = quiet_accuracy(path, heldout)
     window = asyncio.run(window_verdicts(settings))
+    player = player_of(student, version)  # online competency knows each version apart
     rows = pool_table(
-        settings.model_names,
+        [*settings.model_names, player],
         load_profiles(settings.kin.profiles),
         settings.kin.rule(),
         window.tallies,
         evidence=settings.competency.evidence,
         scale=settings.competency.scale,
     )
-    row = next(r for r in rows if r["model"] == student)
+    row = next(r for r in rows if r["model"] == player)
     return Standing(
         round=number,
         version=version,
