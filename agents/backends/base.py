@@ -196,5 +196,19 @@ class SharedModels:
                         self._close(instance)
                     return
 
+    def claim(self, instance: Any, model: str, engine_args: dict[str, Any]) -> bool:
+        """Files an instance held by one user only under `model`, so that user may load another
+        checkpoint into it in place (vLLM's weight reload) while a later `acquire` of the old
+        checkpoint builds a fresh one. False, and nothing changes, when others share it."""
+        with self._lock:
+            for key, entry in list(self._loaded.items()):
+                if entry[0] is instance:
+                    if entry[1] != 1:
+                        return False
+                    del self._loaded[key]
+                    self._loaded[(model, json.dumps(engine_args, sort_keys=True, default=str))] = entry
+                    return True
+            return False
+
     def __len__(self) -> int:
         return len(self._loaded)

@@ -13,7 +13,13 @@ from which `soft_label` reads P(answer A wins). A malformed verdict is retried w
 then it is a `BackendError(kind="verdict")`; an engine exception is a `BackendError(kind="backend")`.
 
 The engine is started by `load` at the worker's start (streams/worker.py), before it consumes;
-one that cannot start is a ModelLoadError that stops the worker. The context rule is the
+one that cannot start is a ModelLoadError that stops the worker. A new checkpoint of the model
+(`karma train`, karma.checkpoints) goes into the running engine through vLLM's own weight-reload
+path (`reload_in_place`): no second engine, no second copy of the weights in GPU memory. The
+batches in flight finish on the old weights first, and no batch starts while they change. An
+engine shared with another client of this process (a judge on the same checkpoint) is not
+reloaded under it: the new version gets an engine of its own beside it (sdk.py `switch`). The
+context rule is the
 transformers backend's (base.py `too_long`): a prompt or judge pass whose tokens and `max_tokens`
 do not fit the engine's `max_model_len` is a `BackendError(kind="too_long")`, dead-lettered by
 the stage, and never reaches the engine.
@@ -21,16 +27,19 @@ the stage, and never reaches the engine.
 vLLM (and torch) are imported only where an engine or SamplingParams is built: this module
 imports without them, and the translation below (`sampling_kwargs`, `make_sampling_params` with
 a stand-in module, `generation_from_output`, `judge_reply_from_output`) and the judge's retry
-loop (with an injected fake engine) are unit-tested without vLLM. What was NOT run in this
+loop (with an injected fake engine) and the in-place reload (`reload_in_place` against a fake engine
+that records its RPCs) are unit-tested without vLLM. What was NOT run in this
 project: anything against a real vLLM engine (no GPU and no vLLM install here), in particular
 building AsyncLLM in a worker thread (so weight loading does not stall Kafka heartbeats);
-deploy/gpu/vllm_smoke.py is the script that does, on a GPU machine.
+deploy/gpu/vllm_smoke.py is the script that does, on a GPU machine, and it reloads a second
+checkpoint in place.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -43,6 +52,7 @@ from karma.agents.backends.base import (
     GenerationRequest,
     JudgeReply,
     JudgeRequest,
+    ModelLoadError,
     SharedModels,
     too_long,
 )
@@ -60,6 +70,8 @@ from karma.agents.judge_prompt import (
 
 if TYPE_CHECKING:  # annotations only: config reads the backends' names, not the reverse
     from karma.streams.config import BackendSpec, JudgeSettings, KarmaSettings, ModelSpec
+
+log = logging.getLogger(__name__)
 
 SDK = Sdk("vllm", ("vllm",), extra="vllm", needs="vLLM (and a GPU)")
 JSON_SCHEMA = "json_schema"  # the neutral key of `sampling_kwargs`; see make_sampling_params
@@ -205,6 +217,18 @@ def _build_engine(model: str, engine_args: dict[str, Any]) -> Any:
 _ENGINES = SharedModels(_build_engine, lambda engine: engine.shutdown())
 acquire_engine = _ENGINES.acquire
 release_engine = _ENGINES.release
+claim_engine = _ENGINES.claim
+
+
+async def reload_in_place(engine: Any, path: str) -> None:
+    """Loads the checkpoint at `path` into a running AsyncLLM, vLLM's own way: every worker's
+    `update_config` points the model config at `path` and `reload_weights` reads the weights
+    from it into the model's parameters in place; then the prefix cache is dropped, since its
+    KV blocks were computed by the old weights. The tokenizer and the architecture stay: `path`
+    must be a version of the same model (what `karma train` writes)."""
+    await engine.collective_rpc("update_config", args=({"model_config": {"model": path}},))
+    await engine.collective_rpc("reload_weights")
+    await engine.reset_prefix_cache()
 
 
 async def _tokenizer(engine: Any) -> Any:
@@ -261,6 +285,43 @@ class _VLLMClient(SharedModelClient):
 
     def _cannot_load(self, exc: Exception) -> str:
         return f"cannot start the vLLM engine for {self.served_model}: {describe_engine_error(exc)}"
+
+    async def switch(self, name: str, path: str, version: int) -> None:
+        """Serves the checkpoint at `path` as `version` from the next batch on, reloaded into
+        this client's engine in place (module docstring). A reload that fails puts the old
+        weights back (and, should that fail too, drops the engine: the next batch starts a fresh
+        one on the old checkpoint) and raises ModelLoadError: the old version serves on."""
+        engine = self._model
+        args = dict(self.spec.engine_args)
+        if engine is None or not self._owns_model or not claim_engine(engine, path, args):
+            await super().switch(name, path, version)  # shared or not started: beside, then swap
+            return
+        async with self._starting:  # no batch starts on the engine while its weights change
+            async with self._batch_done:
+                await self._batch_done.wait_for(lambda: self._batches[self.version] <= 0)
+            old = self.served_model
+            try:
+                await reload_in_place(engine, path)
+            except Exception as exc:
+                await self._restore(engine, old, args)
+                raise ModelLoadError(name, path, describe_engine_error(exc)) from exc
+            self.served_model, self.version = path, version
+
+    async def _restore(self, engine: Any, old: str, args: dict[str, Any]) -> None:
+        """After a failed reload (called holding `_starting`): the old weights back, or no engine."""
+        try:
+            await reload_in_place(engine, old)
+        except Exception as exc:
+            log.error(
+                "%s: the old weights did not reload either (%s): starting a fresh engine on %s",
+                self.served_model,
+                describe_engine_error(exc),
+                old,
+            )
+            self._model = None
+            await self._release(engine)
+            return
+        claim_engine(engine, old, args)
 
     async def _prepared(self, engine: Any) -> tuple[Any, Any]:
         return engine, await _tokenizer(engine)

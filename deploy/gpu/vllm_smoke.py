@@ -6,9 +6,20 @@
 Builds a VLLMGenerator and a VLLMJudge on the same checkpoint (they must share one engine),
 generates for 8 prompts in one batch, then judges 4 pairs (a generated answer against a curt
 canned one) in both orders, and prints the figures: responses, tokens/s, verdicts parsed, soft
-labels present, pairs judged consistently. It exits 1 on any failure: a generation or judge
-error, an empty response, a second engine, or no soft label at all (that would mean the
-logprob translation is broken). NOT run in this project's CI: there is no GPU and no vLLM here.
+labels present, pairs judged consistently.
+
+Then the in-place reload (what a generation worker does when `karma train` publishes a new
+version): a greedy generator alone on its engine answers 4 prompts, switches to a second
+checkpoint of the same model (`--reload-model`, or a copy written here with transformers whose
+final norm is negated, so that its greedy answers must differ), answers again, switches back to
+the first checkpoint and answers a third time. It checks that one engine served all three (no
+second engine was built), that the second checkpoint's answers differ, that the first's come
+back identical, and that each answer names its version (1, 2, 3); it prints the reload times.
+
+It exits 1 on any failure: a generation or judge error, an empty response, a second engine, no
+soft label at all (that would mean the logprob translation is broken), or a reload that did not
+change, or did not restore, the answers. NOT run in this project's CI: there is no GPU and no
+vLLM here.
 """
 
 from __future__ import annotations
@@ -17,7 +28,9 @@ import argparse
 import asyncio
 import json
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from karma.agents.backends import BackendError, Generation, GenerationRequest, JudgeReply, JudgeRequest
@@ -47,6 +60,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.5)
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--eager", action="store_true", help="skip CUDA graph capture (faster start)")
+    parser.add_argument(
+        "--reload-model",
+        default=None,
+        help="a second checkpoint of --model to reload in place (default: a changed copy written here)",
+    )
     return parser.parse_args()
 
 
@@ -143,10 +161,86 @@ async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         await judge.close()
 
 
+def write_changed_copy(model: str, out: Path) -> str:
+    """A copy of `model` whose final norm is negated: the logits flip sign, so greedy decoding
+    picks other tokens. Same architecture and tokenizer: what an in-place reload accepts."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    weights = AutoModelForCausalLM.from_pretrained(model, torch_dtype="auto")  # the dtype vLLM serves
+    with torch.no_grad():
+        weights.get_decoder().norm.weight.neg_()
+    weights.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model).save_pretrained(out)
+    return str(out)
+
+
+async def reload_in_place(args: argparse.Namespace, second: str) -> tuple[dict[str, Any], list[str]]:
+    """Greedy answers on --model, on `second` reloaded into the same engine, and on --model again."""
+    engine_args: dict[str, Any] = {
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "max_model_len": args.max_model_len,
+    }
+    if args.eager:
+        engine_args["enforce_eager"] = True
+    spec = ModelSpec(
+        name="smoke-reload",
+        backend="vllm",
+        model=args.model,
+        temperature=0.0,
+        max_tokens=32,
+        engine_args=engine_args,
+    )
+    generator = VLLMGenerator(spec)
+    requests = [GenerationRequest(f"r-{i}", text, seed=0) for i, text in enumerate(PROMPTS[:4])]
+    failures: list[str] = []
+    figures: dict[str, Any] = {"reload_model": second}
+    answers: list[list[str]] = []
+    engines: set[int] = set()
+    try:
+        for version, path in ((1, args.model), (2, second), (3, args.model)):
+            if version > 1:
+                started = time.perf_counter()
+                await generator.switch("smoke-reload", path, version)
+                figures[f"reload_to_version_{version}_s"] = round(time.perf_counter() - started, 2)
+            results = await generator.generate(requests)
+            engines.add(id(generator._model))
+            texts = []
+            for request, result in zip(requests, results, strict=True):
+                if isinstance(result, BackendError):
+                    failures.append(f"version {version}, {request.prompt_id}: {result.reason}")
+                elif result.model_version != version:
+                    failures.append(
+                        f"{request.prompt_id}: answered as version {result.model_version}, not {version}"
+                    )
+                texts.append(result.text if isinstance(result, Generation) else "")
+            print(f"--- version {version} ({path}): {texts[0][:120]!r}")
+            answers.append(texts)
+    finally:
+        await generator.close()
+    figures |= {
+        "engines_for_three_versions": len(engines),
+        "answers_changed_by_version_2": sum(a != b for a, b in zip(answers[0], answers[1], strict=True)),
+        "answers_restored_by_version_3": sum(a == c for a, c in zip(answers[0], answers[2], strict=True)),
+    }
+    if len(engines) != 1:
+        failures.append(f"{len(engines)} engines for three versions: the reload was not in place")
+    if answers[1] == answers[0]:
+        failures.append("the second checkpoint's greedy answers are the first's: its weights were not loaded")
+    if answers[2] != answers[0]:
+        failures.append("reloading the first checkpoint did not give its greedy answers back")
+    return figures, failures
+
+
 def main() -> int:
     args = parse_args()
     try:
         figures, failures = asyncio.run(run(args))
+        with tempfile.TemporaryDirectory() as scratch:
+            second = args.reload_model or write_changed_copy(args.model, Path(scratch) / "changed")
+            reloaded, reload_failures = asyncio.run(reload_in_place(args, second))
+        figures |= reloaded
+        failures += reload_failures
     except BackendError as exc:  # e.g. vLLM not installed
         print(f"FAILED: {exc.reason}", file=sys.stderr)
         return 1

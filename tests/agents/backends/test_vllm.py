@@ -25,6 +25,7 @@ from karma.agents.backends import (
     ModelLoadError,
 )
 from karma.agents.backends import vllm as vllm_backend
+from karma.agents.backends.base import SharedModels
 from karma.agents.backends.vllm import (
     JSON_SCHEMA,
     VLLMGenerator,
@@ -487,6 +488,177 @@ def test_generator_and_judge_of_one_checkpoint_share_one_engine(monkeypatch: pyt
     assert isinstance(generated, Generation) and isinstance(verdict, JudgeReply)
     assert len(built) == 1 and built[0].model == "org/ckpt" and built[0].kwargs == args
     assert Engine.shut == 1 and not vllm_backend._ENGINES
+
+
+# --- a new checkpoint, reloaded in place ----------------------------------------------------------
+
+
+class ReloadingEngine(FakeEngine):
+    """Answers "<weights>: <prompt>" after `delay_s`; records vLLM's reload RPCs in `log` (with
+    each request's start and end), and fails the reload of a path in `broken`."""
+
+    def __init__(self, weights: str, delay_s: float = 0.0, broken: frozenset[str] = frozenset()) -> None:
+        super().__init__([], tokenizer=FakeTokenizer(chat_template=None))
+        self.weights, self.delay_s, self.broken = weights, delay_s, broken
+        self.log: list[Any] = []
+        self._pointed_at = weights
+
+    async def generate(self, prompt: Any, params: Any, request_id: str) -> AsyncIterator[Any]:
+        self.log.append(("start", self.weights))
+        await asyncio.sleep(self.delay_s)
+        self.log.append(("end", self.weights))
+        yield reply(f"{self.weights}: {prompt['prompt'].split()[0]}")
+
+    async def collective_rpc(
+        self, method: str, timeout: float | None = None, args: tuple[Any, ...] = ()
+    ) -> list[Any]:
+        self.log.append((method, *args))
+        if method == "update_config":
+            self._pointed_at = args[0]["model_config"]["model"]
+        elif method == "reload_weights":
+            if self._pointed_at in self.broken:
+                self.weights = "half-loaded"
+                raise RuntimeError(f"no safetensors in {self._pointed_at}")
+            self.weights = self._pointed_at
+        return [None]
+
+    async def reset_prefix_cache(self) -> bool:
+        self.log.append(("reset_prefix_cache",))
+        return True
+
+
+class Engines:
+    """The process's shared engines (base.SharedModels) over ReloadingEngines, in place of vLLM."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, **engine_options: Any) -> None:
+        self.built: list[ReloadingEngine] = []
+        self.shut: list[ReloadingEngine] = []
+        self.options = engine_options
+        shared = SharedModels(self._build, self.shut.append)
+        self.shared = shared
+        monkeypatch.setattr(vllm_backend, "acquire_engine", shared.acquire)
+        monkeypatch.setattr(vllm_backend, "release_engine", shared.release)
+        monkeypatch.setattr(vllm_backend, "claim_engine", shared.claim)
+        monkeypatch.setattr(vllm_backend, "require_vllm", lambda: None)  # the fakes stand in for it
+
+    def _build(self, model: str, engine_args: dict[str, Any]) -> ReloadingEngine:
+        engine = ReloadingEngine(model, **self.options)
+        self.built.append(engine)
+        return engine
+
+
+def _generator() -> VLLMGenerator:
+    return VLLMGenerator(ModelSpec(name="m", backend="vllm", model="org/ckpt"), params_factory=identity)
+
+
+RELOAD_V2 = [
+    ("update_config", {"model_config": {"model": "/ckpts/m/v2"}}),
+    ("reload_weights",),
+    ("reset_prefix_cache",),
+]
+
+
+def test_a_new_checkpoint_is_reloaded_into_the_running_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    engines = Engines(monkeypatch)
+    generator = _generator()
+
+    async def run() -> tuple[list[Any], list[Any]]:
+        before = await generator.generate([GenerationRequest("p-1", "one")])
+        await generator.switch("m", "/ckpts/m/v2", 2)
+        after = await generator.generate([GenerationRequest("p-2", "two")])
+        return before, after
+
+    before, after = asyncio.run(run())
+    assert [(r.text, r.model_version) for r in before] == [("org/ckpt: one", 1)]
+    assert [(r.text, r.model_version) for r in after] == [("/ckpts/m/v2: two", 2)]
+    [engine] = engines.built  # one engine: the weights changed inside it
+    assert [e for e in engine.log if e[0] not in ("start", "end")] == RELOAD_V2
+    assert not engines.shut and generator.served_model == "/ckpts/m/v2"
+    # The registry files the engine under its new checkpoint: the old one would be a fresh engine.
+    assert engines.shared.acquire("/ckpts/m/v2", {}) is engine
+    assert engines.shared.acquire("org/ckpt", {}) is not engine
+
+
+def test_the_batch_in_flight_finishes_on_the_old_weights_before_the_reload(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engines = Engines(monkeypatch, delay_s=0.2)
+    generator = _generator()
+
+    async def run() -> tuple[list[Any], list[Any]]:
+        await generator.load()
+        in_flight = asyncio.create_task(generator.generate([GenerationRequest("p-1", "one")]))
+        await asyncio.sleep(0.05)  # the batch has started on version 1
+        await generator.switch("m", "/ckpts/m/v2", 2)
+        next_batch = await generator.generate([GenerationRequest("p-2", "two")])
+        return await in_flight, next_batch
+
+    first, second = asyncio.run(run())
+    assert [(r.text, r.model_version) for r in first] == [("org/ckpt: one", 1)]
+    assert [(r.text, r.model_version) for r in second] == [("/ckpts/m/v2: two", 2)]
+    [engine] = engines.built
+    assert engine.log == [
+        ("start", "org/ckpt"),
+        ("end", "org/ckpt"),
+        *RELOAD_V2,
+        *[("start", "/ckpts/m/v2"), ("end", "/ckpts/m/v2")],
+    ]
+
+
+def test_a_reload_that_fails_puts_the_old_weights_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    engines = Engines(monkeypatch, broken=frozenset({"/ckpts/m/v2"}))
+    generator = _generator()
+
+    async def run() -> list[Any]:
+        await generator.load()
+        with pytest.raises(ModelLoadError, match=r"cannot load model m from /ckpts/m/v2: .*no safetensors"):
+            await generator.switch("m", "/ckpts/m/v2", 2)
+        return await generator.generate([GenerationRequest("p-1", "one")])
+
+    results = asyncio.run(run())
+    assert [(r.text, r.model_version) for r in results] == [("org/ckpt: one", 1)]
+    [engine] = engines.built
+    assert [e[:2] for e in engine.log if e[0] == "update_config"] == [
+        ("update_config", {"model_config": {"model": "/ckpts/m/v2"}}),
+        ("update_config", {"model_config": {"model": "org/ckpt"}}),
+    ]
+    assert engines.shared.acquire("org/ckpt", {}) is engine  # filed under its weights again
+
+
+def test_when_the_old_weights_do_not_reload_either_the_next_batch_starts_a_fresh_engine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    engines = Engines(monkeypatch, broken=frozenset({"/ckpts/m/v2", "org/ckpt"}))
+    generator = _generator()
+
+    async def run() -> list[Any]:
+        await generator.load()
+        with pytest.raises(ModelLoadError):
+            await generator.switch("m", "/ckpts/m/v2", 2)
+        return await generator.generate([GenerationRequest("p-1", "one")])
+
+    results = asyncio.run(run())
+    assert [(r.text, r.model_version) for r in results] == [("org/ckpt: one", 1)]
+    broken, fresh = engines.built
+    assert engines.shut == [broken] and fresh.weights == "org/ckpt"
+
+
+def test_an_engine_shared_with_the_judge_is_not_reloaded_under_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    engines = Engines(monkeypatch)
+    generator = _generator()
+    judge = VLLMJudge(judge_spec(model="org/ckpt"), params_factory=identity)
+
+    async def run() -> list[Any]:
+        await generator.load()
+        await judge.load()
+        await generator.switch("m", "/ckpts/m/v2", 2)
+        return await generator.generate([GenerationRequest("p-1", "one")])
+
+    results = asyncio.run(run())
+    assert [(r.text, r.model_version) for r in results] == [("/ckpts/m/v2: one", 2)]
+    shared, own = engines.built  # the new version got an engine of its own beside the judge's
+    assert shared.weights == "org/ckpt" and not [e for e in shared.log if e[0] != "start"]
+    assert own.weights == "/ckpts/m/v2" and not engines.shut  # the judge still holds the first
 
 
 # --- without vLLM ---------------------------------------------------------------------------------
