@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from karma.cli.common import (
@@ -19,10 +18,9 @@ from karma.cli.common import (
     out,
     settings_or_exit,
 )
-from karma.localkafka.broker import BrokerError
+from karma.cli.local_broker import broker_or_exit
 from karma.streams.topics import TopicMismatchError
 from karma.tools.demo import run_demo
-from karma.tools.processes import broker_for
 
 _COUNTS = ("prompts", "responses", "pairs", "preferences", "ties", "dlq")
 
@@ -44,31 +42,27 @@ def demo(
 
     Without --bootstrap it starts the local broker on --port if none answers there (and stops it
     afterwards unless --keep-broker)."""
-    try:
-        with broker_for(bootstrap, port, keep=keep_broker, say=console.print) as servers:
-            console.print(f"broker answering on {servers}")
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            settings = settings_or_exit(
-                config,
-                bootstrap_servers=servers,
-                topic_prefix=f"demo-{stamp}.",
-                app_id=f"karma-demo-{stamp}",
-                metrics_port=0,
-            )
-            # Prior competency, so the demo can predict (and check) every pair; `karma eval` and
-            # the drift test show the online competency.
-            settings = settings.model_copy(
-                update={"competency": settings.competency.model_copy(update={"online": False})}
-            )
-            prompt_lines = (
-                prompts.read_text()
-                if prompts
-                else resources.files("karma.tools").joinpath("data/sample_prompts.jsonl").read_text()
-            ).splitlines()
-            summary = run_demo(settings, prompt_lines, output, timeout, console, new_progress)
-    except (BrokerError, TopicMismatchError) as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
+    with broker_or_exit(bootstrap, port, TopicMismatchError, keep=keep_broker) as servers:
+        console.print(f"broker: {servers}")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        settings = settings_or_exit(
+            config,
+            bootstrap_servers=servers,
+            topic_prefix=f"demo-{stamp}.",
+            app_id=f"karma-demo-{stamp}",
+            metrics_port=0,
+        )
+        # Prior competency, so the demo can predict (and check) every pair; `karma eval` and
+        # the drift test show the online competency.
+        settings = settings.model_copy(
+            update={"competency": settings.competency.model_copy(update={"online": False})}
+        )
+        prompt_lines = (
+            prompts.read_text()
+            if prompts
+            else resources.files("karma.tools").joinpath("data/sample_prompts.jsonl").read_text()
+        ).splitlines()
+        summary = run_demo(settings, prompt_lines, output, timeout, console, new_progress)
     table = Table(title="KARMA demo")
     for column in _COUNTS:
         table.add_column(column, justify="right")

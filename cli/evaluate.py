@@ -8,8 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from aiokafka.errors import KafkaError
-from rich.markup import escape
 
 from karma.agents.kinship import ProfileError
 from karma.cli.common import (
@@ -20,7 +18,7 @@ from karma.cli.common import (
     out,
     settings_or_exit,
 )
-from karma.localkafka.broker import BrokerError
+from karma.cli.local_broker import broker_or_exit
 from karma.streams.topics import TopicMismatchError
 from karma.tools.evaluation import (
     EvalError,
@@ -39,7 +37,6 @@ from karma.tools.evaluation.training import (
     study_size,
     write_study,
 )
-from karma.tools.processes import broker_for
 from karma.tools.train.dpo import DpoSettings
 
 
@@ -150,39 +147,31 @@ def evaluate(
     if not prompt_set:
         console.print("[red]error:[/] no usable prompt")
         raise typer.Exit(2)
-    try:
-        with broker_for(bootstrap, port, say=console.print) as servers:
-            settings = settings_or_exit(config, bootstrap_servers=servers, metrics_port=0, **judge_override)
-            try:
-                settings = with_pool(settings, "config" if pool is PoolChoice.lab else pool.value)
-            except ProfileError as exc:
-                console.print(f"[red]error:[/] {exc}")
-                raise typer.Exit(2) from None
-            console.print(
-                f"karma eval: {len(prompt_set)} prompts x {len(settings.pool)} models ({pool.value}), "
-                f"policies {', '.join(chosen)}, broker {settings.bootstrap_servers}"
-            )
-            info = {
-                "prompt_source": str(prompts or "bundled sample_prompts.jsonl"),
-                "pool_source": pool.value,
-            }
-            result = run_eval(
-                settings,
-                chosen,
-                prompt_set,
-                out_dir,
-                timeout_s=timeout,
-                console=console,
-                progress=new_progress,
-                info=info,
-            )
-    except (BrokerError, EvalError, TopicMismatchError) as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
-    except (KafkaError, TimeoutError) as exc:
-        where = bootstrap or f"127.0.0.1:{port}"
-        console.print(f"[red]error:[/] Kafka: {exc or 'timed out'} (is the broker at {where} up?)")
-        raise typer.Exit(1) from None
+    with broker_or_exit(bootstrap, port, EvalError, TopicMismatchError) as servers:
+        settings = settings_or_exit(config, bootstrap_servers=servers, metrics_port=0, **judge_override)
+        try:
+            settings = with_pool(settings, "config" if pool is PoolChoice.lab else pool.value)
+        except ProfileError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+        console.print(
+            f"karma eval: {len(prompt_set)} prompts x {len(settings.pool)} models ({pool.value}), "
+            f"policies {', '.join(chosen)}, broker {settings.bootstrap_servers}"
+        )
+        info = {
+            "prompt_source": str(prompts or "bundled sample_prompts.jsonl"),
+            "pool_source": pool.value,
+        }
+        result = run_eval(
+            settings,
+            chosen,
+            prompt_set,
+            out_dir,
+            timeout_s=timeout,
+            console=console,
+            progress=new_progress,
+            info=info,
+        )
     out.print(summary_table(result.summaries, title=f"karma eval ({result.seconds:.0f} s)"))
     out.print(f"report: {result.paths['report_md']} (and report.json, gap_distribution.png, quality.png)")
     if train:

@@ -9,15 +9,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from aiokafka.errors import KafkaError
 from rich.markup import escape
 
 from karma.cli.common import BootstrapOption, console, new_progress, out, settings_or_exit
-from karma.localkafka.broker import BrokerError
+from karma.cli.local_broker import broker_or_exit
 from karma.tools.evaluation import EvalError
 from karma.tools.evaluation.loop import run_loop, write_loop
 from karma.tools.evaluation.training import heldout_examples, stream_prompts
-from karma.tools.processes import broker_for
 from karma.tools.train import DpoSettings, TrainError
 
 
@@ -63,43 +61,36 @@ def loop(
     heldout = heldout_examples(lab)
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
     dpo = DpoSettings(learning_rate=learning_rate, epochs=epochs, sft_weight=sft_weight)
-    try:
-        with broker_for(bootstrap, port, say=console.print) as servers:
-            settings = settings_or_exit(
-                lab / "pool.yaml",
-                bootstrap_servers=servers,
-                metrics_port=0,
-                lag_interval_s=0.0,
-                judge={"backend": "verifier"},
-                policy="kin",
-                competency={"online": True},
-                topic_prefix=f"loop-{stamp}.",
-                app_id=f"karma-loop-{stamp}",
-                data_dir=out_dir / "faust",
-            )
-            console.print(
-                f"karma loop: {student}, {rounds} rounds, {len(stream)} stream prompts x "
-                f"{len(settings.pool)} models, broker {settings.bootstrap_servers}"
-            )
-            result = run_loop(
-                settings,
-                lab,
-                student,
-                stream,
-                heldout,
-                rounds,
-                out_dir,
-                dpo,
-                say=lambda line: console.print(escape(line)),
-                progress=new_progress,
-                timeout_s=timeout,
-            )
-    except (BrokerError, EvalError, TrainError) as exc:
-        console.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
-    except (KafkaError, TimeoutError) as exc:
-        console.print(f"[red]error:[/] Kafka: {exc or 'timed out'}")
-        raise typer.Exit(1) from None
+    with broker_or_exit(bootstrap, port, EvalError, TrainError) as servers:
+        settings = settings_or_exit(
+            lab / "pool.yaml",
+            bootstrap_servers=servers,
+            metrics_port=0,
+            lag_interval_s=0.0,
+            judge={"backend": "verifier"},
+            policy="kin",
+            competency={"online": True},
+            topic_prefix=f"loop-{stamp}.",
+            app_id=f"karma-loop-{stamp}",
+            data_dir=out_dir / "faust",
+        )
+        console.print(
+            f"karma loop: {student}, {rounds} rounds, {len(stream)} stream prompts x "
+            f"{len(settings.pool)} models, broker {settings.bootstrap_servers}"
+        )
+        result = run_loop(
+            settings,
+            lab,
+            student,
+            stream,
+            heldout,
+            rounds,
+            out_dir,
+            dpo,
+            say=lambda line: console.print(escape(line)),
+            progress=new_progress,
+            timeout_s=timeout,
+        )
     paths = write_loop(result, out_dir)
     out.print(paths["md"].read_text(), markup=False, highlight=False)
     out.print(f"report: {paths['md']} (and loop-report.json, loop-report.png)")
