@@ -3,6 +3,7 @@ its resume offsets, and crashes at every step of a commit leaving no row twice a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from aiokafka import TopicPartition
 from typer.testing import CliRunner
 
 from karma.cli import app
@@ -22,6 +24,7 @@ from karma.tools.export import shards as shards_module
 from karma.tools.export.files import ExportError, Layout, ShardFormat, arrow_schema, load_pyarrow
 from karma.tools.export.manifest import MANIFEST_DIR, Manifest, offset_gaps, resume_offsets
 from karma.tools.export.rows import COLUMNS, RowFilter, Skip, Skipped, classify, row_of
+from karma.tools.export.runner import seek_within
 from karma.tools.export.shards import ShardBuilder, ShardStore
 from tests import records
 
@@ -396,3 +399,41 @@ def test_rows_module_knows_no_kafka() -> None:
     for module in (rows_module, manifest_module, files_module, shards_module):
         source = Path(module.__file__ or "").read_text()
         assert "aiokafka" not in source and "faust" not in source
+
+
+# --- where a reader of a topic resumes (karma export and karma train) -------------------------
+
+
+class OffsetsConsumer:
+    """What `seek_within` asks of an AIOKafkaConsumer: each partition's bounds, and the seeks."""
+
+    def __init__(self, bounds: dict[int, tuple[int, int]]) -> None:
+        self.bounds = bounds
+        self.seeks: dict[int, int] = {}
+
+    async def beginning_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.bounds[tp.partition][0] for tp in tps}
+
+    async def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.bounds[tp.partition][1] for tp in tps}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.seeks[tp.partition] = offset
+
+
+def test_a_reader_resumes_where_asked_within_each_partitions_bounds() -> None:
+    consumer = OffsetsConsumer({0: (0, 10), 1: (5, 9), 2: (3, 8)})
+    tps = [TopicPartition("karma.preferences", p) for p in range(3)]
+    said: list[str] = []
+
+    def recreated(tp: TopicPartition, start: int, end: int) -> ExportError:
+        return ExportError(f"{tp.partition}: {start} > {end}")
+
+    # Partition 0 where asked, 1 past what expired (from its beginning, with a warning), 2 from
+    # its beginning (nothing asked).
+    positions = asyncio.run(seek_within(consumer, tps, {0: 7, 1: 2}, recreated, said.append))  # type: ignore[arg-type]
+    assert positions == consumer.seeks == {0: 7, 1: 5, 2: 3}
+    assert said == ["warning: partition 1: offsets 2-4 expired from the topic before they were read"]
+    # Past the end: the topic was made again; reading it would reuse offsets already accounted for.
+    with pytest.raises(ExportError, match="0: 11 > 10"):
+        asyncio.run(seek_within(consumer, tps, {0: 11}, recreated, said.append))  # type: ignore[arg-type]

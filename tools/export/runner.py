@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -180,6 +180,36 @@ async def assign_all(settings: KarmaSettings, consumer: AIOKafkaConsumer, name: 
     return tps
 
 
+async def seek_within(
+    consumer: AIOKafkaConsumer,
+    tps: list[TopicPartition],
+    wanted: Mapping[int, int],
+    past_end: Callable[[TopicPartition, int, int], Exception],
+    say: Callable[[str], object],
+) -> dict[int, int]:
+    """Seeks each partition to `wanted[partition]` (its beginning when absent) and returns the
+    positions. A position past the partition's end raises `past_end(tp, wanted, end)`: the topic
+    was deleted and made again, and reading it would reuse offsets already accounted for. One
+    before the beginning (expired from the topic) starts at the beginning, with a warning. Shared
+    by `karma export` and `karma train`, which differ only in where they resume."""
+    beginnings = await consumer.beginning_offsets(tps)
+    ends = await consumer.end_offsets(tps)
+    positions = {}
+    for tp in tps:
+        start = wanted.get(tp.partition, beginnings[tp])
+        if start > ends[tp]:
+            raise past_end(tp, start, ends[tp])
+        if start < beginnings[tp]:
+            say(
+                f"warning: partition {tp.partition}: offsets {start}-{beginnings[tp] - 1} expired from the "
+                "topic before they were read"
+            )
+            start = beginnings[tp]
+        consumer.seek(tp, start)
+        positions[tp.partition] = start
+    return positions
+
+
 async def _seek(
     consumer: AIOKafkaConsumer,
     tps: list[TopicPartition],
@@ -188,30 +218,19 @@ async def _seek(
 ) -> dict[int, int]:
     """Seeks each partition to where the manifests say to resume (its beginning when they name
     none); returns those positions."""
-    beginnings = await consumer.beginning_offsets(tps)
-    ends = await consumer.end_offsets(tps)
-    positions = {}
+
+    def recreated(tp: TopicPartition, start: int, end: int) -> ExportError:
+        return ExportError(
+            f"the manifests resume partition {tp.partition} of {tp.topic} at offset {start}, past its "
+            f"end ({end}): was the topic recreated? Export it to another --out"
+        )
+
+    positions = await seek_within(consumer, tps, resume, recreated, say)
     behind = []
     for tp in tps:
-        start = resume.get(tp.partition, beginnings[tp])
-        if start > ends[tp]:
-            # Past the end: the topic was deleted and made again. Reading it from its beginning
-            # would export its messages under offsets the manifests already claim.
-            raise ExportError(
-                f"the manifests resume partition {tp.partition} of {tp.topic} at offset {start}, past its "
-                f"end ({ends[tp]}): was the topic recreated? Export it to another --out"
-            )
-        if start < beginnings[tp]:
-            say(
-                f"warning: partition {tp.partition}: offsets {start}-{beginnings[tp] - 1} expired from the "
-                "topic before they were exported"
-            )
-            start = beginnings[tp]
         committed = await consumer.committed(tp)
-        if committed is not None and committed != start:
-            behind.append(f"{tp.partition}: {committed} -> {start}")
-        consumer.seek(tp, start)
-        positions[tp.partition] = start
+        if committed is not None and committed != positions[tp.partition]:
+            behind.append(f"{tp.partition}: {committed} -> {positions[tp.partition]}")
     if behind:
         # Expected after a crash between a shard's commit and the group's (the manifest wins).
         moved = ", ".join(behind)

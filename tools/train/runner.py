@@ -36,7 +36,7 @@ from karma.streams.metrics import (
     TRAIN_ROUNDS,
     TRAIN_VERSION,
 )
-from karma.tools.export.runner import CommitHint, assign_all
+from karma.tools.export.runner import CommitHint, assign_all, seek_within
 from karma.tools.train.dpo import DpoSettings, RoundResult, TrainError, train_round
 from karma.tools.train.rounds import PreferenceFilter, RoundBuilder, VersionStore, resume
 
@@ -245,29 +245,28 @@ async def _seek(
     """Each partition where the newest version's record says the input stands; before any version,
     at the group's committed offset, or the beginning. Returns the positions."""
     recorded = {o.partition: o.offset for o in newest.input_offsets} if newest is not None else {}
-    beginnings = await consumer.beginning_offsets(tps)
-    ends = await consumer.end_offsets(tps)
-    positions = {}
+    wanted = {}
     for tp in tps:
         committed = await consumer.committed(tp)
         if newest is None:
-            start = beginnings[tp] if committed is None else committed
-        else:
-            start = recorded.get(tp.partition, beginnings[tp])
-            if committed is not None and committed != start:  # killed between publish and commit
+            if committed is not None:
+                wanted[tp.partition] = committed
+        elif tp.partition in recorded:
+            wanted[tp.partition] = recorded[tp.partition]
+            # Killed between publishing the version and committing the group: the record wins.
+            if committed is not None and committed != recorded[tp.partition]:
                 say(
-                    f"partition {tp.partition}: resuming at {start}, where version {newest.version} "
-                    f"says, not at {committed}"
+                    f"partition {tp.partition}: resuming at {recorded[tp.partition]}, where version "
+                    f"{newest.version} says, not at {committed}"
                 )
-        if start > ends[tp]:
-            raise TrainError(
-                f"partition {tp.partition} of {tp.topic} resumes at offset {start}, past its end "
-                f"({ends[tp]}): was the topic recreated? Train into another --out, with another --group"
-            )
-        start = max(start, beginnings[tp])  # older preferences expired from the topic
-        consumer.seek(tp, start)
-        positions[tp.partition] = start
-    return positions
+
+    def recreated(tp: TopicPartition, start: int, end: int) -> TrainError:
+        return TrainError(
+            f"partition {tp.partition} of {tp.topic} resumes at offset {start}, past its end "
+            f"({end}): was the topic recreated? Train into another --out, with another --group"
+        )
+
+    return await seek_within(consumer, tps, wanted, recreated, say)
 
 
 def _count(builder: RoundBuilder, checkpoint: Checkpoint, result: TrainResult) -> None:
