@@ -11,8 +11,10 @@ model is accounted for; the other models' responses, and the rest of the batch, 
 
 Checkpoints: the worker follows karma.checkpoints (written by `karma train`). At start it reads
 the topic to its end and loads each model's newest version instead of the configured checkpoint;
-then it keeps reading, and a batch that starts after a newer version arrived switches the model
-to it first (`Generator.switch`: a batch in flight finishes on the old weights). Every response
+then it keeps reading, and switches a model to a newer version as soon as it reads one (and a
+batch that starts before that switch is done waits for it), so an idle worker is on the new
+version before the next prompt comes (`Generator.switch`: a batch in flight finishes on the
+old weights). Every response
 names the version that wrote it (`model_version`, part of its id from version 2), so a prompt
 is answered once per model, by whichever version took its batch. A backend that cannot switch
 (openai) says so once in the log and serves on; a checkpoint that does not load is logged and
@@ -86,6 +88,7 @@ class CheckpointFollower:
         self.newest: dict[str, Checkpoint] = {}
         self._given_up: dict[str, int] = {}  # model -> the version it could not switch to
         self._switching = {g.model: asyncio.Lock() for g in generators}
+        self._loaded: set[str] = set()  # models loaded at start: `follow` may switch them
         for g in generators:
             MODEL_VERSION.labels(g.model).set(g.version)
 
@@ -116,6 +119,7 @@ class CheckpointFollower:
             await generator.load()
         else:
             await self._switch(generator, checkpoint)  # loads it: nothing was loaded before
+        self._loaded.add(generator.model)
 
     async def follow(self) -> None:
         """Reads karma.checkpoints as it grows (a faust task, for the worker's life); a topic that
@@ -125,14 +129,28 @@ class CheckpointFollower:
                 async with TopicReader(self.stage.settings, "checkpoints") as reader:
                     while True:
                         received = await reader.poll(timeout_ms=1000)
-                        self.saw([r.record for r in received if isinstance(r.record, Checkpoint)])
+                        checkpoints = [r.record for r in received if isinstance(r.record, Checkpoint)]
+                        self.saw(checkpoints)
+                        if checkpoints:
+                            await self._switch_now()
             except (TopicNotFoundError, KafkaError) as exc:
                 log.warning("cannot follow the checkpoints topic (%s); trying again", exc)
                 await asyncio.sleep(FOLLOW_RETRY_S)
 
-    async def catch_up(self) -> None:
-        """Before a batch: each generator on its newest version, unless it cannot be."""
+    async def _switch_now(self) -> None:
+        """The loaded generators on their newest versions, as soon as `follow` reads one; what
+        fails here is logged, and the next batch's `catch_up` tries again."""
+        try:
+            await self.catch_up(only=self._loaded)
+        except Exception:
+            log.exception("switching to a new checkpoint failed; the next batch tries again")
+
+    async def catch_up(self, only: set[str] | None = None) -> None:
+        """Before a batch: each generator (of `only`, when given) on its newest version, unless
+        it cannot be."""
         for generator in self.generators:
+            if only is not None and generator.model not in only:
+                continue
             checkpoint = self.newest.get(generator.model)
             if checkpoint is None or checkpoint.version <= generator.version:
                 continue

@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from karma.lab.build import BuildResult
 from karma.schemas.models import Preference, Winner
-from karma.tools.evaluation.loop import chunks
+from karma.tools.evaluation import EvalError
+from karma.tools.evaluation.loop import chunks, wait_for_switch
 from karma.tools.evaluation.training import (
     StudySettings,
     decided,
@@ -113,3 +115,15 @@ def test_the_study_trains_every_arm_budget_policy_and_seed_and_reports_the_chang
     assert document["baseline_mean"] == pytest.approx(statistics.fmean([0.2, 0.4]))
     assert len(document["table"]) == 10 and paths["png"].stat().st_size > 0
     assert "| verifier | equal_prompts | all | 10 | 3 | +0.0500 |" in paths["md"].read_text()
+
+
+def test_the_loop_waits_for_the_worker_to_serve_the_new_version(tmp_path: Path) -> None:
+    log = tmp_path / "worker.log"
+    running, stopped = SimpleNamespace(poll=lambda: None), SimpleNamespace(poll=lambda: 3, returncode=3)
+    log.write_text("INFO model lab-m: version 1 -> 21 (/v21)\n")  # version 21 is not version 2
+    with pytest.raises(EvalError, match="did not switch lab-m to version 2"):
+        wait_for_switch(log, "lab-m", 2, running, timeout_s=0.3)  # type: ignore[arg-type]
+    with pytest.raises(EvalError, match="stopped \\(exit 3\\) before serving version 2"):
+        wait_for_switch(log, "lab-m", 2, stopped, timeout_s=5)  # type: ignore[arg-type]
+    log.write_text(log.read_text() + "INFO model lab-m: version 1 -> 2 (/train/lab-m/v2)\n")
+    wait_for_switch(log, "lab-m", 2, running, timeout_s=5)  # type: ignore[arg-type]

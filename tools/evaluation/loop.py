@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +33,7 @@ from karma.schemas.models import Prompt, Winner
 from karma.streams.client import window_verdicts
 from karma.streams.config import KarmaSettings
 from karma.streams.topics import ensure_topics
+from karma.tools.evaluation import EvalError
 from karma.tools.evaluation.runner import drive
 from karma.tools.evaluation.training import quiet_accuracy
 from karma.tools.processes import spawn_worker, stop_worker
@@ -107,6 +110,9 @@ def run_loop(
                     trained = asyncio.run(run_trainer(settings, options, say=say))
                     checkpoint = trained.checkpoints[-1]
                     version, path = checkpoint.version, Path(checkpoint.path)
+                    # The next chunk goes in once the worker serves the new version, so that
+                    # every answer of the student to it is the new version's.
+                    wait_for_switch(log_path, student, version, worker, timeout_s)
                     standing = _with_training(standing, checkpoint.train_loss, checkpoint.train_seconds)
                 result.standings.append(standing)
                 say(_line(standing))
@@ -114,6 +120,21 @@ def run_loop(
         stop_worker(worker)
     result.seconds = round(time.monotonic() - started, 1)
     return result
+
+
+def wait_for_switch(
+    log_path: Path, model: str, version: int, worker: subprocess.Popen[bytes], timeout_s: float
+) -> None:
+    """Until the worker's log says it switched `model` to `version` (agents/generation.py logs
+    "model M: version K -> V"); EvalError when the worker stopped, or did not within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    switched = re.compile(rf"model {re.escape(model)}: version \d+ -> {version} ")
+    while not switched.search(log_path.read_text()):
+        if worker.poll() is not None:
+            raise EvalError(f"the worker stopped (exit {worker.returncode}) before serving version {version}")
+        if time.monotonic() > deadline:
+            raise EvalError(f"the worker did not switch {model} to version {version} in {timeout_s:.0f} s")
+        time.sleep(0.2)
 
 
 def _standing(

@@ -8,10 +8,12 @@ version, once per version it could not take). Fake runners: nothing here loads a
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from karma.agents import generation
 from karma.agents.backends import GenerationRequest, ModelLoadError
 from karma.agents.backends import transformers as transformers_backend
 from karma.agents.backends.base import SwitchUnsupported
@@ -197,3 +199,52 @@ def test_the_follower_takes_each_models_newest_version_once_and_gives_up_on_one_
     assert b.switches == [("/ckpt/b/v2", 2), ("/ckpt/b/v3", 3)]
     newest = newest_versions([checkpoint("a", 2), checkpoint("a", 4), checkpoint("a", 3)])
     assert [(c.model, c.version) for c in newest.values()] == [("a", 4)]
+
+
+class OneCheckpoint:
+    """Stands in for the TopicReader `follow` opens on karma.checkpoints: one poll returns the
+    given records, the next ones nothing (`polled` is set once the first was taken)."""
+
+    def __init__(self, records: list[Checkpoint]) -> None:
+        self.records = records
+        self.polled = asyncio.Event()
+
+    def __call__(self, settings: Any, topic: str) -> OneCheckpoint:
+        assert topic == "checkpoints"
+        return self
+
+    async def __aenter__(self) -> OneCheckpoint:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def poll(self, timeout_ms: int) -> list[Any]:
+        if self.polled.is_set():
+            await asyncio.sleep(timeout_ms / 1000)
+            return []
+        self.polled.set()
+        return [SimpleNamespace(record=c) for c in self.records]
+
+
+def test_the_follower_switches_a_loaded_model_as_soon_as_it_reads_a_new_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An idle worker is on the new version before the next prompt comes; a model still loading
+    at start is left to its load (and to the batches' catch_up)."""
+    loaded, loading = Recording("a"), Recording("b")
+    follower = CheckpointFollower(SimpleNamespace(settings=None), [loaded, loading])  # type: ignore[arg-type,list-item]
+    follower._loaded.add("a")  # as `load` marks a model once it has loaded at start
+    reader = OneCheckpoint([checkpoint("a", 2), checkpoint("b", 2)])
+    monkeypatch.setattr(generation, "TopicReader", reader)
+
+    async def run() -> None:
+        following = asyncio.create_task(follower.follow())
+        await reader.polled.wait()
+        for _ in range(20):  # no batch comes: the switch is the follower's own
+            await asyncio.sleep(0.01)
+        following.cancel()
+
+    asyncio.run(run())
+    assert loaded.switches == [("/ckpt/a/v2", 2)] and loaded.version == 2
+    assert loading.switches == [] and follower.newest["b"].version == 2
