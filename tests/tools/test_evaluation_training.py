@@ -17,7 +17,14 @@ import pytest
 from karma.lab.build import BuildResult
 from karma.schemas.models import Preference, Winner
 from karma.tools.evaluation import EvalError
-from karma.tools.evaluation.loop import chunks, wait_for_switch
+from karma.tools.evaluation.loop import (
+    LoopResult,
+    Standing,
+    chunks,
+    nearest_stronger,
+    wait_for_switch,
+    write_loop,
+)
 from karma.tools.evaluation.training import (
     StudySettings,
     decided,
@@ -127,3 +134,31 @@ def test_the_loop_waits_for_the_worker_to_serve_the_new_version(tmp_path: Path) 
         wait_for_switch(log, "lab-m", 2, stopped, timeout_s=5)  # type: ignore[arg-type]
     log.write_text(log.read_text() + "INFO model lab-m: version 1 -> 2 (/train/lab-m/v2)\n")
     wait_for_switch(log, "lab-m", 2, running, timeout_s=5)  # type: ignore[arg-type]
+
+
+def test_the_loop_report_says_how_far_the_student_is_from_the_model_above_it(tmp_path: Path) -> None:
+    def standing(number: int, superiority: float, pool: dict[str, float]) -> Standing:
+        return Standing(
+            round=number,
+            version=number + 1,
+            accuracy={"add": 0.5},
+            mean_accuracy=0.5,
+            superiority=superiority,
+            online=superiority,
+            comparisons=10.0,
+            kin=["lab-m"] if number == 0 else [],
+            decided=4,
+            pool=pool,
+        )
+
+    # Round 1: the student's own earlier version stands above it, but a version is not another model.
+    first = standing(0, 0.50, {"lab-s": 0.50, "lab-m": 0.62, "lab-l": 0.90, "lab-w": 0.30})
+    second = standing(1, 0.48, {"lab-s": 0.50, "lab-s@v2": 0.48, "lab-m": 0.70, "lab-l": 0.90})
+    assert nearest_stronger("lab-s", first) == ("lab-m", pytest.approx(0.12))
+    assert nearest_stronger("lab-s", second) == ("lab-m", pytest.approx(0.22))
+    paths = write_loop(LoopResult("lab-s", [first, second], seconds=12.0), tmp_path)
+    table = paths["md"].read_text()
+    assert "| 0 | 1 | 0.500 | 0.500 | 10 | lab-m | lab-m (+0.120) | 4 |" in table
+    assert "| 1 | 2 | 0.500 | 0.480 | 10 | - | lab-m (+0.220) | 4 |" in table
+    assert json.loads(paths["json"].read_text())["rounds"][1]["pool"]["lab-s@v2"] == 0.48
+    assert paths["png"].stat().st_size > 0

@@ -6,9 +6,10 @@ profile set), the pipeline drains it (answers, kin pairs, the verifier's labels)
 student's standing is read: its held-out accuracy (the profile set) and, from the verdicts on
 karma.preferences in the rating stage's window, its blended superiority and the models kin to it
 (what `karma competency` shows); then `karma train`'s loop (tools/train/) trains one DPO round on
-the decided preferences that arrived, publishes the version, and the worker switches the
-student to it before the next chunk. Round 0 measures the configured checkpoint; each later
-round the version the round before trained.
+the decided preferences that arrived, publishes the version, and the next chunk goes in once
+the worker's log says it serves it (so every answer of the student to a chunk is one version's,
+and online competency, which tells versions apart, assesses that version on it). Round 0
+measures the configured checkpoint; each later round the version the round before trained.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 from rich.progress import Progress
 
-from karma.agents.competency import player_of, pool_table
+from karma.agents.competency import player_of, pool_table, version_of
 from karma.agents.kinship import load_profiles
 from karma.lab.skills import Example
 from karma.schemas.models import Prompt, Winner
@@ -53,6 +54,7 @@ class Standing:
     comparisons: float
     kin: list[str]
     decided: int  # decided preferences of the round's chunk (what the next version trains on)
+    pool: dict[str, float] = field(default_factory=dict)  # every player's blended superiority then
     train_loss: float | None = None  # of the round that made the next version
     train_seconds: float | None = None
 
@@ -89,7 +91,7 @@ def run_loop(
     out_dir.mkdir(parents=True, exist_ok=True)
     asyncio.run(ensure_topics(settings))
     log_path = out_dir / "worker.log"
-    worker = spawn_worker(settings, log_path)
+    worker = spawn_worker(settings, log_path, "run", "--loglevel", "info")  # info: its switches
     version, path = 1, lab / "models" / student
     earlier = 0
     try:
@@ -158,6 +160,7 @@ def _standing(
         scale=settings.competency.scale,
     )
     row = next(r for r in rows if r["model"] == player)
+    pool = {str(r["model"]): float(r["blended"]) for r in rows}  # type: ignore[arg-type]
     return Standing(
         round=number,
         version=version,
@@ -168,6 +171,7 @@ def _standing(
         comparisons=float(row["comparisons"]),  # type: ignore[arg-type]
         kin=list(row["kin"]),  # type: ignore[call-overload]
         decided=decided,
+        pool=pool,
     )
 
 
@@ -196,17 +200,32 @@ def write_loop(result: LoopResult, out_dir: Path) -> dict[str, Path]:
         f"# karma loop: {result.student} ({result.seconds:.0f} s)",
         "",
         "| round | version | held-out accuracy | blended superiority | comparisons | kin "
-        "| decided preferences |",
-        "|---|---|---|---|---|---|---|",
+        "| nearest stronger model (gap) | decided preferences |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for s in result.standings:
+        above = nearest_stronger(result.student, s)
         lines.append(
             f"| {s.round} | {s.version} | {s.mean_accuracy:.3f} | {s.superiority:.3f} | {s.comparisons:g} | "
-            f"{', '.join(s.kin) or '-'} | {s.decided} |"
+            f"{', '.join(s.kin) or '-'} | {f'{above[0]} ({above[1]:+.3f})' if above else '-'} | {s.decided} |"
         )
     paths["md"].write_text("\n".join(lines) + "\n")
     _plot(result, paths["png"])
     return paths
+
+
+def nearest_stronger(student: str, standing: Standing) -> tuple[str, float] | None:
+    """The model just above the student's version then, and the gap: the kin rule's `delta`
+    bounds it for a pair of kin."""
+    above = [
+        (value - standing.superiority, model)
+        for model, value in standing.pool.items()
+        if version_of(model)[0] != student and value > standing.superiority
+    ]
+    if not above:
+        return None
+    gap, model = min(above)
+    return model, gap
 
 
 def _plot(result: LoopResult, path: Path) -> None:
