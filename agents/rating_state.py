@@ -12,7 +12,8 @@ json codec writes both to the changelog (a key `"p-1"` as those 5 bytes, quotes 
      "done": finished at (ms) or null, "silent": [model], "pairs": [pair id], "judged": [preference id]}
 
 `rating-answers`: key an `AnswerKey`: `"<prompt_id>|<model>"` for one answer, value an `Answer`
-encoded as {"id": response id, "text": text, "sim": simulated}; `"<prompt_id>|"` (no model) for
+encoded as {"id": response id, "text": text, "sim": simulated, "mv": model version}, "mv" written
+only past version 1 (a field added within version 1); `"<prompt_id>|"` (no model) for
 the prompt's text, value a `PromptText` encoded as {"text": text, "meta": {key: value}}, where
 "meta" (the prompt's metadata, for the judge) is written only when not empty and read as {} when
 absent: a field added within version 1, so entries written before it load.
@@ -175,8 +176,9 @@ def encode_answer(value: Answer | PromptText) -> dict[str, Any]:
         # Without "meta" when empty: the bytes of a prompt without metadata stay what they were.
         return {"text": value.text, "meta": dict(value.metadata)} if value.metadata else {"text": value.text}
     stored = {"id": value.response_id, "text": value.text, "sim": value.simulated}
-    # "v" only past version 1: the bytes of an answer of the configured checkpoint stay what they were.
-    return stored if value.model_version == 1 else stored | {"v": value.model_version}
+    # "mv" (not "v", the encoding's version) only past model version 1: a field added within
+    # encoding version 1, so the bytes of an answer of the configured checkpoint stay what they were.
+    return stored if value.model_version == 1 else stored | {"mv": value.model_version}
 
 
 def decode_answer(key: AnswerKey, stored: Any) -> Answer | PromptText:
@@ -190,8 +192,8 @@ def decode_answer(key: AnswerKey, stored: Any) -> Answer | PromptText:
     simulated = _get(value, "sim", what)
     if not isinstance(simulated, bool):
         raise StateDecodeError(f"answer: sim is {simulated!r}, not a boolean")
-    version = value.get("v", 1)  # absent: version 1, or written before versions existed
-    return Answer(_str(_get(value, "id", what), "answer: id"), text, simulated, _int(version, "answer: v"))
+    version = value.get("mv", 1)  # absent: model version 1, or written before versions existed
+    return Answer(_str(_get(value, "id", what), "answer: id"), text, simulated, _int(version, "answer: mv"))
 
 
 def encode_competency_key(key: CompetencyKey) -> str:

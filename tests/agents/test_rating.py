@@ -480,6 +480,20 @@ def test_a_checkpoints_verdicts_are_its_own_and_its_answers_are_paired_at_its_su
     assert v2 in restarted.players and restarted.window_tallies() == rig.rating.window_tallies()
 
 
+def test_an_answer_of_a_trained_version_kept_between_batches_is_paired_as_that_version() -> None:
+    """A prompt still open at the end of a batch keeps its answers in the state; a version-2
+    answer read back from it is still version 2 (its id and its side of the pair say so)."""
+    rig = Rig()
+    first, *others = rig.settings.model_names
+    answer_v2 = records.response("p-1", first, prompt_text=PROMPT_TEXT, model_version=2)
+    rig.rate(rig.event("responses", encode(answer_v2), key=b"p-1"))
+    assert rig.rating.gatherer.open_prompts == 1 and not rig.outbox.pairs()
+    rig.rate(*(answered(rig, m) for m in others))
+    sides = [side for p in rig.outbox.pairs() for side in (p.response_a, p.response_b) if side.model == first]
+    assert sides and {(s.model_version, s.response_id) for s in sides} == {(2, answer_v2.response_id)}
+    assert not rig.outbox.letters and not rig.outbox.prompt_letters
+
+
 def test_offline_the_stage_reads_no_verdicts_and_keeps_the_prior() -> None:
     rig = Rig(settings=KarmaSettings(competency={"online": False}))
     names = rig.stage.names

@@ -107,11 +107,11 @@ def test_an_answer_key_survives_the_round_trip_whatever_the_prompt_id(
     assert decode_answer_key(through_json(encode_answer_key(key))) == key
 
 
-@given(st.text(max_size=200), st.text(max_size=20), st.booleans(), st.text(max_size=20))
+@given(st.text(max_size=200), st.text(max_size=20), st.booleans(), st.text(max_size=20), st.integers(1, 50))
 def test_answers_and_prompt_texts_survive_the_round_trip(
-    text: str, response_id: str, simulated: bool, prompt_id: str
+    text: str, response_id: str, simulated: bool, prompt_id: str, model_version: int
 ) -> None:
-    answer = Answer(response_id, text, simulated)
+    answer = Answer(response_id, text, simulated, model_version)
     assert decode_answer(AnswerKey(prompt_id, "m"), through_json(encode_answer(answer))) == answer
     prompt = PromptText(text)
     assert decode_answer(AnswerKey(prompt_id), through_json(encode_answer(prompt))) == prompt
@@ -122,6 +122,15 @@ def test_a_competency_key_survives_the_round_trip(a: str, b: str, partition: int
     """Model names may hold `:` and `.` (`org/model:7b`), never `|` or `@`."""
     key = CompetencyKey(a, b, partition, measure)  # type: ignore[arg-type]  # drawn from Measure
     assert decode_competency_key(through_json(encode_competency_key(key))) == key
+
+
+def test_an_answer_of_a_trained_version_says_so_within_encoding_version_1() -> None:
+    """The model version is its own field ("mv"): "v" is the encoding's version, and an answer of
+    version 3 stored under it would be refused as a later encoding."""
+    assert encode_answer(Answer("r", "t", False)) == {"id": "r", "text": "t", "sim": False}
+    stored = encode_answer(Answer("r", "t", False, model_version=3))
+    assert stored == {"id": "r", "text": "t", "sim": False, "mv": 3}
+    assert decode_answer(AnswerKey("p-1", "m"), through_json(stored)).model_version == 3
 
 
 def test_a_copy_shares_nothing_with_its_entry() -> None:
