@@ -113,6 +113,11 @@ def test_a_trained_version_is_served_while_prompts_flow_and_a_killed_trainer_tra
     assert any(f"model {STUDENT}: version" in line and "-> 3" in line for line in pipeline.log_lines())
     ledger = audit(pipeline)
     assert ledger["unaccounted_total"] == 0
+    # Accounted for is not enough: no prompt was lost to a failure of the stages themselves.
+    failures = [
+        x.record for x in pipeline.read("dlq") if getattr(x.record, "error_type", None) == "exception"
+    ]
+    assert not failures, failures[:3]
 
     # Version 3's verdicts are its own evidence: a row of its own in `karma competency`, and a
     # superiority of its own in the rating stage that pairs by it.

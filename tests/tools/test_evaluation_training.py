@@ -158,7 +158,7 @@ def test_the_loop_report_says_how_far_the_student_is_from_the_model_above_it(tmp
     assert nearest_stronger("lab-s", second) == ("lab-m", pytest.approx(0.22))
     paths = write_loop(LoopResult("lab-s", [first, second], seconds=12.0), tmp_path)
     table = paths["md"].read_text()
-    assert "| 0 | 1 | 0.500 | 0.500 | 10 | lab-m | lab-m (+0.120) | 4 |" in table
-    assert "| 1 | 2 | 0.500 | 0.480 | 10 | - | lab-m (+0.220) | 4 |" in table
+    assert "| 0 | 1 | 0.500 | 0.500 | 10 | lab-m | lab-m (+0.120) | 4 | 0 |" in table
+    assert "| 1 | 2 | 0.500 | 0.480 | 10 | - | lab-m (+0.220) | 4 | 0 |" in table
     assert json.loads(paths["json"].read_text())["rounds"][1]["pool"]["lab-s@v2"] == 0.48
     assert paths["png"].stat().st_size > 0

@@ -21,7 +21,7 @@ import statistics
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ class Standing:
     kin: list[str]
     decided: int  # decided preferences of the round's chunk (what the next version trains on)
     pool: dict[str, float] = field(default_factory=dict)  # every player's blended superiority then
+    dead_letters: int = 0  # of the round's chunk: prompts (or answers) the pipeline gave up on
     train_loss: float | None = None  # of the round that made the next version
     train_seconds: float | None = None
 
@@ -93,18 +94,20 @@ def run_loop(
     log_path = out_dir / "worker.log"
     worker = spawn_worker(settings, log_path, "run", "--loglevel", "info")  # info: its switches
     version, path = 1, lab / "models" / student
-    earlier = 0
+    earlier = letters_before = 0
     try:
         with (progress or Progress)() as bar:
             for number, chunk in enumerate(chunks(stream, rounds + 1)):
                 task = bar.add_task(f"round {number}", total=None)
-                new, _letters = asyncio.run(
+                new, letters = asyncio.run(
                     drive(settings, chunk, timeout_s, worker, log_path, bar, task, earlier=earlier)
                 )
                 earlier += len(chunk)
                 ids = {p.prompt_id for p in chunk}
                 decided = [p for p in new if p.prompt_id in ids and p.winner != Winner.TIE]
                 standing = _standing(settings, student, number, version, path, heldout, len(decided))
+                standing = replace(standing, dead_letters=letters - letters_before)  # the topic's total
+                letters_before = letters
                 if number < rounds and decided:
                     options = TrainOptions(
                         model=student, out=out_dir / "train", round_size=len(decided), rounds=1, dpo=dpo
@@ -183,7 +186,7 @@ def _line(s: Standing) -> str:
     return (
         f"round {s.round}: version {s.version}, held-out accuracy {s.mean_accuracy:.3f}, blended superiority "
         f"{s.superiority:.3f} ({s.comparisons:g} comparisons), kin {', '.join(s.kin) or '-'}, "
-        f"{s.decided} decided preferences"
+        f"{s.decided} decided preferences, {s.dead_letters} dead letters"
     )
 
 
@@ -200,14 +203,15 @@ def write_loop(result: LoopResult, out_dir: Path) -> dict[str, Path]:
         f"# karma loop: {result.student} ({result.seconds:.0f} s)",
         "",
         "| round | version | held-out accuracy | blended superiority | comparisons | kin "
-        "| nearest stronger model (gap) | decided preferences |",
-        "|---|---|---|---|---|---|---|---|",
+        "| nearest stronger model (gap) | decided preferences | dead letters |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in result.standings:
         above = nearest_stronger(result.student, s)
+        stronger = f"{above[0]} ({above[1]:+.3f})" if above else "-"
         lines.append(
             f"| {s.round} | {s.version} | {s.mean_accuracy:.3f} | {s.superiority:.3f} | {s.comparisons:g} | "
-            f"{', '.join(s.kin) or '-'} | {f'{above[0]} ({above[1]:+.3f})' if above else '-'} | {s.decided} |"
+            f"{', '.join(s.kin) or '-'} | {stronger} | {s.decided} | {s.dead_letters} |"
         )
     paths["md"].write_text("\n".join(lines) + "\n")
     _plot(result, paths["png"])
