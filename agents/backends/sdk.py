@@ -12,11 +12,17 @@ importing anything, so a missing SDK fails the start and not the first batch.
 `load`) at the worker's start, or on first use when nothing loaded it, in a worker thread so
 that loading weights (minutes) does not stall the event loop; it is released on close.
 
-A generator follows its model's checkpoints (`switch`, called between batches by the generation
-stage): the new checkpoint is acquired beside the old one, new batches take it, and the old one
-is released once the last batch that holds it (`_using`) has finished: a batch in flight ends on
-the weights it started with, and its responses say so (`model_version`). Beside, not in place:
-for a moment the process holds both, which a GPU with room for one model does not allow.
+A generator follows its model's checkpoints (`switch`, called by the generation stage). In
+place, where the backend can (`_claim` and `_reload`: vLLM's weight reload, transformers'
+state dict) and the model is this client's alone: no new batch starts, the batches in flight
+finish on the old weights, the new ones are loaded into the same model, and the next batch takes
+them; one copy of the weights at any time. A reload that fails loads the old checkpoint back
+(and, should that fail too, drops the model: the next batch loads the old checkpoint afresh).
+Otherwise beside (a model shared with the judge, which must not change under it): the new
+checkpoint is acquired beside the old one, new batches take it, and the old one is released
+once the last batch that holds it (`_using`) has finished; for a moment the process holds both.
+Either way a batch ends on the weights it started with, and its responses say so
+(`model_version`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import abc
 import asyncio
 import importlib
 import importlib.util
+import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -34,6 +41,8 @@ from typing import TYPE_CHECKING, Any
 from karma.agents.backends.base import BackendError, ModelLoadError, named
 
 __all__ = ["Sdk", "SharedModelClient", "named"]  # named: the backends' one-phrase exceptions
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # annotations only: config reads the backends' names, not the reverse
     from karma.streams.config import BackendSpec
@@ -169,9 +178,58 @@ class SharedModelClient(abc.ABC):
                 self._batches[version] -= 1
                 self._batch_done.notify_all()
 
+    def _claim(self, model: Any, path: str, engine_args: dict[str, Any]) -> bool:
+        """Files the model, held by this client alone, under `path` so that it can be reloaded in
+        place; False (the default, and when another client shares it): the new version is loaded
+        beside instead."""
+        return False
+
+    async def _reload(self, model: Any, path: str) -> None:
+        """Loads the checkpoint at `path` into `model` in place (the backends whose `_claim` can
+        say yes)."""
+        raise NotImplementedError
+
     async def switch(self, name: str, path: str, version: int) -> None:
-        """Serves the checkpoint at `path` as `version` from the next batch on (see the module
-        docstring). A checkpoint that does not load raises ModelLoadError and the old one serves on."""
+        """Serves the checkpoint at `path` as `version` from the next batch on, in place or beside
+        (module docstring). A checkpoint that does not load raises ModelLoadError and the old
+        version serves on."""
+        model, args = self._model, dict(self.spec.engine_args)
+        if model is not None and self._owns_model and self._claim(model, path, args):
+            await self._switch_in_place(name, model, path, version, args)
+        else:
+            await self._switch_beside(name, path, version)
+
+    async def _switch_in_place(
+        self, name: str, model: Any, path: str, version: int, args: dict[str, Any]
+    ) -> None:
+        async with self._starting:  # no batch starts on the model while its weights change
+            async with self._batch_done:
+                await self._batch_done.wait_for(lambda: self._batches[self.version] <= 0)
+            old = self.served_model
+            try:
+                await self._reload(model, path)
+            except Exception as exc:
+                await self._restore(model, old, args)
+                raise ModelLoadError(name, path, exc) from exc
+            self.served_model, self.version = path, version
+
+    async def _restore(self, model: Any, old: str, args: dict[str, Any]) -> None:
+        """After a failed reload (holding `_starting`): the old weights back, or no model."""
+        try:
+            await self._reload(model, old)
+        except Exception as exc:
+            log.error(
+                "%s: the old weights did not load back either (%s): the next batch loads %s afresh",
+                self.served_model,
+                named(exc),
+                old,
+            )
+            self._model = None
+            await self._release(model)
+            return
+        self._claim(model, old, args)
+
+    async def _switch_beside(self, name: str, path: str, version: int) -> None:
         try:
             new = await asyncio.to_thread(self._acquire, path, dict(self.spec.engine_args))
         except BackendError as exc:

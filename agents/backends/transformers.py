@@ -28,6 +28,11 @@ and `max_tokens` of reply do not fit the model's context (the smaller of the con
 the stage dead-letters, and the rest of the batch is generated. Not cut: a cut prompt is another
 question, and its answer would be judged as the answer to this one.
 
+A new checkpoint of the model (`karma train`, karma.checkpoints) is loaded into the running model
+in place (`HFRunner.reload`: its safetensors files, one at a time, through `load_state_dict`),
+in the child process when the model runs in one, once the batches in flight are done (sdk.py
+`switch`); a model shared with the judge gets the new version beside it instead.
+
 torch and transformers are imported only where the model is loaded and run. The pure helpers
 (`tokenizer_kwargs`, `stop_token_ids`, `trim_generated`, `logprob_tokens`, `context_tokens`,
 `too_long`) and the batching and retry logic (with an injected fake runner) are unit-tested
@@ -47,6 +52,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from karma.agents.backends.base import (
@@ -209,6 +215,33 @@ class HFRunner:
         self._lock = threading.Lock()
         self._tokenizer_lock = threading.Lock()
 
+    def reload(self, model_id: str) -> None:
+        """Loads the weights of checkpoint `model_id` (a folder of `*.safetensors`, what
+        `save_pretrained` and `karma train` write) into this model in place, file by file, so no
+        second copy of the model is made. The architecture and the tokenizer stay: the checkpoint
+        must be a version of the same model. A weight the checkpoint lacks (other than one tied to
+        a weight it has) or does not fit is a BackendError; the model may then hold a mix, and
+        the caller loads the old checkpoint back."""
+        files = sorted(Path(model_id).glob("*.safetensors"))
+        if not files:
+            raise BackendError(f"{model_id}: no *.safetensors weights to load in place")
+        load_file = SDK.load("safetensors.torch").load_file
+        device = str(next(self.model.parameters()).device)
+        expected = dict(self.model.named_parameters(remove_duplicate=False))
+        loaded: set[str] = set()
+        with self._lock:  # no batch generates while the weights change
+            for file in files:
+                part = load_file(str(file), device=device)
+                unexpected = set(part) - set(self.model.state_dict())
+                if unexpected:
+                    raise BackendError(f"{file}: weights this model does not have: {sorted(unexpected)[:5]}")
+                self.model.load_state_dict(part, strict=False)
+                loaded.update(part)
+            storage = {expected[name].data_ptr() for name in loaded if name in expected}
+            missing = [n for n, p in expected.items() if n not in loaded and p.data_ptr() not in storage]
+            if missing:
+                raise BackendError(f"{model_id}: no weights for {missing[:5]}")
+
     def _decode(self, token_id: int) -> str:
         return str(self.tokenizer.decode([token_id]))
 
@@ -344,6 +377,13 @@ class ProcessRunner:
                 "it is started again for the next batch"
             ) from None
 
+    def reload(self, model_id: str) -> None:
+        """`HFRunner.reload` in the child; a child started again later loads `model_id`."""
+        with self._lock:
+            pool = self._pool or self._start()
+        pool.submit(_reload_in_child, model_id).result()
+        self._model_id = model_id
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
@@ -393,6 +433,14 @@ def _generate_in_child(threads: int | None, *args: Any) -> list[LocalOutput | To
         raise _sendable(exc) from None
 
 
+def _reload_in_child(model_id: str) -> None:
+    assert _CHILD_RUNNER is not None, "the model is loaded when the child starts"
+    try:
+        _CHILD_RUNNER.reload(model_id)
+    except Exception as exc:
+        raise _sendable(exc) from None
+
+
 def _sendable(exc: Exception) -> Exception:
     """The exception itself when it can travel back to the parent (pickled), else its words."""
     try:
@@ -412,6 +460,8 @@ acquire_runner = _RUNNERS.acquire
 release_runner = _RUNNERS.release
 acquire_process_runner = _PROCESS_RUNNERS.acquire
 release_process_runner = _PROCESS_RUNNERS.release
+claim_runner = _RUNNERS.claim
+claim_process_runner = _PROCESS_RUNNERS.claim
 
 
 class _TransformersClient(SharedModelClient):
@@ -437,6 +487,16 @@ class _TransformersClient(SharedModelClient):
 
     def _cannot_load(self, exc: Exception) -> str:
         return f"cannot load {self.served_model}: {named(exc)}"
+
+    def _claim(self, runner: Runner, path: str, engine_args: dict[str, Any]) -> bool:
+        if isinstance(runner, ProcessRunner):
+            return claim_process_runner(runner, path, engine_args)
+        if isinstance(runner, HFRunner):
+            return claim_runner(runner, path, engine_args)
+        return False  # an injected runner (tests): loaded beside
+
+    async def _reload(self, runner: Runner, path: str) -> None:
+        await asyncio.to_thread(runner.reload, path)  # type: ignore[attr-defined]  # claimed: ours
 
     async def _run(
         self, runner: Runner, conversations: list[list[Message]], seed: int, top_logprobs: int

@@ -16,9 +16,9 @@ The engine is started by `load` at the worker's start (streams/worker.py), befor
 one that cannot start is a ModelLoadError that stops the worker. A new checkpoint of the model
 (`karma train`, karma.checkpoints) goes into the running engine through vLLM's own weight-reload
 path (`reload_in_place`): no second engine, no second copy of the weights in GPU memory. The
-batches in flight finish on the old weights first, and no batch starts while they change. An
-engine shared with another client of this process (a judge on the same checkpoint) is not
-reloaded under it: the new version gets an engine of its own beside it (sdk.py `switch`). The
+batches in flight finish on the old weights first, and no batch starts while they change (sdk.py
+`switch`). An engine shared with another client of this process (a judge on the same
+checkpoint) is not reloaded under it: the new version gets an engine of its own beside it. The
 context rule is the
 transformers backend's (base.py `too_long`): a prompt or judge pass whose tokens and `max_tokens`
 do not fit the engine's `max_model_len` is a `BackendError(kind="too_long")`, dead-lettered by
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -52,7 +51,6 @@ from karma.agents.backends.base import (
     GenerationRequest,
     JudgeReply,
     JudgeRequest,
-    ModelLoadError,
     SharedModels,
     too_long,
 )
@@ -70,8 +68,6 @@ from karma.agents.judge_prompt import (
 
 if TYPE_CHECKING:  # annotations only: config reads the backends' names, not the reverse
     from karma.streams.config import BackendSpec, JudgeSettings, KarmaSettings, ModelSpec
-
-log = logging.getLogger(__name__)
 
 SDK = Sdk("vllm", ("vllm",), extra="vllm", needs="vLLM (and a GPU)")
 JSON_SCHEMA = "json_schema"  # the neutral key of `sampling_kwargs`; see make_sampling_params
@@ -286,42 +282,14 @@ class _VLLMClient(SharedModelClient):
     def _cannot_load(self, exc: Exception) -> str:
         return f"cannot start the vLLM engine for {self.served_model}: {describe_engine_error(exc)}"
 
-    async def switch(self, name: str, path: str, version: int) -> None:
-        """Serves the checkpoint at `path` as `version` from the next batch on, reloaded into
-        this client's engine in place (module docstring). A reload that fails puts the old
-        weights back (and, should that fail too, drops the engine: the next batch starts a fresh
-        one on the old checkpoint) and raises ModelLoadError: the old version serves on."""
-        engine = self._model
-        args = dict(self.spec.engine_args)
-        if engine is None or not self._owns_model or not claim_engine(engine, path, args):
-            await super().switch(name, path, version)  # shared or not started: beside, then swap
-            return
-        async with self._starting:  # no batch starts on the engine while its weights change
-            async with self._batch_done:
-                await self._batch_done.wait_for(lambda: self._batches[self.version] <= 0)
-            old = self.served_model
-            try:
-                await reload_in_place(engine, path)
-            except Exception as exc:
-                await self._restore(engine, old, args)
-                raise ModelLoadError(name, path, describe_engine_error(exc)) from exc
-            self.served_model, self.version = path, version
+    def _claim(self, engine: Any, path: str, engine_args: dict[str, Any]) -> bool:
+        return claim_engine(engine, path, engine_args)
 
-    async def _restore(self, engine: Any, old: str, args: dict[str, Any]) -> None:
-        """After a failed reload (called holding `_starting`): the old weights back, or no engine."""
+    async def _reload(self, engine: Any, path: str) -> None:
         try:
-            await reload_in_place(engine, old)
+            await reload_in_place(engine, path)
         except Exception as exc:
-            log.error(
-                "%s: the old weights did not reload either (%s): starting a fresh engine on %s",
-                self.served_model,
-                describe_engine_error(exc),
-                old,
-            )
-            self._model = None
-            await self._release(engine)
-            return
-        claim_engine(engine, old, args)
+            raise BackendError(describe_engine_error(exc)) from exc
 
     async def _prepared(self, engine: Any) -> tuple[Any, Any]:
         return engine, await _tokenizer(engine)

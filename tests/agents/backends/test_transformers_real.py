@@ -29,8 +29,9 @@ CONTEXT = 32  # max_position_embeddings of the tiny model
 MAX_TOKENS = 4
 
 
-def tiny_llama(folder: Path) -> Path:
-    """A random Llama with a context of CONTEXT tokens and its tokenizer, saved to `folder`."""
+def tiny_llama(folder: Path, seed: int = 0, hidden_size: int = 16) -> Path:
+    """A random Llama (weights drawn with `seed`) with a context of CONTEXT tokens and its
+    tokenizer, saved to `folder`."""
     vocab = {token: i for i, token in enumerate([*SPECIALS, *WORDS])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -39,7 +40,7 @@ def tiny_llama(folder: Path) -> Path:
     )
     config = LlamaConfig(
         vocab_size=len(vocab),
-        hidden_size=16,
+        hidden_size=hidden_size,
         intermediate_size=32,
         num_hidden_layers=1,
         num_attention_heads=2,
@@ -49,14 +50,21 @@ def tiny_llama(folder: Path) -> Path:
         eos_token_id=vocab["</s>"],
         pad_token_id=vocab["<pad>"],
     )
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
 
-def generator_for(path: Path, name: str = "tiny") -> TransformersGenerator:
-    spec = ModelSpec(name=name, backend="transformers", model=str(path), max_tokens=MAX_TOKENS, temperature=0)
+def generator_for(path: Path, name: str = "tiny", engine_process: bool = True) -> TransformersGenerator:
+    spec = ModelSpec(
+        name=name,
+        backend="transformers",
+        model=str(path),
+        max_tokens=MAX_TOKENS,
+        temperature=0,
+        engine_process=engine_process,
+    )
     return TransformersGenerator(spec)
 
 
@@ -158,3 +166,47 @@ def test_the_tiny_checkpoint_is_what_the_tests_think(tmp_path: Path) -> None:
     # guards the two tests above: a config whose context is not CONTEXT would test nothing
     folder = tiny_llama(tmp_path / "tiny")
     assert json.loads((folder / "config.json").read_text())["max_position_embeddings"] == CONTEXT
+
+
+# --- a new version, loaded into the model in place ------------------------------------------------
+
+ASKED = [GenerationRequest(f"p-{i}", text) for i, text in enumerate(TEXTS)]
+
+
+def texts(results: list[Any]) -> list[tuple[str, int]]:
+    assert all(isinstance(r, Generation) for r in results), results
+    return [(r.text, r.model_version) for r in results]
+
+
+@pytest.mark.parametrize("engine_process", [False, True], ids=["in a thread", "in a child process"])
+def test_a_new_version_is_loaded_into_the_same_model_and_a_bad_one_is_undone(
+    tmp_path: Path, engine_process: bool
+) -> None:
+    first, second = tiny_llama(tmp_path / "v1"), tiny_llama(tmp_path / "v2", seed=1)
+    other_shape = tiny_llama(tmp_path / "v3", seed=2, hidden_size=32)  # not a version of this model
+
+    async def run() -> tuple[list[Any], ...]:
+        fresh = generator_for(second, engine_process=engine_process)
+        await fresh.load()
+        expected = await fresh.generate(ASKED)
+        await fresh.close()
+
+        generator = generator_for(first, engine_process=engine_process)
+        await generator.load()
+        try:
+            before = await generator.generate(ASKED)
+            model = generator._model
+            await generator.switch("tiny", str(second), 2)
+            assert generator._model is model  # in place: no second model was loaded
+            after = await generator.generate(ASKED)
+            with pytest.raises(ModelLoadError, match=f"cannot load model tiny from {other_shape}"):
+                await generator.switch("tiny", str(other_shape), 3)
+            kept = await generator.generate(ASKED)
+        finally:
+            await generator.close()
+        return expected, before, after, kept
+
+    expected, before, after, kept = asyncio.run(run())
+    assert [t for t, _ in texts(before)] != [t for t, _ in texts(expected)]  # else this proves nothing
+    assert texts(after) == [(t, 2) for t, _ in texts(expected)]  # the second version's own answers
+    assert texts(kept) == texts(after)  # the bad checkpoint was undone: version 2 serves on
