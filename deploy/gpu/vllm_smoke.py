@@ -68,13 +68,18 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+def engine_args_of(args: argparse.Namespace) -> dict[str, Any]:
     engine_args: dict[str, Any] = {
         "gpu_memory_utilization": args.gpu_memory_utilization,
         "max_model_len": args.max_model_len,
     }
     if args.eager:
         engine_args["enforce_eager"] = True
+    return engine_args
+
+
+async def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
+    engine_args = engine_args_of(args)
     generator = VLLMGenerator(
         ModelSpec(
             name="smoke-generator",
@@ -177,12 +182,7 @@ def write_changed_copy(model: str, out: Path) -> str:
 
 async def reload_in_place(args: argparse.Namespace, second: str) -> tuple[dict[str, Any], list[str]]:
     """Greedy answers on --model, on `second` reloaded into the same engine, and on --model again."""
-    engine_args: dict[str, Any] = {
-        "gpu_memory_utilization": args.gpu_memory_utilization,
-        "max_model_len": args.max_model_len,
-    }
-    if args.eager:
-        engine_args["enforce_eager"] = True
+    engine_args = engine_args_of(args)
     spec = ModelSpec(
         name="smoke-reload",
         backend="vllm",

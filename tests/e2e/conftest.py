@@ -143,6 +143,19 @@ def audit(pipeline: Pipeline) -> dict[str, Any]:
     return json.loads(run.stdout)
 
 
+def competency(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
+    """`karma competency --json` on the pipeline, as an operator runs it: its rows by player."""
+    run = subprocess.run(
+        [sys.executable, "-m", "karma.cli", "competency", "--json"],
+        env={**os.environ, **settings_env(pipeline.settings)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, f"karma competency exited {run.returncode}:\n{run.stdout}\n{run.stderr}"
+    return {row["model"]: row for row in json.loads(run.stdout)["models"]}
+
+
 def make_prompts(count: int, tag: str = "") -> list[Prompt]:
     return [Prompt(prompt_id=f"e2e{tag}-{i:04d}", text=f"Question {i}: why?") for i in range(count)]
 

@@ -9,18 +9,14 @@ its state, and the rating worker can be killed on its own.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import subprocess
-import sys
 import time
 
 from karma.agents.competency import pool_table
 from karma.agents.kinship import load_profiles
 from karma.streams.client import window_verdicts
 from karma.streams.config import KarmaSettings, ModelSpec
-from karma.tools.processes import settings_env
-from tests.e2e.conftest import Pipeline, ids, make_prompts
+from tests.e2e.conftest import Pipeline, competency, ids, make_prompts
 
 RISING = "llama-2-7b-chat"  # prior superiority 0.41, among the weakest of this pool
 POOL = [
@@ -145,15 +141,7 @@ def test_a_model_that_improves_finds_new_kin_and_a_killed_rater_recovers_its_evi
     assert _gauges(recovered, "karma_model_superiority")[RISING] > prior + 0.05
 
     # And `karma competency` prints the same table as JSON.
-    result = subprocess.run(
-        [sys.executable, "-m", "karma.cli", "competency", "--json"],
-        env={**os.environ, **settings_env(pipeline.settings)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    printed = {row["model"]: row for row in json.loads(result.stdout)["models"]}
+    printed = competency(pipeline)
     assert set(printed) == set(POOL)
     assert printed[RISING]["blended"] > printed[RISING]["prior"] + 0.05
     assert set(printed[RISING]["kin"]) & {"vicuna-33b", "wizardlm-70b", "llama-2-70b-chat"}

@@ -6,7 +6,6 @@ online competency tells the new version apart from the model it was trained from
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from karma.lab.build import BuildResult
 from karma.schemas.models import Checkpoint, Preference, Response, Winner, response_id_for
 from karma.streams.client import Received
 from karma.tools.processes import settings_env
-from tests.e2e.conftest import Pipeline, audit
+from tests.e2e.conftest import Pipeline, audit, competency
 from tests.e2e.test_lab import heldout_prompts, lab_config
 
 STUDENT = "lab-generalist-m"
@@ -133,15 +132,7 @@ def test_a_trained_version_is_served_while_prompts_flow_and_a_killed_trainer_tra
         timeout_s=120,
     )
     assert judged
-    run = subprocess.run(
-        [sys.executable, "-m", "karma.cli", "competency", "--json"],
-        env={**os.environ, **settings_env(pipeline.settings)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stderr
-    rows = {row["model"]: row for row in json.loads(run.stdout)["models"]}
+    rows = competency(pipeline)
     assert rows[v3_player]["version"] == 3 and rows[v3_player]["comparisons"] > 0
     assert rows[STUDENT]["version"] == 1 and rows[STUDENT]["comparisons"] > 0  # its verdicts before
     pipeline.wait_for_metrics(
