@@ -15,7 +15,9 @@ from rich.markup import escape
 
 from karma.localkafka.broker import BrokerConfig, BrokerError, LocalBroker
 from karma.localkafka.cluster import MAX_NODES, LocalCluster
-from karma.streams.config import ENV_PREFIX, KAFKA_PASSWORD_VARIABLE
+from karma.localkafka.secrets import BROKER_PRINCIPAL
+from karma.streams.acls import ROLES
+from karma.streams.config import ENV_PREFIX, KAFKA_PASSWORD_VARIABLE, password_variable
 
 broker_app = typer.Typer(
     help="Run a real Apache Kafka broker (KRaft) on 127.0.0.1 for development, or a cluster of "
@@ -44,11 +46,12 @@ NodesOption = Annotated[
 ]
 
 
-def _broker(port: int, home: Path | None, secure: bool = False) -> LocalBroker:
-    config = (
-        BrokerConfig(port=port, secure=secure) if home is None else BrokerConfig(home, port, secure=secure)
-    )
-    return LocalBroker(config)
+def _broker(port: int, home: Path | None, secure: bool = False, mutual_tls: bool = False) -> LocalBroker:
+    options = {"port": port, "secure": secure, "mutual_tls": mutual_tls}
+    try:
+        return LocalBroker(BrokerConfig(**options) if home is None else BrokerConfig(home, **options))
+    except BrokerError as exc:
+        raise _fail(exc) from None
 
 
 def _mode(secure: bool) -> str:
@@ -78,13 +81,22 @@ def settings_lines(settings: dict[str, Any]) -> list[str]:
 
 def client_settings_text(broker: LocalBroker) -> str:
     """What a client of a secure broker sets (settings_lines), and in both cases the password
-    variable, read from its file when exported (so the password itself is not printed)."""
-    password = f'{KAFKA_PASSWORD_VARIABLE}="$(cat {shlex.quote(str(broker.password_file))})"'
+    variables, read from their files when exported (so no password itself is printed): the
+    admin's, and each role's for its own processes."""
+    if broker.mutual_tls:
+        return "\n".join(settings_lines(broker.client_settings()))
+
+    def export(variable: str, role: str) -> str:
+        return f'  export {variable}="$(cat {shlex.quote(str(broker.secrets.password(role)))})"'
+
     return "\n".join(
         [
             *settings_lines(broker.client_settings()),
-            "and, either way, the password of the SCRAM user:",
-            f"  export {password}",
+            "and, either way, the password of the admin (kafka_security), for `karma acl --apply`:",
+            export(KAFKA_PASSWORD_VARIABLE, BROKER_PRINCIPAL),
+            "and each role's, in the environment of that role's processes only:",
+            *(export(password_variable(role), role) for role in ROLES if role != BROKER_PRINCIPAL),
+            "then `karma acl --apply` grants each role what it needs (and no more).",
         ]
     )
 
@@ -108,6 +120,14 @@ def start(
             "client settings. Fixed when the storage is formatted (`reset` to change it).",
         ),
     ] = False,
+    mutual_tls: Annotated[
+        bool,
+        typer.Option(
+            "--mutual-tls",
+            help="With --secure: an SSL listener that requires a client certificate (one per role is "
+            "made beside the CA; its name is the principal) instead of SASL_SSL.",
+        ),
+    ] = False,
     nodes: NodesOption = 1,
 ) -> None:
     """Start the broker in the background (resolves its jars with Maven on first use); with
@@ -118,7 +138,7 @@ def start(
             raise typer.Exit(2)
         _start_cluster(_cluster(port, home, nodes), timeout)
         return
-    broker = _broker(port, home, secure)
+    broker = _broker(port, home, secure, mutual_tls)
     state = broker.status()
     if state.running and state.answering:
         if state.secure != secure:

@@ -52,15 +52,16 @@ from karma.localkafka.config import (
 )
 from karma.localkafka.jars import find_java, kafka_pom, resolve_jars
 from karma.localkafka.probes import HOST, answers_metadata, port_in_use
-from karma.localkafka.properties import (
-    LOG4J2,
-    SCRAM_MECHANISM,
-    SCRAM_USER,
-    node_properties,
-    sasl_ssl_properties,
+from karma.localkafka.properties import LOG4J2, SCRAM_MECHANISM, node_properties, secure_properties
+from karma.localkafka.secrets import (
+    BROKER_PRINCIPAL,
+    SecretFiles,
+    SecretsError,
+    make_broker_secrets,
+    write_private,
 )
-from karma.localkafka.secrets import SecretsError, make_broker_secrets, write_private
-from karma.streams.config import KAFKA_PASSWORD_VARIABLE
+from karma.streams.acls import ROLES
+from karma.streams.config import KAFKA_PASSWORD_VARIABLE, password_variable
 
 # BrokerConfig, BrokerError, BrokerStatus (config.py) and kafka_pom (jars.py) stay importable from here.
 __all__ = [
@@ -89,11 +90,11 @@ class LocalBroker:
         self.log4j_file = self.broker_dir / "log4j2.properties"
         self.log_file = self.broker_dir / "broker.log"
         self.pid_file = self.broker_dir / "broker.pid"
-        self.secure_dir = self.broker_dir / "secure"
-        self.ca_file = self.secure_dir / "ca.pem"  # the clients' ssl_cafile
-        self.password_file = self.secure_dir / "password"  # the SCRAM user's, mode 0600
-        self._keystore = self.secure_dir / "broker.pem"  # encrypted key + certificate chain
-        self._keystore_password_file = self.secure_dir / "keystore.password"
+        self.secrets = SecretFiles(self.config.secrets_dir or self.broker_dir / "secure")
+        self.secure_dir = self.secrets.folder
+        self.ca_file = self.secrets.ca  # the clients' ssl_cafile
+        self.password_file = self.secrets.password(BROKER_PRINCIPAL)  # the admin's, mode 0600
+        self._mutual_tls_file = self.secure_dir / "mutual-tls"  # present: the SSL listener
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -114,27 +115,25 @@ class LocalBroker:
         `status` and `stop` need not be told."""
         return self.password_file.is_file()
 
-    def password(self) -> str:
-        """The SCRAM password of the user `karma` (secure brokers only)."""
+    @property
+    def mutual_tls(self) -> bool:
+        """Whether this secure broker's listener is SSL requiring client certificates (on disk)."""
+        return self._mutual_tls_file.is_file()
+
+    def password(self, role: str = BROKER_PRINCIPAL) -> str:
+        """The SCRAM password of a role's user (secure brokers only); the admin's by default."""
+        path = self.secrets.password(role)
         try:
-            return self.password_file.read_text().strip()
+            return path.read_text().strip()
         except OSError as exc:
-            raise BrokerError(f"no SCRAM password at {self.password_file}: {exc.strerror}") from None
+            raise BrokerError(f"no SCRAM password at {path}: {exc.strerror}") from None
 
     def client_settings(self) -> dict[str, Any]:
         """The karma settings a client of this broker needs (`bootstrap_servers`, and for a secure
-        broker `kafka_security`); the password stays in its file, to be exported as
-        KARMA_KAFKA_PASSWORD."""
-        settings: dict[str, Any] = {"bootstrap_servers": self.bootstrap}
-        if self.secure:
-            settings["kafka_security"] = {
-                "security_protocol": "SASL_SSL",
-                "sasl_mechanism": SCRAM_MECHANISM,
-                "sasl_username": SCRAM_USER,
-                "sasl_password_env": KAFKA_PASSWORD_VARIABLE,
-                "ssl_cafile": str(self.ca_file),
-            }
-        return settings
+        broker `kafka_security`, as the admin, and `kafka_principals`, one per other role); the
+        passwords stay in their files, to be exported as KARMA_KAFKA_PASSWORD (the admin's) and
+        KARMA_KAFKA_PASSWORD_<ROLE>."""
+        return secure_client_settings(self.bootstrap, self.secrets, self.secure, self.mutual_tls)
 
     # -- jars ---------------------------------------------------------------------------------
 
@@ -168,11 +167,12 @@ class LocalBroker:
         self._check_mode(formatted)
         java = find_java()
         lib = self.ensure_jars(progress)
-        if not formatted:
-            # Secrets left without data (a start that failed before formatting) are stale.
+        if not formatted and self.config.secrets_dir is None:
+            # Secrets left without data (a start that failed before formatting) are stale. A
+            # cluster's shared secrets are the cluster's to make (localkafka/cluster.py).
             shutil.rmtree(self.secure_dir, ignore_errors=True)
             if self.config.secure:
-                self._make_secrets()
+                self.make_secrets()
         self._write_config()
         if not formatted:
             self._format_storage(java, lib)
@@ -211,7 +211,9 @@ class LocalBroker:
     def status(self) -> BrokerStatus:
         pid = self._running_pid()
         answering = pid is not None and answers_metadata(self.bootstrap, self._probe_options())
-        return BrokerStatus(pid is not None, pid, self.port, self.bootstrap, answering, self.secure)
+        return BrokerStatus(
+            pid is not None, pid, self.port, self.bootstrap, answering, self.secure, self.mutual_tls
+        )
 
     def reset(self) -> bool:
         """Delete this broker's data (topics, offsets, cluster id, and a secure broker's CA,
@@ -220,7 +222,8 @@ class LocalBroker:
             raise BrokerError(f"broker on {self.bootstrap} is running; stop it before reset")
         existed = self.data_dir.exists()
         shutil.rmtree(self.data_dir, ignore_errors=True)
-        shutil.rmtree(self.secure_dir, ignore_errors=True)
+        if self.config.secrets_dir is None:  # a cluster's shared secrets are the cluster's
+            shutil.rmtree(self.secure_dir, ignore_errors=True)
         self.log_file.unlink(missing_ok=True)
         return existed
 
@@ -233,16 +236,25 @@ class LocalBroker:
         }
 
     def _secure_properties(self) -> dict[str, str]:
-        return sasl_ssl_properties(
+        return secure_properties(
             self.port,
             self.controller_port,
-            password=self.password(),
-            keystore=self._keystore,
-            keystore_password=self._keystore_password_file.read_text().strip(),
-            ca_file=self.ca_file,
+            files=self.secrets,
+            admin_password=self.password(),
+            keystore_password=self.secrets.keystore_password.read_text().strip(),
+            mutual_tls=self.mutual_tls,
         )
 
     def _check_mode(self, formatted: bool) -> None:
+        self._check_secure_mode(formatted)
+        if formatted and self.config.secure and self.config.mutual_tls != self.mutual_tls:
+            how = "with --mutual-tls" if self.mutual_tls else "without --mutual-tls"
+            raise BrokerError(
+                f"the broker data in {self.data_dir} was formatted {how}; start it so, or delete the data "
+                f"with `karma broker reset --port {self.port}` first"
+            )
+
+    def _check_secure_mode(self, formatted: bool) -> None:
         """Formatted data keeps the mode it was formatted in: the SCRAM user exists only if it
         was created then, and clients were given that CA and password."""
         if not formatted or self.config.secure == self.secure:
@@ -254,29 +266,31 @@ class LocalBroker:
             f"`karma broker reset --port {self.port}` first"
         )
 
-    def _make_secrets(self) -> None:
+    def make_secrets(self) -> None:
+        """The CA, certificates and passwords of a secure broker (every role's), and its mode."""
         try:
-            make_broker_secrets(
-                self.secure_dir,
-                HOST,
-                self.port,
-                password_file=self.password_file,
-                keystore_password_file=self._keystore_password_file,
-                keystore=self._keystore,
-                ca_file=self.ca_file,
-            )
+            make_broker_secrets(self.secrets, HOST, self.port, ROLES)
         except SecretsError as exc:
             raise BrokerError(str(exc)) from None
+        if self.config.mutual_tls:
+            self._mutual_tls_file.write_text("the client listener requires a client certificate\n")
 
     def _probe_options(self) -> dict[str, Any]:
         """aiokafka's security arguments for this broker's own health probe (none: PLAINTEXT)."""
         if not self.secure:
             return {}
+        if self.mutual_tls:
+            context = create_ssl_context(
+                cafile=str(self.ca_file),
+                certfile=str(self.secrets.certificate(BROKER_PRINCIPAL)),
+                keyfile=str(self.secrets.key(BROKER_PRINCIPAL)),
+            )
+            return {"security_protocol": "SSL", "ssl_context": context}
         return {
             "security_protocol": "SASL_SSL",
             "ssl_context": create_ssl_context(cafile=str(self.ca_file)),
             "sasl_mechanism": SCRAM_MECHANISM,
-            "sasl_plain_username": SCRAM_USER,
+            "sasl_plain_username": BROKER_PRINCIPAL,
             "sasl_plain_password": self.password(),
         }
 
@@ -314,10 +328,11 @@ class LocalBroker:
             "-t", self.config.cluster_id or new_cluster_id(), "-c", str(self.properties_file),
         ]  # fmt: skip
         if self.config.secure:
-            # The SCRAM user must exist before the broker starts: it is also how the broker
-            # authenticates to itself. StorageTool takes it on the command line only, so the
-            # password is visible in `ps` for the second the format runs (a local broker's).
-            cmd += ["--add-scram", f"{SCRAM_MECHANISM}=[name={SCRAM_USER},password={self.password()}]"]
+            # The SCRAM users must exist before the broker starts: the admin's is also how the
+            # broker authenticates to itself. StorageTool takes them on the command line only, so
+            # the passwords are visible in `ps` for the second the format runs (a local broker's).
+            for role in ROLES:
+                cmd += ["--add-scram", f"{SCRAM_MECHANISM}=[name={role},password={self.password(role)}]"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
             raise BrokerError(
@@ -396,3 +411,30 @@ class LocalBroker:
         except OSError:
             return "(no broker.log)"
         return output_tail(text, lines)
+
+
+def secure_client_settings(
+    bootstrap: str, secrets: SecretFiles, secure: bool, mutual_tls: bool
+) -> dict[str, Any]:
+    """The client settings of a (secure) local broker or cluster: the admin in kafka_security,
+    every other role in kafka_principals; with mutual TLS the certificates name the principals,
+    else SCRAM users, whose passwords are read from the variables named here."""
+    settings: dict[str, Any] = {"bootstrap_servers": bootstrap}
+    if not secure:
+        return settings
+
+    def credentials(role: str, password_env: str) -> dict[str, str]:
+        if mutual_tls:
+            return {"ssl_certfile": str(secrets.certificate(role)), "ssl_keyfile": str(secrets.key(role))}
+        return {"sasl_username": role, "sasl_password_env": password_env}
+
+    security: dict[str, str] = {"security_protocol": "SSL" if mutual_tls else "SASL_SSL"}
+    if not mutual_tls:
+        security["sasl_mechanism"] = SCRAM_MECHANISM
+    security |= credentials(BROKER_PRINCIPAL, KAFKA_PASSWORD_VARIABLE)
+    security["ssl_cafile"] = str(secrets.ca)
+    settings["kafka_security"] = security
+    settings["kafka_principals"] = {
+        role: credentials(role, password_variable(role)) for role in ROLES if role != BROKER_PRINCIPAL
+    }
+    return settings

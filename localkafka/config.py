@@ -63,6 +63,9 @@ class BrokerConfig:
     kafka_version: str = DEFAULT_KAFKA_VERSION
     jars_home: Path | None = None  # where kafka-<version>/lib lives; default: home
     secure: bool = False  # a SASL_SSL listener on `port` (TLS + SCRAM-SHA-512) instead of PLAINTEXT
+    # With secure: an SSL listener that requires a client certificate instead of SASL_SSL.
+    mutual_tls: bool = False
+    secrets_dir: Path | None = None  # the secure files; default: <state dir>/secure (a cluster shares one)
     # A node of a cluster (localkafka/cluster.py sets these; a lone broker keeps the defaults):
     node_id: int = 1
     quorum_voters: str | None = None  # controller.quorum.voters; default: this node alone
@@ -76,17 +79,30 @@ class BrokerConfig:
             self.jars_home = Path(self.jars_home)
         if self.state_dir is not None:
             self.state_dir = Path(self.state_dir)
+        if self.secrets_dir is not None:
+            self.secrets_dir = Path(self.secrets_dir)
+        if self.mutual_tls and not self.secure:
+            raise BrokerError("mutual TLS is a mode of the secure broker: give --secure with --mutual-tls")
         if self.controller_port is None:
             self.controller_port = self.port + 1
         if self.controller_port == self.port:
             raise BrokerError(f"controller port must differ from the client port {self.port}")
 
     @classmethod
-    def on_free_ports(cls, home: Path, jars_home: Path | None = None, secure: bool = False) -> BrokerConfig:
+    def on_free_ports(
+        cls, home: Path, jars_home: Path | None = None, secure: bool = False, mutual_tls: bool = False
+    ) -> BrokerConfig:
         """A throw-away broker's config (tests, benchmarks): under `home`, on two loopback ports
         that are free right now."""
         port, controller_port = free_ports(2)
-        return cls(home=home, port=port, controller_port=controller_port, jars_home=jars_home, secure=secure)
+        return cls(
+            home=home,
+            port=port,
+            controller_port=controller_port,
+            jars_home=jars_home,
+            secure=secure,
+            mutual_tls=mutual_tls,
+        )
 
     @property
     def min_insync_replicas(self) -> int:
@@ -103,3 +119,4 @@ class BrokerStatus:
     bootstrap: str
     answering: bool  # it answered a metadata request just now
     secure: bool = False  # its data was formatted for the SASL_SSL listener (start --secure)
+    mutual_tls: bool = False  # ... with an SSL listener that requires client certificates

@@ -1,6 +1,6 @@
 """The configuration files of a local broker's JVM: ``server.properties`` (the listeners, the
-KRaft quorum, the replication of a node's topics; for a secure broker the SASL_SSL listener, its
-SCRAM mechanism and user) and ``log4j2.properties``.
+KRaft quorum, the replication of a node's topics; for a secure broker its TLS listeners, SCRAM and
+the authorizer) and ``log4j2.properties``.
 
 Separate from the process management (localkafka/broker.py): these are pure functions of a
 ``BrokerConfig`` and its paths, which the tests read without starting anything.
@@ -12,12 +12,12 @@ from pathlib import Path
 
 from karma.localkafka.config import BrokerConfig
 from karma.localkafka.probes import HOST
+from karma.localkafka.secrets import BROKER_PRINCIPAL, SecretFiles
 
-__all__ = ["LOG4J2", "SCRAM_MECHANISM", "SCRAM_USER", "node_properties", "sasl_ssl_properties"]
+__all__ = ["LOG4J2", "SCRAM_MECHANISM", "node_properties", "secure_properties"]
 
-# The secure broker's only SASL mechanism and its one user (clients and the broker itself).
+# The secure broker's only SASL mechanism; its users are the roles (streams/acls.py).
 SCRAM_MECHANISM = "SCRAM-SHA-512"
-SCRAM_USER = "karma"
 
 # Logs go to stdout, which start() sends to broker.log. The level is a system property so the
 # one-shot storage format can run quietly (-Dkarma.kafka.log.level=WARN).
@@ -69,34 +69,48 @@ def node_properties(config: BrokerConfig, controller_port: int, data_dir: Path) 
     }
 
 
-def sasl_ssl_properties(
+def secure_properties(
     port: int,
     controller_port: int,
     *,
-    password: str,
-    keystore: Path,
+    files: SecretFiles,
+    admin_password: str,
     keystore_password: str,
-    ca_file: Path,
+    mutual_tls: bool = False,
 ) -> dict[str, str]:
-    """The SASL_SSL listener in place of PLAINTEXT. The controller's listener stays PLAINTEXT on
-    loopback; the broker reaches itself over SASL_SSL as `karma`, which the CA lets it verify."""
-    return {
-        "listeners": f"SASL_SSL://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
-        "advertised.listeners": f"SASL_SSL://{HOST}:{port}",
-        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
-        "inter.broker.listener.name": "SASL_SSL",
-        "sasl.enabled.mechanisms": SCRAM_MECHANISM,
-        "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
-        f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": (
-            "org.apache.kafka.common.security.scram.ScramLoginModule required "
-            f'username="{SCRAM_USER}" password="{password}";'
-        ),
+    """A secured node: its client listener SASL_SSL (SCRAM), or with `mutual_tls` SSL requiring a
+    client certificate (the principal is the certificate's CN); the controller listener SSL with
+    mutual TLS, where nodes know each other by the broker certificate (CN=admin). The authorizer
+    is on and the admin is its only super user; everyone else gets what the ACLs grant."""
+    client = "SSL" if mutual_tls else "SASL_SSL"
+    properties = {
+        "listeners": f"{client}://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
+        "advertised.listeners": f"{client}://{HOST}:{port}",
+        "listener.security.protocol.map": f"{client}:{client},CONTROLLER:SSL",
+        "inter.broker.listener.name": client,
         # Kafka reads PEM key stores; a PEM key file must be encrypted (with a scheme Java 17
         # reads: PKCS#12 PBE with 3DES, not OpenSSL's default PBES2).
         "ssl.keystore.type": "PEM",
-        "ssl.keystore.location": str(keystore),
+        "ssl.keystore.location": str(files.keystore),
         "ssl.key.password": keystore_password,
         "ssl.truststore.type": "PEM",
-        "ssl.truststore.location": str(ca_file),
-        "ssl.client.auth": "none",
+        "ssl.truststore.location": str(files.ca),
+        "ssl.client.auth": "required" if mutual_tls else "none",
+        "listener.name.controller.ssl.client.auth": "required",
+        # CN=generation is User:generation, the same principal as the SCRAM user of that name.
+        "ssl.principal.mapping.rules": "RULE:^CN=([A-Za-z0-9._-]+)$/$1/,DEFAULT",
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": f"User:{BROKER_PRINCIPAL}",
+        "allow.everyone.if.no.acl.found": "false",
+        # SCRAM is enabled on either listener kind: the users exist for SASL clients.
+        "sasl.enabled.mechanisms": SCRAM_MECHANISM,
     }
+    if not mutual_tls:
+        properties |= {
+            "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+            f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required "
+                f'username="{BROKER_PRINCIPAL}" password="{admin_password}";'
+            ),
+        }
+    return properties

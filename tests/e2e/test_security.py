@@ -62,8 +62,12 @@ def settings(secure_broker: LocalBroker, tmp_path: Path, monkeypatch: pytest.Mon
     the password is exported as `start --secure` says, so child processes inherit it."""
     monkeypatch.setenv(KAFKA_PASSWORD_VARIABLE, secure_broker.password())
     run = uuid.uuid4().hex[:8]
+    # Every command as the admin (kafka_security): the roles' principals are test_acls.py's.
+    client = {
+        key: value for key, value in secure_broker.client_settings().items() if key != "kafka_principals"
+    }
     return KarmaSettings(
-        **secure_broker.client_settings(),
+        **client,
         topic_prefix=f"sec{run}.",
         app_id=f"karma-sec-{run}",
         data_dir=tmp_path / f"faust-{run}",
@@ -105,7 +109,7 @@ def test_refused_credentials_end_every_command_in_one_line(
 ) -> None:
     if fault == "wrong password":
         env = {**settings_env(settings), KAFKA_PASSWORD_VARIABLE: "not-the-password"}
-        expected = f"SASL SCRAM-SHA-512 authentication as 'karma' failed at {settings.bootstrap_servers}"
+        expected = f"SASL SCRAM-SHA-512 authentication as 'admin' failed at {settings.bootstrap_servers}"
     else:
         env = _with_untrusted_ca(settings, tmp_path)
         expected = f"TLS: the certificate of {settings.bootstrap_servers} is not trusted"
@@ -162,7 +166,7 @@ def test_a_client_without_the_settings_reads_nothing(
         "SASL without TLS": {
             "security_protocol": "SASL_PLAINTEXT",
             "sasl_mechanism": "SCRAM-SHA-512",
-            "sasl_plain_username": "karma",
+            "sasl_plain_username": "admin",
             "sasl_plain_password": password,
         },
         "TLS without SASL": {"security_protocol": "SSL", "ssl_context": verified},

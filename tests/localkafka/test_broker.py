@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from karma.cli.broker import broker_app, client_settings_text
 from karma.localkafka.broker import BrokerConfig, BrokerError, LocalBroker
+from karma.streams.acls import ROLES
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -275,19 +276,37 @@ def test_cli_status_and_errors(tmp_path: Path, broker_config: MakeConfig) -> Non
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="--secure makes its certificates with openssl")
 def test_secure_broker_material_and_listener(tmp_path: Path) -> None:
     broker = LocalBroker(BrokerConfig(home=tmp_path, port=19092, secure=True))
-    broker._make_secrets()
-    assert broker.secure and len(broker.password()) >= 24
-    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in broker.secure_dir.iterdir()}
+    broker.make_secrets()
+    assert broker.secure and not broker.mutual_tls
+    assert {len(broker.password(role)) >= 24 for role in ROLES} == {True}
+    assert len({broker.password(role) for role in ROLES}) == len(ROLES)  # one password per role
+    modes = {
+        str(path.relative_to(broker.secure_dir)): stat.S_IMODE(path.stat().st_mode)
+        for path in broker.secure_dir.rglob("*")
+    }
     # The CA's key is gone once it has signed; the keys and passwords are the owner's alone.
-    assert modes == {"ca.pem": 0o644, "broker.pem": 0o600, "password": 0o600, "keystore.password": 0o600}
+    expected = {
+        "ca.pem": 0o644,
+        "broker.pem": 0o600,
+        "keystore.password": 0o600,
+        "users": 0o700,
+        "certs": 0o700,
+    }
+    for role in ROLES:
+        expected |= {f"users/{role}.password": 0o600, f"certs/{role}.pem": 0o644, f"certs/{role}.key": 0o600}
+    assert modes == expected
     assert stat.S_IMODE(broker.secure_dir.stat().st_mode) == 0o700
 
     props = broker.server_properties()
     assert props["listeners"] == "SASL_SSL://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093"
     assert props["advertised.listeners"] == "SASL_SSL://127.0.0.1:19092"
-    assert props["listener.security.protocol.map"] == "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT"
+    assert props["listener.security.protocol.map"] == "SASL_SSL:SASL_SSL,CONTROLLER:SSL"
+    assert props["listener.name.controller.ssl.client.auth"] == "required"
+    assert props["authorizer.class.name"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert props["super.users"] == "User:admin"  # the admin alone; the nodes know each other as it
     assert props["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
-    assert f'password="{broker.password()}"' in props["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"]
+    jaas = props["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"]
+    assert 'username="admin"' in jaas and f'password="{broker.password()}"' in jaas
     broker._write_config()
     assert stat.S_IMODE(broker.properties_file.stat().st_mode) == 0o600  # it holds the passwords
 
@@ -317,7 +336,7 @@ def test_the_mode_belongs_to_the_formatted_data(tmp_path: Path) -> None:
         secure.start(timeout=5)
 
     plain = LocalBroker(BrokerConfig(home=tmp_path, port=secure.port, controller_port=secure.controller_port))
-    plain.secure_dir.mkdir()
+    plain.password_file.parent.mkdir(parents=True)
     plain.password_file.write_text("from a secure format\n")
     assert plain.secure  # status and stop read the mode from disk
     with pytest.raises(BrokerError, match="formatted with --secure; start it with --secure"):
@@ -329,18 +348,26 @@ def test_cli_prints_the_client_settings_of_a_secure_broker(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     broker = LocalBroker(BrokerConfig(home=tmp_path, port=19092))
-    broker.secure_dir.mkdir(parents=True)
-    broker.password_file.write_text("not-to-be-printed\n")
+    for role in ROLES:
+        broker.secrets.password(role).parent.mkdir(parents=True, exist_ok=True)
+        broker.secrets.password(role).write_text(f"not-to-be-printed-{role}\n")
     text = client_settings_text(broker)
     yaml_part = text.split("or as environment variables:")[0].split("\n", 1)[1]
     assert yaml.safe_load(textwrap.dedent(yaml_part)) == broker.client_settings()
     assert broker.client_settings()["kafka_security"] == {
         "security_protocol": "SASL_SSL",
         "sasl_mechanism": "SCRAM-SHA-512",
-        "sasl_username": "karma",
+        "sasl_username": "admin",
         "sasl_password_env": "KARMA_KAFKA_PASSWORD",
         "ssl_cafile": str(broker.ca_file),
     }
-    assert "  export KARMA_KAFKA_SECURITY__SECURITY_PROTOCOL=SASL_SSL" in text.splitlines()
-    assert f'  export KARMA_KAFKA_PASSWORD="$(cat {broker.password_file})"' in text.splitlines()
-    assert "not-to-be-printed" not in text  # the password itself stays in its file
+    assert broker.client_settings()["kafka_principals"]["judging"] == {
+        "sasl_username": "judging",
+        "sasl_password_env": "KARMA_KAFKA_PASSWORD_JUDGING",
+    }
+    lines = text.splitlines()
+    assert "  export KARMA_KAFKA_SECURITY__SECURITY_PROTOCOL=SASL_SSL" in lines
+    assert "  export KARMA_KAFKA_PRINCIPALS__JUDGING__SASL_USERNAME=judging" in lines
+    assert f'  export KARMA_KAFKA_PASSWORD="$(cat {broker.password_file})"' in lines
+    assert f'  export KARMA_KAFKA_PASSWORD_JUDGING="$(cat {broker.secrets.password("judging")})"' in lines
+    assert "not-to-be-printed" not in text  # the passwords themselves stay in their files
