@@ -106,6 +106,12 @@ COMMANDS: tuple[LazyCommand, ...] = (
         "The record types on the karma topics: schema ids, versions, .avsc, and the byte framing.",
     ),
     LazyCommand(
+        "acl",
+        "karma.cli.acl:acl",
+        "The least Kafka ACLs of each role (producer, generation, rating, judging, trainer, operator); "
+        "--apply creates them.",
+    ),
+    LazyCommand(
         "broker",
         "karma.cli.broker:broker_app",
         "Run a real Apache Kafka broker (KRaft) on 127.0.0.1 for development, or a cluster of "

@@ -12,13 +12,19 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaError,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from karma.streams.client import TopicNotFoundError
-from karma.streams.config import ConfigError, KarmaSettings, load_settings
+from karma.streams.config import ConfigError, KafkaSecurity, KarmaSettings, PrincipalRole, load_settings
 from karma.streams.kafka_clients import ClusterAccessError
 
 T = TypeVar("T")
@@ -36,34 +42,66 @@ BootstrapOption = Annotated[
 ]
 
 
-def settings_or_exit(config: Path | None, **overrides: Any) -> KarmaSettings:
-    """Loads settings, turning a bad file or value into a one-line message and exit code 2."""
+def settings_or_exit(
+    config: Path | None, role: PrincipalRole | None = None, **overrides: Any
+) -> KarmaSettings:
+    """Loads settings, turning a bad file or value into a one-line message and exit code 2; with
+    `role`, the command connects with that role's credentials (`kafka_principals`)."""
     try:
-        return load_settings(config, **overrides)
+        settings = load_settings(config, **overrides)
+        return settings if role is None else settings.as_role(role)
     except ConfigError as exc:
         for line in str(exc).splitlines():
             console.print(f"[red]error:[/] {escape(line)}")
     raise typer.Exit(2)
 
 
-def kafka_problem(exc: KafkaError) -> str:
+# The broker's authorizer said no (streams/acls.py says who may do what).
+AUTHORIZATION_ERRORS = (
+    TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
+
+
+def principal_of(security: KafkaSecurity) -> str:
+    """The principal these settings connect as, as the broker names it (for error messages)."""
+    if security.uses_sasl and security.sasl_username:
+        return f"User:{security.sasl_username}"
+    if security.ssl_certfile:
+        return f"the principal of certificate {security.ssl_certfile}"
+    return "User:ANONYMOUS"
+
+
+def kafka_problem(exc: KafkaError, settings: KarmaSettings | None = None, attempted: str = "") -> str:
     """A Kafka error as the one line after `error:`. The client factory (streams/kafka_clients.py)
     has already named the cause of a failed connection (refused, TLS, SASL) and the setting to
-    check; any other Kafka error gets aiokafka's words and the first thing to look at."""
+    check; an authorization error says what was refused to which principal; any other Kafka
+    error gets aiokafka's words and the first thing to look at."""
     if isinstance(exc, ClusterAccessError):
         return str(exc)
+    if isinstance(exc, AUTHORIZATION_ERRORS) and settings is not None:
+        who = principal_of(settings.kafka_security)
+        return (
+            f"not authorized: the broker refused {attempted or 'the request'} to {who} "
+            f"({type(exc).__name__}); `karma acl` lists what each role may do"
+        )
     return f"Kafka: {exc} (is the broker up? try `karma broker status`)"
 
 
-def run_or_exit(coro: Coroutine[Any, Any, T]) -> T:
-    """Runs a coroutine; an unreachable broker, refused credentials or a missing topic is a
-    one-line error, exit code 1."""
+def run_or_exit(
+    coro: Coroutine[Any, Any, T], settings: KarmaSettings | None = None, attempted: str = ""
+) -> T:
+    """Runs a coroutine; an unreachable broker, refused credentials, a refused authorization
+    (`attempted` says what was tried, e.g. "READ on topic karma.prompts") or a missing topic is
+    a one-line error, exit code 1."""
     try:
         return asyncio.run(coro)
     except TopicNotFoundError as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")
     except KafkaError as exc:
-        console.print(f"[red]error:[/] {escape(kafka_problem(exc))}")
+        console.print(f"[red]error:[/] {escape(kafka_problem(exc, settings, attempted))}")
     raise typer.Exit(1)
 
 

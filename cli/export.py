@@ -87,7 +87,7 @@ def export(
         choices = ", ".join(POLICIES)
         console.print(f"[red]error:[/] --policy: unknown {', '.join(unknown)}; choose from {choices}")
         raise typer.Exit(2)
-    settings = settings_or_exit(config, bootstrap_servers=bootstrap)
+    settings = settings_or_exit(config, "trainer", bootstrap_servers=bootstrap)
     options = ExportOptions(
         out=out_dir,
         layout=Layout(fmt, messages, RowFilter(min_confidence, frozenset(policy or ()))),

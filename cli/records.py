@@ -41,11 +41,13 @@ def submit(
     (string values). Without prompt_id, the id is a hash of source and text, so submitting a file
     twice does not create new prompts. A bad line is reported with its line number and skipped.
     """
-    settings = settings_or_exit(config, bootstrap_servers=bootstrap)
+    settings = settings_or_exit(config, "producer", bootstrap_servers=bootstrap)
     if not file.is_file():
         console.print(f"[red]error:[/] {file} is not a readable file")
         raise typer.Exit(2)
-    sent, skipped = run_or_exit(_submit(settings, file, source))
+    sent, skipped = run_or_exit(
+        _submit(settings, file, source), settings, f"WRITE on topic {settings.topic('prompts')}"
+    )
     console.print(f"submitted {sent} prompt(s) to {settings.topic('prompts')}; skipped {skipped} bad line(s)")
 
 
@@ -107,9 +109,10 @@ def audit(
     unaccounted (not settled, and older than the backstop). With competency.online false the
     pairs the policy must pick are recomputed and checked too; with it on, the emitted ones only.
     Exit code 1 when anything is unaccounted."""
-    settings = settings_or_exit(config, bootstrap_servers=bootstrap)
+    settings = settings_or_exit(config, "operator", bootstrap_servers=bootstrap)
     try:
-        ledger = run_or_exit(audit_topics(settings, backstop_s=backstop_s))
+        reading = f"READ on topics {settings.topic_prefix}*"
+        ledger = run_or_exit(audit_topics(settings, backstop_s=backstop_s), settings, reading)
     except ProfileError as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from karma.cli.common import BootstrapOption, ConfigOption, run_or_exit, settings_or_exit
-from karma.streams.client import Received, read_topic
+from karma.streams.client import Received, read_topic, topic_name
 
 
 def tail(
@@ -40,7 +40,7 @@ def tail(
     is decoded by the schema id in each message. A message that does not decode shows "error"
     instead; bytes that are not a karma record show "value_base64" and a "note" saying so.
     """
-    settings = settings_or_exit(config, bootstrap_servers=bootstrap)
+    settings = settings_or_exit(config, "operator", bootstrap_servers=bootstrap)
 
     async def _tail() -> None:
         count = 0
@@ -53,7 +53,7 @@ def tail(
                 return
 
     with contextlib.suppress(KeyboardInterrupt):
-        run_or_exit(_tail())
+        run_or_exit(_tail(), settings, f"READ on topic {topic_name(settings, topic)[0]}")
 
 
 def _printable(received: Received) -> dict[str, Any]:

@@ -106,7 +106,7 @@ def train(
     if method not in ("full", "lora"):
         console.print(f"[red]error:[/] --method: {method!r}; choose full or lora")
         raise typer.Exit(2)
-    settings = settings_or_exit(config, bootstrap_servers=bootstrap)
+    settings = settings_or_exit(config, "trainer", bootstrap_servers=bootstrap)
     options = TrainOptions(
         model=model,
         out=out_dir,

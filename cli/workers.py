@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from karma.agents.backends import ModelLoadError
 from karma.cli.common import BootstrapOption, ConfigOption, console, kafka_problem, settings_or_exit
+from karma.streams.acls import PRINCIPAL_OF_WORKER_ROLE
 from karma.streams.app import ROLES
 from karma.streams.metrics import MetricsPortInUse
 from karma.streams.topics import TopicMismatchError
@@ -40,7 +41,9 @@ def worker(
     loglevel: FaustLogLevelOption = "warning",
 ) -> None:
     """Run one stage as a faust worker until SIGINT/SIGTERM."""
-    settings = settings_or_exit(config, bootstrap_servers=bootstrap, metrics_port=metrics_port)
+    # One stage connects as its role's principal; `karma run` (every stage) with kafka_security.
+    principal = PRINCIPAL_OF_WORKER_ROLE.get(role.value)
+    settings = settings_or_exit(config, principal, bootstrap_servers=bootstrap, metrics_port=metrics_port)
     models = None
     if model:
         if role != "generate":
@@ -65,7 +68,9 @@ def worker(
         console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(EX_MODEL_LOAD) from None
     except KafkaError as exc:  # raised before faust starts: see run_worker
-        console.print(f"[red]error:[/] {escape(kafka_problem(exc))}")
+        console.print(
+            f"[red]error:[/] {escape(kafka_problem(exc, settings, str(exc.args[0]) if exc.args else ''))}"
+        )
         raise typer.Exit(2) from None
 
 

@@ -42,6 +42,13 @@ CONSUMES: dict[str, tuple[str, ...]] = {
     "rate": ("responses", "ticks", "preferences"),
     "judge": ("pairs",),
 }
+# ... and the topics each one writes (and the generation its follower reads): with one
+# principal per role, a worker creates and checks only these (streams/acls.py grants them).
+USES: dict[str, tuple[str, ...]] = {
+    "generate": (*CONSUMES["generate"], "checkpoints", "responses", "dlq"),
+    "rate": (*CONSUMES["rate"], "pairs", "dlq"),
+    "judge": (*CONSUMES["judge"], "preferences", "dlq"),
+}
 ROLES = tuple(CONSUMES)
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import TopicAuthorizationFailedError
 
 from karma.agents.competency import Tally, is_evidence, player_of, tally, window_of
 from karma.schemas.models import (
@@ -27,7 +28,7 @@ from karma.schemas.models import (
 )
 from karma.streams.codecs import DecodeError, decode, decode_any, encode
 from karma.streams.config import KarmaSettings
-from karma.streams.kafka_clients import new_consumer, new_producer
+from karma.streams.kafka_clients import hidden_topics, new_admin, new_consumer, new_producer
 from karma.streams.topics import RECORD_OF_STAGE, TOPICS
 
 # Short names `read_topic` accepts, and the topic each stands for under the prefix.
@@ -153,6 +154,17 @@ async def list_topics(settings: KarmaSettings) -> set[str]:
         await consumer.stop()
 
 
+async def _unauthorized(settings: KarmaSettings, topic: str) -> bool:
+    """Whether the broker refuses to describe `topic` to these credentials: a topic the ACLs
+    hide is missing from the list of topics, like one that does not exist."""
+    admin = new_admin(settings, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        return bool(await hidden_topics(admin, [topic]))
+    finally:
+        await admin.close()
+
+
 def _received(msg: Any, model: type[Record] | None) -> Received:
     record, error = None, None
     try:
@@ -242,6 +254,8 @@ class TopicReader:
 
     async def __aenter__(self) -> TopicReader:
         if self.name not in await list_topics(self.settings):
+            if await _unauthorized(self.settings, self.name):
+                raise TopicAuthorizationFailedError(self.name)
             raise TopicNotFoundError(f"topic {self.name} does not exist on {self.settings.bootstrap_servers}")
         # Without a group id, a subscribed consumer is assigned every partition and commits nothing.
         self._consumer = consumer = new_consumer(

@@ -226,6 +226,11 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 KAFKA_PASSWORD_VARIABLE = "KARMA_KAFKA_PASSWORD"
 
 
+def password_variable(role: str) -> str:
+    """The variable `karma broker start --secure` tells a role to keep its password in."""
+    return f"{KAFKA_PASSWORD_VARIABLE}_{role.upper()}"
+
+
 class KafkaSecurity(StrictModel):
     """How every Kafka client of the project (the SDK, the CLI, the faust workers, the lag and
     topic admin clients) authenticates to the cluster and encrypts its connections; made into
@@ -326,6 +331,27 @@ class KafkaSecurity(StrictModel):
         return password
 
 
+# The principals of a deployment with one per role (streams/acls.py says what each may touch).
+PrincipalRole = Literal["producer", "generation", "rating", "judging", "trainer", "operator", "admin"]
+
+
+class KafkaPrincipal(StrictModel):
+    """One role's credentials, in place of kafka_security's own (its protocol, mechanism and CA
+    stay). Checked when a client of that role is made, not when settings load: a judging worker
+    needs the judging password in its environment, not every role's."""
+
+    sasl_username: str | None = Field(default=None, min_length=1, description="SASL_*: the role's user.")
+    sasl_password_env: str | None = Field(
+        default=None,
+        min_length=1,
+        description="SASL_*: the NAME of the environment variable holding the role's password.",
+    )
+    ssl_certfile: Path | None = Field(
+        default=None, description="Mutual TLS: the role's PEM certificate (its name is the principal)."
+    )
+    ssl_keyfile: Path | None = Field(default=None, description="Mutual TLS: the role's PEM private key.")
+
+
 DEFAULT_POOL = [
     ModelSpec(name=name)
     for name in ("llama-2-13b-chat", "wizardlm-13b", "vicuna-33b", "llama-2-70b-chat", "gpt-3.5-turbo")
@@ -341,6 +367,12 @@ class KarmaSettings(BaseSettings):
     kafka_security: KafkaSecurity = Field(
         default_factory=KafkaSecurity,
         description="TLS and SASL towards the cluster of bootstrap_servers (default: PLAINTEXT).",
+    )
+    kafka_principals: dict[PrincipalRole, KafkaPrincipal] = Field(
+        default_factory=dict,
+        description="One principal per role (producer, generation, rating, judging, trainer, operator, "
+        "admin): a command or worker of that role connects with these credentials; a role not named "
+        "here connects with kafka_security's.",
     )
     topic_prefix: str = Field(default="karma.", pattern=r"^[\w.\-]*$")
     app_id: str = Field(default="karma", description="Consumer-group and changelog-topic stem.")
@@ -486,6 +518,20 @@ class KarmaSettings(BaseSettings):
             )
         return self
 
+    def as_role(self, role: PrincipalRole) -> KarmaSettings:
+        """These settings with the credentials of `role` in kafka_security (itself if the role has
+        none of its own); ConfigError says what is missing, e.g. the password's variable."""
+        principal = self.kafka_principals.get(role)
+        if principal is None:
+            return self
+        given = principal.model_dump(exclude_none=True)
+        try:
+            security = KafkaSecurity.model_validate({**self.kafka_security.model_dump(), **given})
+        except ValidationError as exc:
+            problems = "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())
+            raise ConfigError(f"kafka_principals.{role}: {problems}") from None
+        return self.model_copy(update={"kafka_security": security})
+
     def topic(self, stage: str) -> str:
         """Full topic name of a stage: prompts, responses, pairs, preferences, dlq."""
         return f"{self.topic_prefix}{stage}"
@@ -512,7 +558,8 @@ class ConfigError(ValueError):
 
 ENV_PREFIX = "KARMA_"
 # KARMA_* variables that are not settings: the config file, the local broker's home and pom,
-# the test suite's external broker, and the Kafka password `karma broker start --secure` prints.
+# the test suite's external broker, and the Kafka passwords `karma broker start --secure` prints
+# (the admin's, and KARMA_KAFKA_PASSWORD_<ROLE>).
 OTHER_VARIABLES = frozenset(
     {"KARMA_CONFIG", "KARMA_HOME", "KARMA_KAFKA_POM", "KARMA_TEST_BOOTSTRAP", KAFKA_PASSWORD_VARIABLE}
 )
@@ -534,6 +581,8 @@ class _StrictEnvSource(PydanticBaseSettingsSource):
         for variable in sorted(os.environ):
             name = variable.upper()
             if not name.startswith(ENV_PREFIX) or name in OTHER_VARIABLES:
+                continue
+            if name.startswith(password_variable("")):  # a role's password (kafka_principals)
                 continue
             field = name.removeprefix(ENV_PREFIX).split("__")[0].lower()
             if field not in fields:

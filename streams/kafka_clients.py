@@ -28,9 +28,11 @@ from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
     SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
     UnsupportedSaslMechanismError,
 )
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.metadata import MetadataRequest
 
 from karma.streams.config import KafkaSecurity, KarmaSettings
 
@@ -38,6 +40,7 @@ __all__ = [
     "ClusterAccessError",
     "check_connection",
     "client_options",
+    "hidden_topics",
     "new_admin",
     "new_consumer",
     "new_producer",
@@ -208,3 +211,15 @@ def _cause(server: str, security: KafkaSecurity, exc: Exception, timeout_s: floa
     if isinstance(exc, KafkaError | OSError):
         return f"cannot connect to {server} with {protocol}: {exc}"
     return f"cannot connect to {server} with {protocol}: {type(exc).__name__}: {exc}"
+
+
+async def hidden_topics(admin: AIOKafkaAdminClient, names: list[str]) -> list[str]:
+    """Which of `names` the broker refuses to describe to the admin client's principal (its
+    ACLs hide them: they are missing from a list of topics, like topics that do not exist).
+    Asked without auto-creation, which a plain metadata request for a missing topic triggers."""
+    response = await admin._send_request(MetadataRequest(names, allow_auto_topic_creation=False))
+    return sorted(
+        entry["topic"]
+        for entry in response.to_object()["topics"]
+        if entry["error_code"] == TopicAuthorizationFailedError.errno
+    )

@@ -18,11 +18,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError
 
 from karma.schemas.models import Checkpoint, DeadLetter, KinPair, Preference, Prompt, Record, Response
 from karma.streams.config import KarmaSettings
-from karma.streams.kafka_clients import new_admin
+from karma.streams.kafka_clients import hidden_topics, new_admin
 
 
 @dataclass(frozen=True)
@@ -60,22 +60,34 @@ def all_topic_names(settings: KarmaSettings) -> list[str]:
 
 
 async def ensure_topics(
-    settings: KarmaSettings, extra: Iterable[NewTopic] = (), timeout_s: float = 30.0
+    settings: KarmaSettings,
+    extra: Iterable[NewTopic] = (),
+    timeout_s: float = 30.0,
+    only: Iterable[str] | None = None,
 ) -> list[str]:
     """Creates the karma topics (and `extra` ones) that do not exist yet, and waits until the
-    broker's metadata shows every one of them; returns the names it created."""
+    broker's metadata shows every one of them; returns the names it created. `only` (short names)
+    limits it to the topics a role uses: a principal sees only the topics its ACLs grant."""
+    shorts = None if only is None else set(only)
     admin = new_admin(settings, request_timeout_ms=10_000)
     await asyncio.wait_for(admin.start(), timeout_s)
     try:
         wanted = [
             NewTopic(name, settings.partitions, settings.replication_factor)
-            for name in all_topic_names(settings)
+            for spec in TOPICS
+            if shorts is None or spec.short in shorts
+            for name in [settings.topic(spec.name)]
         ]
         wanted += list(extra)
         existing = set(await admin.list_topics())
         await _check_partitions(admin, [topic for topic in wanted if topic.name in existing])
         new = [topic for topic in wanted if topic.name not in existing]
         if new:
+            # A topic the ACLs hide is missing from the list too: say so, rather than wait for
+            # a create the broker refuses.
+            hidden = await hidden_topics(admin, [topic.name for topic in new])
+            if hidden:
+                raise TopicAuthorizationFailedError(f"DESCRIBE on topic {', '.join(hidden)}")
             # Another process may create them between our list and our create.
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(new, timeout_ms=int(timeout_s * 1000))

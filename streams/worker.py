@@ -22,13 +22,13 @@ from typing import Any
 import faust
 
 from karma.agents import generation, judging, rating
-from karma.streams.app import ROLES, changelog_topics, new_stage
+from karma.streams.app import ROLES, USES, changelog_topics, new_stage
 from karma.streams.config import KarmaSettings, ModelSpec
 from karma.streams.kafka_clients import check_connection
 from karma.streams.metrics import serve_metrics
 from karma.streams.sizes import PRODUCER_MAX_BATCH_BYTES, RecordLimits, read_limits
 from karma.streams.stage import Stage
-from karma.streams.topics import all_topic_names, ensure_topics
+from karma.streams.topics import TOPICS, ensure_topics
 from karma.streams.versions import check_versions
 
 log = logging.getLogger(__name__)
@@ -113,11 +113,16 @@ def _exit_now(code: int, why: str) -> None:
     os._exit(code)
 
 
-async def prepare_topics(settings: KarmaSettings, app: faust.App) -> RecordLimits:
-    """Creates the topics (the tables' changelogs included) and reads the record limit of each."""
+async def prepare_topics(
+    settings: KarmaSettings, app: faust.App, roles: tuple[str, ...] = ROLES
+) -> RecordLimits:
+    """Creates the topics the roles use (the tables' changelogs included) and reads the record
+    limit of each."""
     changelogs = changelog_topics(app)
-    await ensure_topics(settings, changelogs)
-    return await read_limits(settings, [*all_topic_names(settings), *(topic.name for topic in changelogs)])
+    used = {short for role in roles for short in USES[role]}
+    await ensure_topics(settings, changelogs, only=used)
+    names = [settings.topic(spec.name) for spec in TOPICS if spec.short in used]
+    return await read_limits(settings, [*names, *(topic.name for topic in changelogs)])
 
 
 def fit_batches_to_limits(app: faust.App, limits: RecordLimits) -> None:
@@ -175,7 +180,7 @@ def run_worker(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     stage = create_stage(settings, roles, models)
     app = stage.app
-    stage.delivery.limits = asyncio.run(prepare_topics(settings, app))
+    stage.delivery.limits = asyncio.run(prepare_topics(settings, app, roles))
     fit_batches_to_limits(app, stage.delivery.limits)
     serve_metrics(
         settings.metrics_port,

@@ -46,7 +46,7 @@ def no_broker(monkeypatch: pytest.MonkeyPatch) -> list[Stage]:
     async def nothing(*args: Any) -> None:
         return None
 
-    async def limits(settings: KarmaSettings, app: Any) -> RecordLimits:
+    async def limits(settings: KarmaSettings, app: Any, roles: Any = ()) -> RecordLimits:
         return RecordLimits.unread(settings)
 
     real_create_stage = worker_module.create_stage
