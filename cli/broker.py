@@ -79,7 +79,7 @@ def settings_lines(settings: dict[str, Any]) -> list[str]:
     ]
 
 
-def client_settings_text(broker: LocalBroker) -> str:
+def client_settings_text(broker: LocalBroker | LocalCluster) -> str:
     """What a client of a secure broker sets (settings_lines), and in both cases the password
     variables, read from their files when exported (so no password itself is printed): the
     admin's, and each role's for its own processes."""
@@ -133,10 +133,7 @@ def start(
     """Start the broker in the background (resolves its jars with Maven on first use); with
     --nodes, start the cluster's nodes that are not running and print its client settings."""
     if nodes > 1:
-        if secure:
-            _err.print("[bold red]error:[/] --secure is offered for a single broker only (--nodes 1)")
-            raise typer.Exit(2)
-        _start_cluster(_cluster(port, home, nodes), timeout)
+        _start_cluster(_cluster(port, home, nodes, secure, mutual_tls), timeout)
         return
     broker = _broker(port, home, secure, mutual_tls)
     state = broker.status()
@@ -218,9 +215,11 @@ def reset(port: PortOption = 9092, home: HomeOption = None, nodes: NodesOption =
 # -- the cluster (--nodes 3) ----------------------------------------------------------------------
 
 
-def _cluster(port: int, home: Path | None, nodes: int) -> LocalCluster:
+def _cluster(
+    port: int, home: Path | None, nodes: int, secure: bool = False, mutual_tls: bool = False
+) -> LocalCluster:
     try:
-        return LocalCluster(home, port=port, nodes=nodes)
+        return LocalCluster(home, port=port, nodes=nodes, secure=secure, mutual_tls=mutual_tls)
     except BrokerError as exc:
         raise _fail(exc) from None
 
@@ -241,8 +240,12 @@ def _start_cluster(cluster: LocalCluster, timeout: float) -> None:
         f"[green]cluster {how}[/]: {cluster.nodes} nodes, topics replicated {cluster.nodes} times, "
         f"min.insync.replicas {cluster.min_insync_replicas}"
     )
-    lines = settings_lines(cluster.client_settings())
-    _out.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
+    text = (
+        client_settings_text(cluster)
+        if cluster.secure
+        else "\n".join(settings_lines(cluster.client_settings()))
+    )
+    _out.print(text, markup=False, highlight=False, soft_wrap=True)
 
 
 def _cluster_status(cluster: LocalCluster) -> None:

@@ -15,20 +15,24 @@ of three can die without stopping the stream or losing an acknowledged write::
 State lives under ``<home>/cluster-<port>/`` (``cluster.id``, ``node-<id>/`` each with its
 server.properties, data/, broker.log and broker.pid). ``start`` also restarts the nodes that are
 down while the others run. The CLI is ``karma broker start|stop|status|reset --nodes 3``.
-PLAINTEXT only: ``--secure`` is for the single broker.
+``secure=True`` (``--nodes 3 --secure``) secures every node as a single secure broker is (TLS,
+SCRAM or mutual TLS, the authorizer), with one CA, certificate and set of users for all of them
+under ``<home>/cluster-<port>/secure/``: the nodes authenticate to each other as the admin.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from karma.localkafka.broker import LocalBroker
+from karma.localkafka.broker import LocalBroker, secure_client_settings
 from karma.localkafka.config import BrokerConfig, BrokerError, BrokerStatus, default_home, new_cluster_id
 from karma.localkafka.probes import HOST, free_ports
+from karma.localkafka.secrets import SecretFiles
 
 __all__ = ["LocalCluster", "MAX_NODES"]
 
@@ -46,6 +50,8 @@ class LocalCluster:
         jars_home: Path | None = None,
         heap: str = "512m",
         ports: list[tuple[int, int]] | None = None,
+        secure: bool = False,
+        mutual_tls: bool = False,
     ) -> None:
         """`port` is node 1's client port; node i listens on port + 2(i-1) and its controller on the
         port after that, unless `ports` gives every node's (client, controller) pair."""
@@ -62,6 +68,8 @@ class LocalCluster:
         self.port = ports[0][0]
         self.cluster_dir = home.resolve() / f"cluster-{self.port}"
         self.cluster_id_file = self.cluster_dir / "cluster.id"
+        # A secure cluster's nodes share one CA, certificate, users and passwords.
+        self.secrets = SecretFiles(self.cluster_dir / "secure")
         voters = ",".join(f"{i + 1}@{HOST}:{controller}" for i, (_, controller) in enumerate(ports))
         self.brokers = [
             LocalBroker(
@@ -75,17 +83,22 @@ class LocalCluster:
                     quorum_voters=voters,
                     replicas=nodes,
                     state_dir=self.cluster_dir / f"node-{i + 1}",
+                    secure=secure,
+                    mutual_tls=mutual_tls,
+                    secrets_dir=self.secrets.folder,
                 )
             )
             for i, (client, controller) in enumerate(ports)
         ]
 
     @classmethod
-    def on_free_ports(cls, home: Path, nodes: int = 3, jars_home: Path | None = None) -> LocalCluster:
+    def on_free_ports(
+        cls, home: Path, nodes: int = 3, jars_home: Path | None = None, secure: bool = False
+    ) -> LocalCluster:
         """A throw-away cluster (tests, benchmarks) on loopback ports that are free right now."""
         flat = free_ports(2 * nodes)
         ports = list(zip(flat[::2], flat[1::2], strict=True))
-        return cls(home, nodes=nodes, jars_home=jars_home, ports=ports)
+        return cls(home, nodes=nodes, jars_home=jars_home, ports=ports, secure=secure)
 
     @property
     def bootstrap(self) -> str:
@@ -96,10 +109,20 @@ class LocalCluster:
     def min_insync_replicas(self) -> int:
         return self.brokers[0].config.min_insync_replicas
 
+    @property
+    def secure(self) -> bool:
+        return self.brokers[0].secure
+
+    @property
+    def mutual_tls(self) -> bool:
+        return self.brokers[0].mutual_tls
+
     def client_settings(self) -> dict[str, Any]:
-        """The karma settings a client of this cluster needs: all bootstrap servers, and topics
-        created with one replica per node."""
-        return {"bootstrap_servers": self.bootstrap, "replication_factor": self.nodes}
+        """The karma settings a client of this cluster needs: all bootstrap servers, topics
+        created with one replica per node, and for a secure cluster the credentials (as a secure
+        broker's, localkafka/broker.py)."""
+        settings = secure_client_settings(self.bootstrap, self.secrets, self.secure, self.mutual_tls)
+        return {**settings, "replication_factor": self.nodes}
 
     def start(self, timeout: float = 120, progress: Callable[[str], None] | None = None) -> None:
         """Start every node that is not running, then wait until each answers metadata that names
@@ -107,6 +130,9 @@ class LocalCluster:
         self.brokers[0].ensure_jars(progress)
         for broker in self.brokers:
             broker.config.cluster_id = self._cluster_id()
+        first = self.brokers[0]
+        if first.config.secure and not first.secure and not any(b.running() for b in self.brokers):
+            first.make_secrets()  # once, into the folder every node reads
         launched = [broker for broker in self.brokers if not broker.running()]
         deadline = time.monotonic() + timeout
         try:
@@ -135,6 +161,7 @@ class LocalCluster:
             raise BrokerError(f"cluster nodes still run on {', '.join(running)}; stop the cluster first")
         existed = [broker.reset() for broker in self.brokers]
         self.cluster_id_file.unlink(missing_ok=True)
+        shutil.rmtree(self.secrets.folder, ignore_errors=True)  # they belong to the formatted data
         return any(existed)
 
     def _cluster_id(self) -> str:

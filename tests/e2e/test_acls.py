@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ import pytest
 from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 
 from karma.localkafka.broker import BrokerConfig, LocalBroker
+from karma.localkafka.cluster import LocalCluster
 from karma.localkafka.probes import free_ports
 from karma.schemas.models import Prompt
 from karma.streams.acl_admin import create_acls, delete_acls, describe_acls
@@ -58,7 +60,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
         broker.stop()
 
 
-def _settings(broker: LocalBroker, tmp_path: Path) -> KarmaSettings:
+def _settings(broker: LocalBroker | LocalCluster, tmp_path: Path) -> KarmaSettings:
     run = uuid.uuid4().hex[:8]
     return KarmaSettings(
         **broker.client_settings(),
@@ -90,9 +92,27 @@ def _provision(settings: KarmaSettings) -> None:
     assert set(asyncio.run(describe_acls(settings))) >= set(acls_for(settings))
 
 
+METRICS_PORTS: list[int] = []
+
+
+def _metrics_pages() -> str:
+    """The /metrics page of every worker of the test still serving it."""
+    pages = []
+    for port in METRICS_PORTS:
+        try:
+            pages.append(
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            )
+        except OSError:
+            continue
+    return "\n".join(pages)
+
+
 def _start_stage(pipeline: Pipeline, role: str, log: str) -> subprocess.Popen[bytes]:
-    """`karma worker ROLE`, connecting as the role's principal, with /metrics of its own."""
+    """`karma worker ROLE`, connecting as the role's principal, with /metrics of its own (its
+    port in METRICS_PORTS)."""
     settings = pipeline.settings.model_copy(update={"metrics_port": free_ports(1)[0]})
+    METRICS_PORTS.append(settings.metrics_port)
     worker = spawn_worker(settings, pipeline.workdir / log, "worker", role, "--loglevel", "info")
     pipeline.workers.append(worker)
     return worker
@@ -140,6 +160,8 @@ def test_one_principal_per_role_end_to_end(secured: LocalBroker, tmp_path: Path)
         assert set(ids(received)) == expected
         ledger = audit(pipeline)  # `karma audit`, as the operator
         assert ledger["counts"]["unaccounted"] == 0 and ledger["counts"]["complete"] == len(prompts)
+        metrics.append(_metrics_pages())
+        assert metrics[0].count("karma_consumer_lag_messages{") >= 3  # every stage's page was read
     finally:
         for worker in list(pipeline.workers):
             pipeline.stop_worker(worker)
@@ -269,3 +291,39 @@ def test_prompt_records_are_what_the_producer_wrote(secured: LocalBroker, tmp_pa
     assert run.returncode == 0, run.stdout + run.stderr
     written = Pipeline(settings=settings, workdir=tmp_path).read("prompts")
     assert [received.record.prompt_id for received in written] == ["p-1"]
+
+
+def test_a_secured_three_node_cluster(tmp_path: Path) -> None:
+    """`karma broker start --nodes 3 --secure`: every node with the SASL_SSL listener, the
+    authorizer and the same users; the nodes reach each other as the admin. The pipeline runs
+    with one principal per role and the ACLs hold on every node."""
+    cluster = LocalCluster.on_free_ports(tmp_path / "cluster", nodes=3, jars_home=JARS_HOME, secure=True)
+    try:
+        cluster.start(timeout=2 * BROKER_START_TIMEOUT)
+        assert [state.secure for state in cluster.status()] == [True] * 3
+        _export_passwords(cluster.brokers[0])  # one set of users for all nodes
+        settings = _settings(cluster, tmp_path)
+        assert settings.replication_factor == 3
+        _provision(settings)
+        pipeline = Pipeline(settings=settings, workdir=tmp_path / "run")
+        prompts = make_prompts(8, tag="cluster")
+        expected = pipeline.expected_preference_ids(prompts)
+        Pipeline(settings=settings.as_role("producer"), workdir=tmp_path).submit(prompts)
+        try:
+            for role in ("generate", "rate", "judge"):
+                _start_stage(pipeline, role, f"{role}.log")
+            received = pipeline.wait_for("preferences", lambda r: set(ids(r)) >= expected, timeout_s=240)
+        finally:
+            for worker in list(pipeline.workers):
+                pipeline.stop_worker(worker)
+        assert set(ids(received)) == expected
+        assert audit(pipeline)["counts"]["unaccounted"] == 0
+        with pytest.raises(TopicAuthorizationFailedError):
+            asyncio.run(_read_one(settings.as_role("producer"), settings.topic("preferences")))
+        passwords = [cluster.brokers[0].password(role) for role in ROLES]
+        texts = _every_text(pipeline, cluster.brokers[0]) + "".join(
+            broker.log_file.read_text(errors="replace") for broker in cluster.brokers
+        )
+        assert not [p for p in passwords if p in texts]
+    finally:
+        cluster.stop()
