@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import Any
 
 from aiokafka.errors import for_code
 from aiokafka.protocol.admin import CreateAclsRequest, DeleteAclsRequest, DescribeAclsRequest
+from aiokafka.protocol.api import Request
 
 from karma.streams.acls import Acl
 from karma.streams.config import KarmaSettings
@@ -43,17 +45,20 @@ def _raise_on(error_code: int, error_message: str | None, what: str) -> None:
         raise for_code(error_code)(f"{what}: {error_message or 'refused'}")
 
 
-async def create_acls(settings: KarmaSettings, acls: Iterable[Acl]) -> int:
-    """Creates the ACLs (one that exists already is left as it is); returns how many were sent."""
-    acls = list(acls)
+async def _send_each(settings: KarmaSettings, requests: list[Request]) -> list[Any]:
+    """Sends the requests at once through one admin client; their responses, in order."""
     admin = new_admin(settings, request_timeout_ms=10_000)
     await admin.start()
     try:
-        responses = await asyncio.gather(
-            *(admin._send_request(CreateAclsRequest(*_request_args(acl))) for acl in acls)
-        )
+        return await asyncio.gather(*(admin._send_request(request) for request in requests))
     finally:
         await admin.close()
+
+
+async def create_acls(settings: KarmaSettings, acls: Iterable[Acl]) -> int:
+    """Creates the ACLs (one that exists already is left as it is); returns how many were sent."""
+    acls = list(acls)
+    responses = await _send_each(settings, [CreateAclsRequest(*_request_args(acl)) for acl in acls])
     for acl, response in zip(acls, responses, strict=True):
         for error_code, error_message in response.creation_responses:
             _raise_on(error_code, error_message, f"creating {acl}")
@@ -62,14 +67,7 @@ async def create_acls(settings: KarmaSettings, acls: Iterable[Acl]) -> int:
 
 async def delete_acls(settings: KarmaSettings, acls: Iterable[Acl]) -> int:
     """Deletes exactly these ACLs; returns how many the broker deleted."""
-    admin = new_admin(settings, request_timeout_ms=10_000)
-    await admin.start()
-    try:
-        responses = await asyncio.gather(
-            *(admin._send_request(DeleteAclsRequest(*_request_args(acl))) for acl in acls)
-        )
-    finally:
-        await admin.close()
+    responses = await _send_each(settings, [DeleteAclsRequest(*_request_args(acl)) for acl in acls])
     deleted = 0
     for response in responses:
         for error_code, error_message, matching in response.filter_responses:
@@ -83,12 +81,7 @@ async def describe_acls(settings: KarmaSettings) -> list[Acl]:
     names = {code: name for name, code in _RESOURCE.items()}
     patterns = {code: name for name, code in _PATTERN.items()}
     operations = {code: name for name, code in _OPERATION.items()}
-    admin = new_admin(settings, request_timeout_ms=10_000)
-    await admin.start()
-    try:
-        response = await admin._send_request(DescribeAclsRequest(_ANY, None, _ANY, None, None, _ANY, _ALLOW))
-    finally:
-        await admin.close()
+    [response] = await _send_each(settings, [DescribeAclsRequest(_ANY, None, _ANY, None, None, _ANY, _ALLOW)])
     _raise_on(response.error_code, response.error_message, "describing ACLs")
     found = []
     for resource_type, name, pattern, entries in response.resources:
