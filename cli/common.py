@@ -12,20 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from aiokafka.errors import (
-    ClusterAuthorizationFailedError,
-    GroupAuthorizationFailedError,
-    KafkaError,
-    TopicAuthorizationFailedError,
-    TransactionalIdAuthorizationFailed,
-)
+from aiokafka.errors import KafkaError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from karma.streams.client import TopicNotFoundError
 from karma.streams.config import ConfigError, KafkaSecurity, KarmaSettings, PrincipalRole, load_settings
-from karma.streams.kafka_clients import ClusterAccessError
+from karma.streams.kafka_clients import AUTHORIZATION_ERRORS, ClusterAccessError
 
 T = TypeVar("T")
 
@@ -54,15 +48,6 @@ def settings_or_exit(
         for line in str(exc).splitlines():
             console.print(f"[red]error:[/] {escape(line)}")
     raise typer.Exit(2)
-
-
-# The broker's authorizer said no (streams/acls.py says who may do what).
-AUTHORIZATION_ERRORS = (
-    TopicAuthorizationFailedError,
-    GroupAuthorizationFailedError,
-    ClusterAuthorizationFailedError,
-    TransactionalIdAuthorizationFailed,
-)
 
 
 def principal_of(security: KafkaSecurity) -> str:

@@ -40,21 +40,18 @@ from typing import Any
 
 import faust
 from aiokafka.errors import (
-    ClusterAuthorizationFailedError,
-    GroupAuthorizationFailedError,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
-    TopicAuthorizationFailedError,
-    TransactionalIdAuthorizationFailed,
 )
 from faust.exceptions import ProducerSendError
 
 from karma.schemas.models import DeadLetter, prompt_id_of_key
 from karma.streams.codecs import encode
 from karma.streams.config import KarmaSettings
+from karma.streams.kafka_clients import AUTHORIZATION_ERRORS
 from karma.streams.metrics import DEAD_LETTERS, MESSAGES_OUT, PUBLISH_FAILURES
 from karma.streams.sizes import (
     MAX_KEY_BYTES,
@@ -73,12 +70,7 @@ log = logging.getLogger(__name__)
 # The broker's answers that say "this record is too large" (Kafka error codes 10 and 18).
 TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
 # Answers about this worker's credentials, not about a record: every record would get them.
-NOT_ALLOWED = (
-    TopicAuthorizationFailedError,
-    ClusterAuthorizationFailedError,
-    GroupAuthorizationFailedError,
-    TransactionalIdAuthorizationFailed,
-)
+NOT_ALLOWED = AUTHORIZATION_ERRORS
 # How much longer than the producer's own delivery timeout a confirmation may take (a changelog
 # write waits in faust's buffer before it reaches the producer).
 CONFIRM_GRACE_S = 30.0

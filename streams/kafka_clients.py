@@ -24,11 +24,14 @@ from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
     AuthenticationMethodNotSupported,
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
     IllegalSaslStateError,
     KafkaConnectionError,
     KafkaError,
     SaslAuthenticationFailed,
     TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
     UnsupportedSaslMechanismError,
 )
 from aiokafka.helpers import create_ssl_context
@@ -37,6 +40,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 from karma.streams.config import KafkaSecurity, KarmaSettings
 
 __all__ = [
+    "AUTHORIZATION_ERRORS",
     "ClusterAccessError",
     "check_connection",
     "client_options",
@@ -46,6 +50,15 @@ __all__ = [
     "new_producer",
     "ssl_context",
 ]
+
+# The broker's authorizer said no: answers about the principal's rights (streams/acls.py), not
+# about a record or a connection.
+AUTHORIZATION_ERRORS = (
+    TopicAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
 
 # The broker's answers that mean "these credentials are not accepted".
 _SASL_REFUSALS = (
