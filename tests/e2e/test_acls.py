@@ -41,11 +41,12 @@ pytestmark = [
 ]
 
 
-def _export_passwords(broker: LocalBroker) -> None:
-    """As `karma broker start --secure` says: the admin's password, and each role's."""
-    os.environ[KAFKA_PASSWORD_VARIABLE] = broker.password()
+def _export_passwords(broker: LocalBroker, environment: pytest.MonkeyPatch) -> None:
+    """As `karma broker start --secure` says: the admin's password, and each role's. Through a
+    MonkeyPatch, so that they are gone again for the tests after these."""
+    environment.setenv(KAFKA_PASSWORD_VARIABLE, broker.password())
     for role in ROLES:
-        os.environ[password_variable(role)] = broker.password(role)
+        environment.setenv(password_variable(role), broker.password(role))
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +55,9 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
     broker = LocalBroker(BrokerConfig.on_free_ports(home, JARS_HOME, secure=True))
     try:
         broker.start(timeout=BROKER_START_TIMEOUT)
-        _export_passwords(broker)
-        yield broker
+        with pytest.MonkeyPatch.context() as environment:
+            _export_passwords(broker, environment)
+            yield broker
     finally:
         broker.stop()
 
@@ -293,7 +295,7 @@ def test_prompt_records_are_what_the_producer_wrote(secured: LocalBroker, tmp_pa
     assert [received.record.prompt_id for received in written] == ["p-1"]
 
 
-def test_a_secured_three_node_cluster(tmp_path: Path) -> None:
+def test_a_secured_three_node_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`karma broker start --nodes 3 --secure`: every node with the SASL_SSL listener, the
     authorizer and the same users; the nodes reach each other as the admin. The pipeline runs
     with one principal per role and the ACLs hold on every node."""
@@ -301,7 +303,7 @@ def test_a_secured_three_node_cluster(tmp_path: Path) -> None:
     try:
         cluster.start(timeout=2 * BROKER_START_TIMEOUT)
         assert [state.secure for state in cluster.status()] == [True] * 3
-        _export_passwords(cluster.brokers[0])  # one set of users for all nodes
+        _export_passwords(cluster.brokers[0], monkeypatch)  # one set of users for all nodes
         settings = _settings(cluster, tmp_path)
         assert settings.replication_factor == 3
         _provision(settings)

@@ -83,6 +83,7 @@ def test_principal_names_follow_the_configured_users() -> None:
 def test_as_role_takes_the_roles_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KARMA_KAFKA_PASSWORD", "admin-secret")
     monkeypatch.setenv("KARMA_KAFKA_PASSWORD_JUDGING", "judge-secret")
+    monkeypatch.delenv("KARMA_KAFKA_PASSWORD_RATING", raising=False)  # whatever the shell has
     base = {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512"}
     settings = KarmaSettings(
         kafka_security={**base, "sasl_username": "admin", "sasl_password_env": "KARMA_KAFKA_PASSWORD"},
