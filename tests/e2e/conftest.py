@@ -164,29 +164,34 @@ def ids(received: list[Received], field_name: str = "preference_id") -> list[str
     return [getattr(r.record, field_name) for r in received if r.record is not None]
 
 
+def isolated_settings(data_root: Path, tag: str = "test", **overrides: Any) -> KarmaSettings:
+    """Settings of a pipeline of its own on a shared broker: its own topic prefix, groups, state
+    directory (under data_root) and metrics port; short backstops, so a test waits seconds, not
+    minutes; prior competency unless a test asks for online (then every pair can be predicted)."""
+    run = uuid.uuid4().hex[:8]
+    return KarmaSettings(
+        **{
+            "topic_prefix": f"{tag}{run}.",
+            "app_id": f"karma-{tag}-{run}",
+            "data_dir": data_root / f"faust-{run}",
+            "metrics_port": free_ports(1)[0],
+            "gather_timeout_s": 20.0,
+            "tick_interval_s": 1.0,
+            "lag_interval_s": 1.0,
+            "competency": {"online": False},
+            **overrides,
+        }
+    )
+
+
 @pytest.fixture
 def pipeline_factory(kafka_bootstrap: str, tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
     made: list[Pipeline] = []
 
     def make(**overrides: Any) -> Pipeline:
-        # Prior competency unless a test asks for online: then every pair can be predicted.
-        overrides.setdefault("competency", {"online": False})
-        run = uuid.uuid4().hex[:8]
-        settings = KarmaSettings(
-            **{
-                "bootstrap_servers": kafka_bootstrap,
-                "topic_prefix": f"t{run}.",
-                "app_id": f"karma-test-{run}",
-                "data_dir": tmp_path / f"faust-{run}",
-                "metrics_port": free_ports(1)[0],
-                "gather_timeout_s": 20.0,
-                "tick_interval_s": 1.0,
-                "lag_interval_s": 1.0,
-                **overrides,
-            }
-        )
+        settings = isolated_settings(tmp_path, **{"bootstrap_servers": kafka_bootstrap, **overrides})
         asyncio.run(ensure_topics(settings))
-        pipeline = Pipeline(settings=settings, workdir=tmp_path / run)
+        pipeline = Pipeline(settings=settings, workdir=tmp_path / settings.app_id)
         made.append(pipeline)
         return pipeline
 

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from karma.streams.kafka_clients import new_consumer, new_producer
 from karma.streams.topics import ensure_topics
 from karma.tools.processes import settings_env, spawn_worker
 from tests.conftest import BROKER_START_TIMEOUT, JARS_HOME
-from tests.e2e.conftest import Pipeline, audit, ids, make_prompts
+from tests.e2e.conftest import Pipeline, audit, ids, isolated_settings, make_prompts
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("openssl") is None, reason="--secure makes certificates with openssl"),
@@ -63,19 +62,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
 
 
 def _settings(broker: LocalBroker | LocalCluster, tmp_path: Path) -> KarmaSettings:
-    run = uuid.uuid4().hex[:8]
-    return KarmaSettings(
-        **broker.client_settings(),
-        topic_prefix=f"acl{run}.",
-        app_id=f"karma-acl-{run}",
-        data_dir=tmp_path / f"faust-{run}",
-        metrics_port=free_ports(1)[0],
-        gather_timeout_s=20.0,
-        tick_interval_s=1.0,
-        lag_interval_s=1.0,
-        delivery_timeout_s=5.0,
-        competency={"online": False},
-    )
+    return isolated_settings(tmp_path, "acl", **broker.client_settings(), delivery_timeout_s=5.0)
 
 
 def _provision(settings: KarmaSettings) -> None:

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,14 +23,13 @@ from typer.testing import CliRunner
 
 from karma.cli.broker import broker_app
 from karma.localkafka.broker import BrokerConfig, LocalBroker
-from karma.localkafka.probes import free_ports
 from karma.streams.client import list_topics
 from karma.streams.config import KAFKA_PASSWORD_VARIABLE, KarmaSettings
 from karma.streams.kafka_clients import ClusterAccessError
 from karma.streams.topics import ensure_topics
 from karma.tools.processes import settings_env
 from tests.conftest import BROKER_START_TIMEOUT, JARS_HOME
-from tests.e2e.conftest import Pipeline, ids, make_prompts
+from tests.e2e.conftest import Pipeline, ids, isolated_settings, make_prompts
 from tests.streams.test_kafka_clients import make_ca
 
 pytestmark = [
@@ -61,22 +59,11 @@ def settings(secure_broker: LocalBroker, tmp_path: Path, monkeypatch: pytest.Mon
     """A pipeline of its own on the secure broker, with the client settings the broker prints;
     the password is exported as `start --secure` says, so child processes inherit it."""
     monkeypatch.setenv(KAFKA_PASSWORD_VARIABLE, secure_broker.password())
-    run = uuid.uuid4().hex[:8]
     # Every command as the admin (kafka_security): the roles' principals are test_acls.py's.
     client = {
         key: value for key, value in secure_broker.client_settings().items() if key != "kafka_principals"
     }
-    return KarmaSettings(
-        **client,
-        topic_prefix=f"sec{run}.",
-        app_id=f"karma-sec-{run}",
-        data_dir=tmp_path / f"faust-{run}",
-        metrics_port=free_ports(1)[0],
-        gather_timeout_s=20.0,
-        tick_interval_s=1.0,
-        lag_interval_s=1.0,
-        competency={"online": False},  # prior competency: every pair can be predicted
-    )
+    return isolated_settings(tmp_path, "sec", **client)
 
 
 def test_the_pipeline_runs_over_sasl_ssl(settings: KarmaSettings, tmp_path: Path) -> None:
